@@ -1,0 +1,39 @@
+# One-command set-up: every target creates .venv and installs what it needs first.
+#
+# torch: TORCH is what pip installs when .venv has no torch yet.  The default pins the CPU build that pip finds on
+# machines that carry it locally; on a GPU machine install your CUDA build instead, e.g.
+#     make test TORCH="torch==2.13.0"            (Linux wheels from the package index are CUDA builds)
+# or install torch into .venv yourself first: an existing torch is kept.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.goft-installed
+
+.PHONY: install test test-fast conformance demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,models,conformance]"
+	touch $(STAMP)
+
+# The whole suite: our tests, then PEFT's own custom-model tests with GOFT rows added.
+test: install
+	$(BIN)/python -m pytest -q
+	$(BIN)/python tests/peft_conformance.py -- -p no:warnings
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+conformance: install
+	$(BIN)/python tests/peft_conformance.py -- -p no:warnings
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m goft demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

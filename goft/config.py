@@ -1,0 +1,109 @@
+"""``GOFTConfig``: the PEFT configuration of a GOFT / qGOFT adapter."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+
+
+class _GOFTPeftType(str, enum.Enum):
+    """A private ``str``-based enum member that stands in for a ``peft.PeftType`` member.
+
+    peft keys its lookup tables by ``PeftType`` members and calls ``.value`` on ``config.peft_type``; peft's own enum
+    cannot be extended, so goft brings a member of its own.  Being a ``str`` enum whose name equals its value, it
+    hashes and compares equal to the plain ``"GOFT"`` that ``adapter_config.json`` stores, so the tables find it
+    when a saved adapter is loaded back.
+    """
+
+    GOFT = "GOFT"
+
+
+GOFT_PEFT_TYPE = _GOFTPeftType.GOFT
+
+BIAS_CHOICES = ("none", "all", "goft_only")
+
+
+@dataclass
+class GOFTConfig(PeftConfig):
+    """Configuration of a GOFT (Givens orthogonal) or qGOFT (quasi-Givens) adapter.
+
+    Every adapted linear layer (``nn.Linear`` or transformers' ``Conv1D``) with ``in_features = d`` gets a rotation
+    ``R`` built from ``d - 1`` 2×2 blocks (see :mod:`goft.functional` for the convention) and computes
+    ``base(x @ R)``.  Trainable parameters per layer: ``d - 1`` angles (GOFT), ``4 (d - 1)`` block entries (qGOFT),
+    plus ``d`` scales with ``scaling=True`` (GOFT*).
+
+    Args:
+        target_modules: names or a regex of the modules to adapt (as in ``LoraConfig``); ``"all-linear"`` adapts every
+            linear layer except the output head.  ``None`` uses PEFT's per-architecture LoRA defaults.
+        exclude_modules: names or a regex of modules not to adapt.
+        quasi: ``False`` for strict GOFT (angles, exactly orthogonal), ``True`` for qGOFT (free 2×2 blocks).
+        scaling: learn a per-input-feature scale ``s`` too: ``R = P_L ⋯ P_1 · diag(s)`` (the paper's GOFT*).
+        orth_reg_weight: λ of qGOFT's soft orthogonality penalty ``λ Σ (a·b + c·d)²``; add
+            :func:`goft.orthogonality_penalty` to the loss.  Ignored by strict GOFT.  The paper used 1e-3 … 5e-2.
+        init_weights: ``True`` starts at the identity (the adapted model equals the base model exactly); ``False``
+            starts at a random, clearly non-identity rotation (for tests).
+        layers_to_transform, layers_pattern: restrict adaptation to some layer indices, as in ``LoraConfig``.
+        fan_in_fan_out: ``True`` when the target stores its weight as (in, out), like GPT-2's ``Conv1D``; goft sets it
+            from the layer type and warns when it disagrees.
+        bias: ``"none"``, ``"all"`` or ``"goft_only"``: which biases to train.
+        modules_to_save: modules besides the adapted ones to train and save (e.g. a classifier head).
+    """
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Module names or a regex of the modules to adapt, e.g. ['query', 'value'] or 'all-linear'."},
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or a regex of modules not to adapt."}
+    )
+    quasi: bool = field(default=False, metadata={"help": "qGOFT: free 2x2 blocks instead of rotation angles."})
+    scaling: bool = field(default=False, metadata={"help": "GOFT*: also learn a per-feature scale (d parameters)."})
+    orth_reg_weight: float = field(
+        default=1e-2, metadata={"help": "Weight of qGOFT's soft orthogonality penalty (paper: 1e-3 to 5e-2)."}
+    )
+    init_weights: bool = field(
+        default=True, metadata={"help": "True: identity at init. False: random non-identity rotation (tests)."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Layer indices to adapt (with layers_pattern)."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the nn.ModuleList holding the layers, e.g. 'layers' or 'h'."}
+    )
+    fan_in_fan_out: bool = field(
+        default=False, metadata={"help": "True if the target stores its weight as (in, out), like GPT-2's Conv1D."}
+    )
+    bias: str = field(default="none", metadata={"help": "Biases to train: 'none', 'all' or 'goft_only'."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules besides the adapted ones to train and save, e.g. ['classifier']."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = GOFT_PEFT_TYPE
+        for name in ("quasi", "scaling", "init_weights", "fan_in_fan_out"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"GOFTConfig.{name} must be a bool (True or False), got {value!r}")
+        weight = self.orth_reg_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f"GOFTConfig.orth_reg_weight must be a number >= 0, got {weight!r}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"GOFTConfig.orth_reg_weight must be a finite number >= 0, got {weight!r}")
+        self.orth_reg_weight = float(weight)
+        if self.bias not in BIAS_CHOICES:
+            raise ValueError(f"GOFTConfig.bias must be one of {BIAS_CHOICES}, got {self.bias!r}")
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("GOFTConfig: layers_to_transform cannot be used when target_modules is a regex str")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError("GOFTConfig: layers_pattern cannot be used when target_modules is a regex str")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("GOFTConfig: layers_pattern needs layers_to_transform as well")

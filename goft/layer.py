@@ -1,0 +1,224 @@
+"""The GOFT adapter layer: owns the per-adapter parameters, calls :mod:`goft.functional` for all math.
+
+One class serves both ``nn.Linear`` (weight ``(out, in)``) and transformers' GPT-2-style ``Conv1D`` (weight
+``(in, out)``): the rotation acts on the input either way, only the merge sees the weight's layout.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from . import functional as F
+from .config import GOFTConfig
+
+try:  # transformers is a dependency of peft, but keep the layer importable without it
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover
+    Conv1D = None
+
+BASE_ADAPTER_NAME = "__base__"  # in a per-sample ``adapter_names`` list: use the base model for that sample
+
+
+def supported_base_layer(module: nn.Module) -> bool:
+    """True for the layer types GOFT can adapt: ``nn.Linear`` and transformers' ``Conv1D``."""
+    return isinstance(module, nn.Linear) or (Conv1D is not None and isinstance(module, Conv1D))
+
+
+class GOFTLayer(nn.Module, BaseTunerLayer):
+    """Wraps a linear layer as ``base(x @ R_1 ⋯)`` with one rotation per active adapter.
+
+    Parameters live in per-adapter ``ParameterDict``s (so PEFT's dtype casts, device moves and deletes see them):
+    ``goft_theta[name]`` (d − 1,) angles in radians for strict GOFT, ``goft_blocks[name]`` (d − 1, 2, 2) for qGOFT,
+    ``goft_scale[name]`` (d,) with ``scaling=True``.  The pairing is derived from ``d`` on the fly (strided views),
+    so the state dict holds only learned numbers.
+    """
+
+    adapter_layer_names = ("goft_theta", "goft_blocks", "goft_scale")
+    other_param_names = ("goft_orth_reg_weight",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: GOFTConfig, **kwargs: Any) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.goft_theta = nn.ParameterDict({})
+        self.goft_blocks = nn.ParameterDict({})
+        self.goft_scale = nn.ParameterDict({})
+        self.goft_orth_reg_weight: dict[str, float] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+
+        base = self.get_base_layer()
+        if isinstance(base, nn.Linear):
+            self.in_features, self.out_features = base.in_features, base.out_features
+            self.weight_is_in_out = False
+        elif Conv1D is not None and isinstance(base, Conv1D):
+            self.in_features, self.out_features = base.weight.shape
+            self.weight_is_in_out = True
+        else:
+            raise TypeError(
+                f"GOFT can adapt torch.nn.Linear and transformers Conv1D layers, got {type(base).__name__}"
+            )
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Parameters
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def update_layer(self, adapter_name: str, config: GOFTConfig, **kwargs: Any) -> None:
+        """Create the parameters of adapter ``adapter_name`` (identity, or random when ``config.init_weights`` is
+        False) on the base layer's device."""
+        d = self.in_features
+        n = F.num_blocks(d)
+        if config.quasi:
+            self.goft_blocks[adapter_name] = nn.Parameter(torch.eye(2).repeat(n, 1, 1))
+        else:
+            self.goft_theta[adapter_name] = nn.Parameter(torch.zeros(n))
+        if config.scaling:
+            self.goft_scale[adapter_name] = nn.Parameter(torch.ones(d))
+        self.goft_orth_reg_weight[adapter_name] = config.orth_reg_weight
+        if not config.init_weights:
+            self._randomize(adapter_name)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    @torch.no_grad()
+    def _randomize(self, adapter_name: str) -> None:
+        """A random, clearly non-identity but well-conditioned adapter (uses torch's global RNG)."""
+        if adapter_name in self.goft_theta:
+            self.goft_theta[adapter_name].uniform_(-math.pi / 2, math.pi / 2)
+        if adapter_name in self.goft_blocks:
+            blocks = self.goft_blocks[adapter_name]
+            theta = torch.empty(blocks.shape[0]).uniform_(-math.pi / 2, math.pi / 2)
+            noise = torch.empty_like(blocks).uniform_(-0.2, 0.2)
+            blocks.copy_(F.angles_to_blocks(theta) + noise)
+        if adapter_name in self.goft_scale:
+            self.goft_scale[adapter_name].uniform_(0.75, 1.25)
+
+    def has_adapter(self, adapter_name: str) -> bool:
+        return adapter_name in self.goft_theta or adapter_name in self.goft_blocks
+
+    def rotation_params(self, adapter_name: str) -> torch.Tensor:
+        """The adapter's (d − 1,) angles or (d − 1, 2, 2) quasi blocks."""
+        if adapter_name in self.goft_theta:
+            return self.goft_theta[adapter_name]
+        return self.goft_blocks[adapter_name]
+
+    def rotation_scale(self, adapter_name: str) -> Optional[torch.Tensor]:
+        return self.goft_scale[adapter_name] if adapter_name in self.goft_scale else None
+
+    def rotation_matrix(self, adapter_name: str) -> torch.Tensor:
+        """The dense d×d R of one adapter (for inspection and checks)."""
+        return F.rotation_matrix(
+            self.rotation_params(adapter_name), self.in_features, self.rotation_scale(adapter_name)
+        )
+
+    def orthogonality_penalty(self, adapter_name: str) -> torch.Tensor:
+        """λ Σ (a·b + c·d)² of this adapter's quasi blocks; 0 for strict GOFT."""
+        params = self.rotation_params(adapter_name)
+        return self.goft_orth_reg_weight[adapter_name] * F.block_orthogonality_penalty(params)
+
+    def rotate_input(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        return F.rotate(x, self.rotation_params(adapter_name), self.rotation_scale(adapter_name))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Forward
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self.base_layer(self._rotate_per_sample(x, adapter_names), *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        # Merging R1 then R2 gives W (R2 R1)^T, i.e. x @ R2 @ R1: apply adapters in the reverse of merge order.
+        for name in reversed(self.active_adapters):
+            if self.has_adapter(name):
+                x = self.rotate_input(x, name)
+        return self.base_layer(x, *args, **kwargs)
+
+    def _rotate_per_sample(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
+        """Rotate sample ``i`` of the batch (dim 0) by adapter ``adapter_names[i]`` (``"__base__"``: unchanged)."""
+        if self.merged:
+            raise ValueError("adapter_names cannot be passed to forward while adapters are merged; unmerge first")
+        if len(adapter_names) != x.shape[0]:
+            raise ValueError(
+                f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} samples"
+            )
+        out = x
+        for name in sorted(set(adapter_names)):
+            if name == BASE_ADAPTER_NAME or not self.has_adapter(name):
+                continue
+            rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name], device=x.device)
+            if out is x:
+                out = x.clone()
+            out[rows] = self.rotate_input(x[rows], name)
+        return out
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Merge / unmerge: explicit, idempotent, all-or-nothing
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _weight_out_in(self) -> torch.Tensor:
+        """The base weight in torch layout (out, in), in at least fp32 (a view when it already is)."""
+        weight = self.get_base_layer().weight.data
+        weight = weight.T if self.weight_is_in_out else weight
+        return weight.to(torch.promote_types(weight.dtype, torch.float32))
+
+    def _store_weight_out_in(self, new_out_in: torch.Tensor) -> None:
+        weight = self.get_base_layer().weight
+        new = new_out_in.T if self.weight_is_in_out else new_out_in
+        weight.data = new.to(weight.dtype).contiguous()
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Fold the (active, or named) adapters into the base weight: ``W <- W @ R.T`` per adapter, in order.
+
+        ``safe_merge=True`` computes on a copy and refuses (``ValueError``, weights untouched) if the result holds
+        NaN or inf.  Without it the result is written as computed.
+        """
+        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
+        if not adapter_names:
+            return
+        merged = self._weight_out_in()
+        for name in adapter_names:
+            merged = F.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name))
+        if safe_merge and not bool(torch.isfinite(merged).all()):
+            raise ValueError(
+                f"safe_merge refused: merging adapter(s) {adapter_names} gives NaN/inf weights; "
+                "the base weights were left untouched"
+            )
+        self._store_weight_out_in(merged)
+        self.merged_adapters.extend(adapter_names)
+
+    def unmerge(self) -> None:
+        """Undo every merge with the exact inverse (closed-form 2×2 inverses, no ``linalg.inv``).
+
+        Raises ``SingularBlockError`` (a ``ValueError``) and leaves the weights and the merged state untouched if a
+        merged qGOFT block or scale cannot be inverted.
+        """
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        restored = self._weight_out_in()
+        for name in reversed(self.merged_adapters):
+            try:
+                restored = F.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name))
+            except F.SingularBlockError as err:
+                raise F.SingularBlockError(
+                    f"cannot unmerge adapter {name!r} from this layer: {err}; the weights were left merged"
+                ) from err
+        self._store_weight_out_in(restored)
+        self.merged_adapters.clear()
+
+    def __repr__(self) -> str:
+        return "goft." + super().__repr__()

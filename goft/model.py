@@ -1,0 +1,133 @@
+"""The PEFT tuner class for GOFT: finds the target layers and replaces them with :class:`goft.layer.GOFTLayer`."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+
+from .config import GOFTConfig
+from .layer import BASE_ADAPTER_NAME, GOFTLayer, supported_base_layer
+
+
+def _inject_adapter_names(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
+
+
+class GOFTModel(BaseTuner):
+    """Adds GOFT / qGOFT adapters to a model; used through ``peft.get_peft_model(model, GOFTConfig(...))``.
+
+    With ``target_modules=None`` the per-architecture defaults are PEFT's LoRA defaults (e.g. query and value
+    projections).
+    """
+
+    prefix: str = "goft_"
+    tuner_layer_cls = GOFTLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _create_and_replace(
+        self,
+        goft_config: GOFTConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if isinstance(target, GOFTLayer):
+            target.update_layer(adapter_name, goft_config)
+            return
+        if not supported_base_layer(target):
+            raise TypeError(
+                f"GOFT cannot adapt module {current_key!r} of type {type(target).__module__}.{type(target).__name__}; "
+                "supported types are torch.nn.Linear and transformers.pytorch_utils.Conv1D. "
+                "Remove it from target_modules (or add it to exclude_modules)."
+            )
+        self._check_fan_in_fan_out(goft_config, target, current_key)
+        new_module = GOFTLayer(target, adapter_name, goft_config)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _check_fan_in_fan_out(config: GOFTConfig, target: nn.Module, key: str) -> None:
+        """The layer type decides the weight layout; warn (as PEFT's LoRA does) when the config says otherwise."""
+        is_in_out = not isinstance(target, nn.Linear)
+        if config.fan_in_fan_out != is_in_out:
+            import warnings
+
+            warnings.warn(
+                f"fan_in_fan_out={config.fan_in_fan_out} but {key!r} is a {type(target).__name__}, whose weight is "
+                f"stored as {'(in, out)' if is_in_out else '(out, in)'}; setting fan_in_fan_out={is_in_out}."
+            )
+            config.fan_in_fan_out = is_in_out
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        except ValueError as err:
+            if "not found in the base model" not in str(err):
+                raise
+            linear_names = [
+                name for name, module in model.named_modules() if name and supported_base_layer(module)
+            ]
+            shown = ", ".join(repr(n) for n in linear_names[:12])
+            more = f" (and {len(linear_names) - 12} more)" if len(linear_names) > 12 else ""
+            raise type(err)(
+                f"{err} GOFT can adapt these modules of the model: {shown or 'none'}{more}."
+            ) from err
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
+        """Per-sample adapters: ``model(..., adapter_names=[...])`` picks one adapter per batch sample."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("adapter_names can only be passed in eval mode (model.eval()), not while training")
+        layers = [m for m in self.modules() if isinstance(m, GOFTLayer)]
+        known = set().union(*(set(m.goft_theta) | set(m.goft_blocks) for m in layers)) if layers else set()
+        unknown = sorted({n for n in adapter_names if n != BASE_ADAPTER_NAME} - known)
+        if unknown:
+            raise ValueError(
+                f"adapter_names names unknown adapter(s) {unknown}; known: {sorted(known)} and {BASE_ADAPTER_NAME!r}"
+            )
+        if any(m.merged for m in layers):
+            raise ValueError("adapter_names cannot be used while adapters are merged; call unmerge_adapter() first")
+        handles = [
+            m.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=adapter_names), with_kwargs=True)
+            for m in layers
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
+    """qGOFT's soft orthogonality penalty, ``Σ over adapted layers and active adapters of λ Σ_blocks (a·b + c·d)²``.
+
+    Returns a differentiable 0-dim tensor, ready to add to the loss (``loss = loss + orthogonality_penalty(model)``);
+    exactly 0 for strict GOFT.  λ is each adapter's ``orth_reg_weight``.
+    """
+    total = None
+    for module in model.modules():
+        if not isinstance(module, GOFTLayer) or module.disable_adapters:
+            continue
+        for name in module.active_adapters:
+            if module.has_adapter(name):
+                term = module.orthogonality_penalty(name)
+                total = term if total is None else total + term
+    if total is None:
+        param = next(model.parameters(), None)
+        return torch.zeros((), device=None if param is None else param.device)
+    return total
