@@ -33,7 +33,7 @@ conformance: install
 	$(BIN)/python tests/peft_conformance.py -- -p no:warnings
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m goft demo
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/quickstart.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
