@@ -44,7 +44,10 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+import numpy as np
 import torch
+
+from . import kernels
 
 __all__ = [
     "GivensError",
@@ -214,24 +217,122 @@ def _sweep(buf: torch.Tensor, blocks: torch.Tensor, d: int, top_first: bool) -> 
         _mix(left, right, blocks[offset:offset + npairs])
 
 
+def _rotate_rows_torch(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """Reference path: ``rows @ R`` for (N, d) rows already in the compute dtype, level by level on strided views."""
+    out = rows.clone()
+    _sweep(out, blocks, rows.shape[-1], top_first=True)
+    if scale is not None:
+        out.mul_(scale)
+    return out
+
+
+def _rotate_rows_backward_torch(rows, grad, blocks, scale, need_blocks, need_scale):
+    """Reference path of the backward, on (N, d) rows and (N, d) output gradients in the compute dtype.
+
+    Recomputes the forward keeping each level's input pairs (transient: ≈ 2 copies of the touched coordinates), then
+    walks the levels back.  Returns (grad_rows, grad_blocks or None, grad_scale or None).
+    """
+    d = rows.shape[-1]
+    levels = givens_levels(d)
+    buf = rows.clone()
+    level_inputs = []
+    for step, npairs, offset in reversed(levels):
+        left, right = _level_views(buf, step, npairs)
+        if need_blocks:
+            level_inputs.append((left.clone(), right.clone()))
+        _mix(left, right, blocks[offset:offset + npairs])
+
+    grad = grad.clone()  # becomes the input gradient, in place
+    grad_scale = None
+    if scale is not None:
+        if need_scale:
+            grad_scale = (grad * buf).sum(0)
+        grad.mul_(scale)
+
+    grad_blocks = torch.zeros_like(blocks) if need_blocks else None
+    for step, npairs, offset in levels:  # P_1 was applied last: walk back from it
+        g_left, g_right = _level_views(grad, step, npairs)
+        if need_blocks:
+            in_left, in_right = level_inputs.pop()
+            # out_q = sum_p in_p B_pq, so dB_pq = sum over rows of in_p * g_q
+            gb = grad_blocks[offset:offset + npairs]
+            gb[:, 0, 0] = torch.linalg.vecdot(in_left, g_left, dim=0)
+            gb[:, 0, 1] = torch.linalg.vecdot(in_left, g_right, dim=0)
+            gb[:, 1, 0] = torch.linalg.vecdot(in_right, g_left, dim=0)
+            gb[:, 1, 1] = torch.linalg.vecdot(in_right, g_right, dim=0)
+        _mix(g_left, g_right, _transpose_blocks(blocks[offset:offset + npairs]))  # level input grad: g @ B^T
+    return grad, grad_blocks, grad_scale
+
+
+@functools.lru_cache(maxsize=None)
+def _level_arrays(d: int):
+    """The levels of ``d`` as three int64 numpy arrays (steps, npairs, offsets), for the compiled kernels."""
+    levels = givens_levels(d)
+    return tuple(np.array([lv[i] for lv in levels], dtype=np.int64) for i in range(3))
+
+
+# Fixed number of row chunks for the compiled backward's partial sums: results do not depend on the thread count.
+_BACKWARD_CHUNKS = 16
+
+
+def _use_compiled(x: torch.Tensor, cdt: torch.dtype) -> bool:
+    return x.device.type == "cpu" and cdt in (torch.float32, torch.float64) and kernels.kernel_choice() == "numba"
+
+
+def _np(t: Optional[torch.Tensor], cdt: torch.dtype, shape=None):
+    """A contiguous numpy view of ``t`` in ``cdt`` (a copy only when needed); an empty array for None."""
+    if t is None:
+        return np.empty(0, dtype=np.float32 if cdt == torch.float32 else np.float64)
+    t = t.detach().to(cdt)
+    if shape is not None:
+        t = t.reshape(shape)
+    return t.contiguous().numpy()
+
+
+def _rotate_rows_compiled(rows, blocks, scale):
+    cdt = rows.dtype
+    out = torch.empty_like(rows)
+    kernels.rotate_rows(
+        _np(rows, cdt), out.numpy(), _np(blocks, cdt, (-1, 4)), _np(scale, cdt), scale is not None,
+        *_level_arrays(rows.shape[-1]),
+    )
+    return out
+
+
+def _rotate_rows_backward_compiled(rows, grad, blocks, scale, need_blocks, need_scale):
+    cdt = rows.dtype
+    grad_rows = torch.empty_like(rows)
+    n_chunks = max(1, min(rows.shape[0], _BACKWARD_CHUNKS))
+    part_blocks, part_scale = kernels.rotate_rows_backward(
+        _np(rows, cdt), _np(grad, cdt), grad_rows.numpy(), _np(blocks, cdt, (-1, 4)), _np(scale, cdt),
+        scale is not None, *_level_arrays(rows.shape[-1]), n_chunks, _np(rows[:0, 0], cdt).dtype.type(0),
+    )
+    grad_blocks = torch.from_numpy(part_blocks.sum(0)).reshape(blocks.shape).to(cdt) if need_blocks else None
+    grad_scale = torch.from_numpy(part_scale.sum(0)).to(cdt) if (need_scale and scale is not None) else None
+    return grad_rows, grad_blocks, grad_scale
+
+
 class _RotateFunction(torch.autograd.Function):
     """``x @ (P_L ⋯ P_1 · diag(scale))`` over the last dim.
 
     Saves only ``x`` (the layer input, already alive in a network), the blocks and the scale; backward recomputes the
-    level inputs from ``x`` (transient memory ≈ 2 copies of x's touched coordinates) rather than keeping them alive
-    between forward and backward.
+    level inputs from ``x`` rather than keeping per-level activations alive between forward and backward.  On CPU
+    with numba installed the fused per-row kernels of :mod:`goft.kernels` run; elsewhere the torch reference path.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         d = x.shape[-1]
         cdt = _compute_dtype(x, blocks, scale)
-        buf = x.to(cdt, copy=True)  # (..., d)
-        _sweep(buf, blocks.to(cdt), d, top_first=True)
-        if scale is not None:
-            buf.mul_(scale.to(cdt))
+        rows = x.reshape(-1, d).to(cdt)  # (N, d)
+        blocks_c = blocks.to(cdt)
+        scale_c = None if scale is None else scale.to(cdt)
+        if _use_compiled(x, cdt):
+            out = _rotate_rows_compiled(rows, blocks_c, scale_c)
+        else:
+            out = _rotate_rows_torch(rows, blocks_c, scale_c)
         ctx.save_for_backward(x, blocks, scale)
-        return buf.to(x.dtype)
+        return out.reshape(x.shape).to(x.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -239,46 +340,16 @@ class _RotateFunction(torch.autograd.Function):
         x, blocks, scale = ctx.saved_tensors
         d = x.shape[-1]
         cdt = _compute_dtype(x, blocks, scale)
+        rows = x.reshape(-1, d).to(cdt)
+        grad = grad_out.reshape(-1, d).to(cdt)
         blocks_c = blocks.to(cdt)
-        levels = givens_levels(d)
-        need_blocks = ctx.needs_input_grad[1]
-
-        # Recompute the forward, keeping each level's input pairs (only what the block gradients need).
-        rows = x.reshape(-1, d)  # (N, d)
-        buf = rows.to(cdt, copy=True)
-        level_inputs = []
-        for step, npairs, offset in reversed(levels):
-            left, right = _level_views(buf, step, npairs)
-            if need_blocks:
-                level_inputs.append((left.clone(), right.clone()))
-            _mix(left, right, blocks_c[offset:offset + npairs])
-
-        grad = grad_out.reshape(-1, d).to(cdt, copy=True)  # (N, d), becomes the input gradient in place
-        grad_scale = None
-        if scale is not None:
-            if ctx.needs_input_grad[2]:
-                grad_scale = (grad * buf).sum(0).to(scale.dtype)
-            grad.mul_(scale.to(cdt))
-
-        grad_blocks = torch.zeros_like(blocks_c) if need_blocks else None
-        # Walk the levels in the reverse of their forward order: P_1 was applied last.
-        for step, npairs, offset in levels:
-            g_left, g_right = _level_views(grad, step, npairs)
-            blk = blocks_c[offset:offset + npairs]
-            if need_blocks:
-                in_left, in_right = level_inputs.pop()
-                # d(out_q)/d(B_pq) = in_p:  dB_pq = sum over rows of in_p * g_q
-                gb = grad_blocks[offset:offset + npairs]
-                gb[:, 0, 0] = torch.linalg.vecdot(in_left, g_left, dim=0)
-                gb[:, 0, 1] = torch.linalg.vecdot(in_left, g_right, dim=0)
-                gb[:, 1, 0] = torch.linalg.vecdot(in_right, g_left, dim=0)
-                gb[:, 1, 1] = torch.linalg.vecdot(in_right, g_right, dim=0)
-            # gradient w.r.t. the level input: g @ B^T
-            _mix(g_left, g_right, _transpose_blocks(blk))
-
-        grad_x = grad.reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
-        if grad_blocks is not None:
-            grad_blocks = grad_blocks.to(blocks.dtype)
+        scale_c = None if scale is None else scale.to(cdt)
+        need_blocks, need_scale = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        backward = _rotate_rows_backward_compiled if _use_compiled(x, cdt) else _rotate_rows_backward_torch
+        grad_rows, grad_blocks, grad_scale = backward(rows, grad, blocks_c, scale_c, need_blocks, need_scale)
+        grad_x = grad_rows.reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_blocks = None if grad_blocks is None else grad_blocks.to(blocks.dtype)
+        grad_scale = None if grad_scale is None else grad_scale.to(scale.dtype)
         return grad_x, grad_blocks, grad_scale
 
 

@@ -1,6 +1,8 @@
 """Invariants of goft.functional over awkward sizes, at tight tolerances."""
 
+import contextlib
 import math
+import os
 
 import pytest
 import torch
@@ -8,6 +10,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goft import functional as F
+from goft import kernels
+
+# Every rotate test runs on both backends: the torch reference path and, when numba is installed, the fused kernels.
+KERNELS = ["torch"] + (["numba"] if kernels.AVAILABLE else [])
+
+
+@contextlib.contextmanager
+def use_kernel(name):
+    old = os.environ.get("GOFT_KERNEL")
+    os.environ["GOFT_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["GOFT_KERNEL"]
+        else:
+            os.environ["GOFT_KERNEL"] = old
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    with use_kernel(request.param):
+        yield request.param
 
 SIZES = [1, 2, 3, 5, 7, 8, 12, 768]
 EPS32 = torch.finfo(torch.float32).eps
@@ -110,7 +135,7 @@ def test_rotation_matrix_matches_naive_construction(d):
 
 
 @pytest.mark.parametrize("d", SIZES + [4096])
-def test_strict_rotation_is_orthogonal_fp32(d):
+def test_strict_rotation_is_orthogonal_fp32(d, kernel):
     theta = random_angles(d, torch.float32)
     r = F.rotation_matrix(theta, d)
     err = (r.T @ r - torch.eye(d)).abs().max().item()
@@ -123,7 +148,7 @@ def test_strict_rotation_is_orthogonal_fp32(d):
 
 @pytest.mark.parametrize("d", SIZES)
 @pytest.mark.parametrize("lead", [(), (3,), (2, 4)])
-def test_rotate_equals_x_at_R(d, lead):
+def test_rotate_equals_x_at_R(d, lead, kernel):
     x = torch.randn(*lead, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
     for name, params, scale in variants(d):
         r = F.rotation_matrix(params, d, scale)
@@ -133,7 +158,7 @@ def test_rotate_equals_x_at_R(d, lead):
 
 
 @pytest.mark.parametrize("d", [5, 12, 768])
-def test_rotate_fp32_matches_fp64(d):
+def test_rotate_fp32_matches_fp64(d, kernel):
     x = torch.randn(16, d, generator=torch.Generator().manual_seed(1))
     for name, params, scale in variants(d):
         want = x.double() @ F.rotation_matrix(params, d, scale)
@@ -144,7 +169,7 @@ def test_rotate_fp32_matches_fp64(d):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [7, 768])
-def test_half_precision_inputs_are_computed_in_fp32(dtype, d):
+def test_half_precision_inputs_are_computed_in_fp32(dtype, d, kernel):
     x = torch.randn(8, d, generator=torch.Generator().manual_seed(2)).to(dtype)
     params, scale = random_quasi(d, torch.float32), random_scale(d, torch.float32)
     got = F.rotate(x, params, scale)
@@ -155,7 +180,7 @@ def test_half_precision_inputs_are_computed_in_fp32(dtype, d):
 
 
 @pytest.mark.parametrize("d", SIZES)
-def test_inverse_round_trip(d):
+def test_inverse_round_trip(d, kernel):
     y = torch.randn(4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     for name, params, scale in variants(d):
         back = F.rotate_inverse(F.rotate(y, params, scale), params, scale)
@@ -179,7 +204,7 @@ def test_strict_inverse_is_rotation_by_negated_angles_in_reverse():
 
 @pytest.mark.parametrize("d", SIZES)
 @pytest.mark.parametrize("out", [1, 6])
-def test_merge_is_W_at_R_transpose_and_unmerge_restores(d, out):
+def test_merge_is_W_at_R_transpose_and_unmerge_restores(d, out, kernel):
     w = torch.randn(out, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     x = torch.randn(5, d, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     for name, params, scale in variants(d):
@@ -226,7 +251,7 @@ def test_near_singular_block_and_zero_scale_are_refused():
 
 
 @pytest.mark.parametrize("d", [2, 3, 5, 8, 12])
-def test_gradcheck_all_variants(d):
+def test_gradcheck_all_variants(d, kernel):
     x = torch.randn(3, 2, d, dtype=torch.float64, requires_grad=True)
     for name, params, scale in variants(d):
         params = params.clone().requires_grad_()
@@ -237,7 +262,7 @@ def test_gradcheck_all_variants(d):
             assert torch.autograd.gradcheck(F.rotate, (x, params, scale)), name
 
 
-def test_gradients_match_autograd_through_dense_R():
+def test_gradients_match_autograd_through_dense_R(kernel):
     d = 768
     x = torch.randn(6, d, dtype=torch.float64)
     for name, params, scale in variants(d):
@@ -256,7 +281,7 @@ def test_gradients_match_autograd_through_dense_R():
             assert torch.allclose(s1.grad, s2.grad, atol=1e-10, rtol=1e-10), name
 
 
-def test_backward_saves_only_the_input_and_parameters():
+def test_backward_saves_only_the_input_and_parameters(kernel):
     """The performance model: no per-level activations are kept between forward and backward."""
     d, n = 64, 32
     x = torch.randn(n, d, requires_grad=True)
@@ -274,7 +299,7 @@ def test_backward_saves_only_the_input_and_parameters():
     assert len(activation_sized) == 1 and activation_sized[0] is x
 
 
-def test_no_grad_for_frozen_params_still_gives_input_grad():
+def test_no_grad_for_frozen_params_still_gives_input_grad(kernel):
     d = 9
     x = torch.randn(2, d, dtype=torch.float64, requires_grad=True)
     params = random_angles(d)  # does not require grad
@@ -338,8 +363,14 @@ def test_bad_scale_and_input():
     seed=st.integers(min_value=0, max_value=2**31 - 1),
     quasi=st.booleans(),
     scaled=st.booleans(),
+    backend=st.sampled_from(KERNELS),
 )
-def test_property_rotate_matches_dense_and_inverts(d, rows, seed, quasi, scaled):
+def test_property_rotate_matches_dense_and_inverts(d, rows, seed, quasi, scaled, backend):
+    with use_kernel(backend):
+        check_rotate_matches_dense_and_inverts(d, rows, seed, quasi, scaled)
+
+
+def check_rotate_matches_dense_and_inverts(d, rows, seed, quasi, scaled):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, d, dtype=torch.float64, generator=g)
     params = random_quasi(d, seed=seed) if quasi else random_angles(d, seed=seed)
@@ -349,3 +380,39 @@ def test_property_rotate_matches_dense_and_inverts(d, rows, seed, quasi, scaled)
     assert torch.allclose(F.rotate_inverse(y, params, scale), x, atol=1e-10, rtol=0)
     if not quasi and not scaled:  # strict rotations preserve norms
         assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 15, 16, 17, 33])
+def test_row_counts_around_the_kernel_tile(kernel, rows):
+    d = 13
+    x = torch.randn(rows, d, dtype=torch.float64, requires_grad=True)
+    params = random_quasi(d).requires_grad_()
+    scale = random_scale(d).requires_grad_()
+    g = torch.randn(rows, d, dtype=torch.float64)
+    (F.rotate(x, params, scale) * g).sum().backward()
+    r = F.rotation_matrix(params.detach(), d, scale.detach())
+    assert torch.allclose(x.grad, g @ r.T, atol=1e-12, rtol=0)
+    if rows == 0:
+        assert params.grad.abs().max() == 0 and scale.grad.abs().max() == 0
+
+
+def test_kernel_choice_is_validated(monkeypatch):
+    monkeypatch.setenv("GOFT_KERNEL", "fast")
+    with pytest.raises(ValueError, match=r"GOFT_KERNEL must be one of 'auto', 'numba', 'torch', got 'fast'"):
+        F.rotate(torch.zeros(2, 4), torch.zeros(3))
+
+
+def test_both_backends_agree_fp32():
+    d = 768
+    x = torch.randn(40, d, requires_grad=True)
+    params = random_quasi(d, torch.float32).requires_grad_()
+    g = torch.randn(40, d)
+    results = {}
+    for name in KERNELS:
+        with use_kernel(name):
+            x.grad = params.grad = None
+            y = F.rotate(x, params)
+            (y * g).sum().backward()
+            results[name] = (y.detach(), x.grad.clone(), params.grad.clone())
+    for a, b in zip(results["torch"], results[KERNELS[-1]]):
+        assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item(), rtol=0)
