@@ -294,7 +294,7 @@ def _rotate_rows_compiled(rows, blocks, scale):
     out = torch.empty_like(rows)
     kernels.rotate_rows(
         _np(rows, cdt), out.numpy(), _np(blocks, cdt, (-1, 4)), _np(scale, cdt), scale is not None,
-        *_level_arrays(rows.shape[-1]),
+        *_level_arrays(rows.shape[-1]), kernels.TILE,
     )
     return out
 
@@ -305,7 +305,7 @@ def _rotate_rows_backward_compiled(rows, grad, blocks, scale, need_blocks, need_
     n_chunks = max(1, min(rows.shape[0], _BACKWARD_CHUNKS))
     part_blocks, part_scale = kernels.rotate_rows_backward(
         _np(rows, cdt), _np(grad, cdt), grad_rows.numpy(), _np(blocks, cdt, (-1, 4)), _np(scale, cdt),
-        scale is not None, *_level_arrays(rows.shape[-1]), n_chunks, _np(rows[:0, 0], cdt).dtype.type(0),
+        scale is not None, *_level_arrays(rows.shape[-1]), n_chunks, _np(rows[:0, 0], cdt).dtype.type(0), kernels.TILE,
     )
     grad_blocks = torch.from_numpy(part_blocks.sum(0)).reshape(blocks.shape).to(cdt) if need_blocks else None
     grad_scale = torch.from_numpy(part_scale.sum(0)).to(cdt) if (need_scale and scale is not None) else None

@@ -41,9 +41,11 @@ def kernel_choice() -> str:
     return choice
 
 
-# Rows are processed in tiles of TILE rows, transposed into a (d, TILE) scratch so that every 2×2 block update is a
-# contiguous vector operation across the tile's rows (the pairs themselves are strided within a row).
-TILE = 16
+# Rows are processed in tiles of `tile` rows, transposed into a (d, tile) scratch so that every 2×2 block update is a
+# contiguous vector operation across the tile's rows (the pairs themselves are strided within a row).  The tile is a
+# run-time argument on purpose: with a compile-time constant LLVM unrolls the lane loops fully and leaves them scalar,
+# with a run-time trip count its loop vectorizer turns them into SIMD code.
+TILE = 32
 # NaN and inf keep their IEEE meaning (no 'nnan'/'ninf'); reassociation lets the tile reductions vectorize.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -52,23 +54,23 @@ if AVAILABLE:
 
     @njit(inline="always", fastmath=_FASTMATH)
     def _load_tile(src, n0, rows, dst):  # pragma: no cover - compiled
-        # t outer, r inner: contiguous stores, TILE sequential read streams (the other order is 3x slower)
-        d = src.shape[1]
-        if rows == TILE:
+        # t outer, r inner: contiguous stores, `tile` sequential read streams (the other order is 3x slower)
+        d, tile = dst.shape
+        if rows == tile:
             for t in range(d):
-                for r in range(TILE):
+                for r in range(tile):
                     dst[t, r] = src[n0 + r, t]
         else:  # a short last tile: zero lanes contribute nothing
             for t in range(d):
-                for r in range(TILE):
+                for r in range(tile):
                     dst[t, r] = src[n0 + r, t] if r < rows else 0.0
 
     @njit(inline="always", fastmath=_FASTMATH)
     def _store_tile(src, dst, n0, rows):  # pragma: no cover - compiled
-        d = dst.shape[1]
-        if rows == TILE:
+        d, tile = src.shape
+        if rows == tile:
             for t in range(d):
-                for r in range(TILE):
+                for r in range(tile):
                     dst[n0 + r, t] = src[t, r]
         else:
             for t in range(d):
@@ -76,15 +78,15 @@ if AVAILABLE:
                     dst[n0 + r, t] = src[t, r]
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets):  # pragma: no cover - compiled
+    def rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets, tile):  # pragma: no cover - compiled
         """y[n] = x[n] @ P_L ⋯ P_1 (· diag(scale)) for every row n."""
         n_rows, d = x.shape
         n_levels = steps.shape[0]
-        n_tiles = (n_rows + TILE - 1) // TILE
-        for tile in prange(n_tiles):
-            n0 = tile * TILE
-            rows = min(TILE, n_rows - n0)
-            buf = np.empty((d, TILE), dtype=x.dtype)
+        n_tiles = (n_rows + tile - 1) // tile
+        for tile_index in prange(n_tiles):
+            n0 = tile_index * tile
+            rows = min(tile, n_rows - n0)
+            buf = np.empty((d, tile), dtype=x.dtype)
             _load_tile(x, n0, rows, buf)
             for lev in range(n_levels - 1, -1, -1):  # top level first
                 s = steps[lev]
@@ -94,22 +96,22 @@ if AVAILABLE:
                     j = i + s
                     q = off + k
                     a, b, c, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
-                    for r in range(TILE):
+                    for r in range(tile):
                         xl = buf[i, r]
                         xr = buf[j, r]
                         buf[i, r] = a * xl + c * xr
                         buf[j, r] = b * xl + e * xr
             if has_scale:
                 for t in range(d):
-                    for r in range(TILE):
+                    for r in range(tile):
                         buf[t, r] *= scale[t]
             _store_tile(buf, y, n0, rows)
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def rotate_rows_backward(x, grad, grad_x, blocks, scale, has_scale, steps, npairs, offsets, n_chunks, zero):
+    def rotate_rows_backward(x, grad, grad_x, blocks, scale, has_scale, steps, npairs, offsets, n_chunks, zero, tile):
         """grad_x = grad @ R^T row by row, and per-chunk partial sums of the block and scale gradients.
 
-        ``zero`` is 0 in x's dtype: the per-tile sums run in that dtype (float32 sums of TILE products, no
+        ``zero`` is 0 in x's dtype: the per-tile sums run in that dtype (float32 sums of `tile` products, no
         conversions in the inner loop), the per-chunk partials in float64.  Returns (n_chunks, d - 1, 4) and
         (n_chunks, d) float64 arrays; the caller sums over chunks.
         """  # pragma: no cover - compiled
@@ -118,17 +120,17 @@ if AVAILABLE:
         n_blocks = blocks.shape[0]
         part_blocks = np.zeros((n_chunks, n_blocks, 4))
         part_scale = np.zeros((n_chunks, d))
-        n_tiles = (n_rows + TILE - 1) // TILE
+        n_tiles = (n_rows + tile - 1) // tile
         tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
         for c in prange(n_chunks):
-            buf = np.empty((d, TILE), dtype=x.dtype)
-            g = np.empty((d, TILE), dtype=x.dtype)
-            saved = np.empty((2 * n_blocks + 2, TILE), dtype=x.dtype)  # level inputs of the tile, 2 per block
+            buf = np.empty((d, tile), dtype=x.dtype)
+            g = np.empty((d, tile), dtype=x.dtype)
+            saved = np.empty((2 * n_blocks + 2, tile), dtype=x.dtype)  # level inputs of the tile, 2 per block
             acc = part_blocks[c]
             acc_scale = part_scale[c]
-            for tile in range(c * tiles_per_chunk, min(n_tiles, (c + 1) * tiles_per_chunk)):
-                n0 = tile * TILE
-                rows = min(TILE, n_rows - n0)
+            for tile_index in range(c * tiles_per_chunk, min(n_tiles, (c + 1) * tiles_per_chunk)):
+                n0 = tile_index * tile
+                rows = min(tile, n_rows - n0)
                 _load_tile(x, n0, rows, buf)
                 _load_tile(grad, n0, rows, g)
                 # recompute the forward, keeping each level's input pairs
@@ -140,7 +142,7 @@ if AVAILABLE:
                         j = i + s
                         q = off + k
                         a, b, cc, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
-                        for r in range(TILE):
+                        for r in range(tile):
                             xl = buf[i, r]
                             xr = buf[j, r]
                             saved[2 * q, r] = xl
@@ -150,7 +152,7 @@ if AVAILABLE:
                 if has_scale:
                     for t in range(d):
                         sg = zero
-                        for r in range(TILE):
+                        for r in range(tile):
                             sg += g[t, r] * buf[t, r]
                             g[t, r] *= scale[t]
                         acc_scale[t] += sg
@@ -167,7 +169,7 @@ if AVAILABLE:
                         s01 = zero
                         s10 = zero
                         s11 = zero
-                        for r in range(TILE):
+                        for r in range(tile):
                             xl = saved[2 * q, r]
                             xr = saved[2 * q + 1, r]
                             gl = g[i, r]

@@ -1,0 +1,394 @@
+"""Benchmarks behind ``goft bench``: GOFT against the frozen layer, PEFT's LoRA / OFT / BOFT and the authors' dense-R
+approach, measured in one run, interleaved, as medians of repeated runs.
+
+Each measurement is one JSON line (written to ``OUT/bench.jsonl``) that names the machine; rich tables summarise them
+and ``OUT/bench_layer.png`` plots the per-layer time ratio against d.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import functional as F
+from .config import GOFTConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Machine, timing, saved-tensor accounting
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def machine_description(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    from . import kernels
+
+    info["goft_kernel"] = kernels.kernel_choice() if device.type == "cpu" else "torch"
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], reps: int, device: torch.device,
+                        warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each step, timing the steps round-robin so that machine noise hits all of them alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def saved_bytes(step: Callable[[], None], exclude: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward during ``step``, not counting ``exclude``'s storage
+    (the layer input, which the network keeps alive anyway)."""
+    storages: dict[int, int] = {}
+    skip = exclude.untyped_storage().data_ptr()
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        if storage.data_ptr() != skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The authors' approach, re-implemented faithfully: dense level matrices, multiplied, then x @ R
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DenseGivensLinear(nn.Module):
+    """The authors' first approach: angles ``π·tanh(φ)``; each level built as a dense d×d matrix, the levels
+    multiplied into R every step, then ``base(x @ R)``.  Only for benchmarking."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        d = base.in_features
+        self.phi = nn.Parameter(torch.randn(d - 1) * 0.1)
+        pairs = F.givens_pairs(d)
+        self.register_buffer("rows_i", torch.cat([p[:, 0] for p in pairs]) if pairs else torch.zeros(0, dtype=torch.long))
+        self.register_buffer("rows_j", torch.cat([p[:, 1] for p in pairs]) if pairs else torch.zeros(0, dtype=torch.long))
+        self.level_sizes = [len(p) for p in pairs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.base.in_features
+        theta = math.pi * torch.tanh(self.phi)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        eye = torch.eye(d, device=x.device, dtype=x.dtype)
+        r = eye
+        start = 0
+        for size in self.level_sizes:
+            i, j = self.rows_i[start:start + size], self.rows_j[start:start + size]
+            c, s = cos[start:start + size], sin[start:start + size]
+            level = eye.index_put((i, i), c).index_put((j, j), c).index_put((i, j), -s).index_put((j, i), s)
+            r = level @ r
+            start += size
+        return self.base(x @ r)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-layer benchmark
+# ---------------------------------------------------------------------------------------------------------------------
+
+LAYER_METHODS = ("frozen", "goft", "qgoft", "goft_scaling", "lora_r8", "oft", "boft", "authors_dense")
+
+
+def _peft_wrap(base: nn.Module, config) -> nn.Module:
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(copy.deepcopy(base), config)
+
+
+def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS) -> dict[str, nn.Module]:
+    """One frozen ``Linear(d, d)`` and each method's adapted copy of it (random, non-identity adapters)."""
+    from peft import BOFTConfig, LoraConfig, OFTConfig
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(d, d)).to(device)
+    base.requires_grad_(False)
+    makers = {
+        "frozen": lambda: base,
+        "goft": lambda: _peft_wrap(base, GOFTConfig(target_modules=["0"], init_weights=False)),
+        "qgoft": lambda: _peft_wrap(base, GOFTConfig(target_modules=["0"], quasi=True, init_weights=False)),
+        "goft_scaling": lambda: _peft_wrap(base, GOFTConfig(target_modules=["0"], scaling=True, init_weights=False)),
+        "lora_r8": lambda: _peft_wrap(base, LoraConfig(target_modules=["0"], r=8, init_lora_weights=False)),
+        "oft": lambda: _peft_wrap(base, OFTConfig(target_modules=["0"], init_weights=False)),
+        "boft": lambda: _peft_wrap(base, BOFTConfig(target_modules=["0"], init_weights=False)),
+        "authors_dense": lambda: DenseGivensLinear(copy.deepcopy(base[0])).to(device),
+    }
+    return {name: makers[name]() for name in methods}
+
+
+def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LAYER_METHODS) -> list[dict]:
+    models = build_layer_models(d, device, methods)
+    x = torch.randn(tokens, d, device=device, requires_grad=True)  # mid-network: the input needs a gradient
+
+    def make_step(model):
+        def step():
+            model(x).sum().backward()
+        return step
+
+    steps = {name: make_step(model) for name, model in models.items()}
+    medians = interleaved_medians(steps, reps, device)
+    rows = []
+    for name, model in models.items():
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows.append({
+            "bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": "float32",
+            "seconds": medians[name], "ratio_to_frozen": medians[name] / medians["frozen"],
+            "saved_bytes": saved_bytes(steps[name], exclude=x), "trainable_params": trainable, "reps": reps,
+        })
+    return rows
+
+
+def bench_rotation_scaling(dims, tokens: int, device: torch.device, reps: int) -> dict:
+    """Forward+backward of the rotation alone across d; returns the per-d medians and the fitted exponent of
+    time ∝ d^k (the rotation does O(d) work per token, so k should be near 1)."""
+    steps, inputs = {}, {}
+    for d in dims:
+        x = torch.randn(tokens, d, device=device, requires_grad=True)
+        theta = torch.randn(d - 1, device=device, requires_grad=True)
+        inputs[d] = (x, theta)
+        steps[str(d)] = (lambda x=x, theta=theta: F.rotate(x, theta).sum().backward())
+    medians = interleaved_medians(steps, reps, device)
+    xs = [math.log(d) for d in dims]
+    ys = [math.log(medians[str(d)]) for d in dims]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+    return {"bench": "rotation_scaling", "tokens": tokens, "dims": list(dims),
+            "seconds": [medians[str(d)] for d in dims], "fitted_exponent": slope, "reps": reps}
+
+
+def bench_merge(d: int, device: torch.device, reps: int) -> list[dict]:
+    from .layer import GOFTLayer
+
+    rows = []
+    for variant, config in (("goft", GOFTConfig(target_modules=["0"], init_weights=False)),
+                            ("qgoft", GOFTConfig(target_modules=["0"], quasi=True, init_weights=False))):
+        torch.manual_seed(0)
+        layer = GOFTLayer(nn.Linear(d, d).to(device), "default", config)
+        w0 = layer.base_layer.weight.detach().clone()
+        merge_times, unmerge_times = [], []
+        for _ in range(reps):
+            _sync(device)
+            start = time.perf_counter()
+            layer.merge()
+            _sync(device)
+            merge_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            layer.unmerge()
+            _sync(device)
+            unmerge_times.append(time.perf_counter() - start)
+        restore = ((layer.base_layer.weight - w0).abs().max() / w0.abs().max()).item()
+        rows.append({"bench": "merge", "method": variant, "d": d, "merge_seconds": statistics.median(merge_times),
+                     "unmerge_seconds": statistics.median(unmerge_times), "unmerge_restore_max_rel": restore,
+                     "reps": reps})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# End-to-end: one training step of the embedded MiniLM with all its linear layers adapted
+# ---------------------------------------------------------------------------------------------------------------------
+
+E2E_METHODS = ("goft", "qgoft", "lora_r8", "oft", "boft")
+E2E_TARGETS = ["query", "key", "value", "dense"]
+
+
+def e2e_config(method: str):
+    from peft import BOFTConfig, LoraConfig, OFTConfig
+
+    common = {"target_modules": E2E_TARGETS, "task_type": "SEQ_CLS"}
+    return {
+        "goft": lambda: GOFTConfig(**common),
+        "qgoft": lambda: GOFTConfig(quasi=True, **common),
+        "lora_r8": lambda: LoraConfig(r=8, **common),
+        "oft": lambda: OFTConfig(**common),
+        "boft": lambda: BOFTConfig(**common),
+    }[method]()
+
+
+def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS) -> list[dict]:
+    from peft import get_peft_model
+
+    from .models import load_sequence_classifier
+
+    torch.manual_seed(0)
+    base, _ = load_sequence_classifier()
+    base.to(device)
+    ids = torch.randint(1000, 20000, (batch, seq_len), device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    steps, models = {}, {}
+    for method in methods:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(copy.deepcopy(base), e2e_config(method)).to(device)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        models[method] = model
+
+        def step(model=model, optimizer=optimizer, quasi=(method == "qgoft")):
+            loss = model(input_ids=ids, labels=labels).loss
+            if quasi:
+                from .model import orthogonality_penalty
+
+                loss = loss + orthogonality_penalty(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        steps[method] = step
+    medians = interleaved_medians(steps, reps, device, warmup=1)
+    fastest = min(medians.values())
+    return [{"bench": "e2e_minilm", "method": m, "batch": batch, "seq_len": seq_len, "seconds": medians[m],
+             "ratio_to_lora_r8": medians[m] / medians["lora_r8"] if "lora_r8" in medians else None,
+             "ratio_to_fastest": medians[m] / fastest,
+             "trainable_params": sum(p.numel() for p in models[m].parameters() if p.requires_grad), "reps": reps}
+            for m in methods]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Driver, report, plot
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = [m for m in LAYER_METHODS if any(r["method"] == m for r in rows)]
+    for method in methods:
+        pts = sorted((r["d"], r["ratio_to_frozen"]) for r in rows
+                     if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method,
+                    linewidth=2.5 if method.startswith(("goft", "qgoft")) else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("d (in = out features)")
+    ax.set_ylabel("forward+backward time / frozen layer")
+    ax.set_title(f"One adapted linear layer, {tokens} tokens, fp32")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool = True, merge: bool = True,
+        methods=LAYER_METHODS, dense_max_d: int = 2048, e2e_batch: int = 16, e2e_seq_len: int = 128) -> list[dict]:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    dev = torch.device(device)
+    machine = machine_description(dev)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "bench.jsonl"
+    rows: list[dict] = []
+
+    def emit(row: dict) -> None:
+        row = {**row, "machine": machine}
+        rows.append(row)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    jsonl.write_text("")
+    console.print(f"machine: {machine}")
+    for tokens in tokens_list:
+        for d in dims:
+            # the dense approach costs O(L d^3) per step: past dense_max_d it takes minutes and is skipped
+            chosen = [m for m in methods if not (m == "authors_dense" and d > dense_max_d)]
+            console.print(f"layer d={d} tokens={tokens} ...")
+            for row in bench_layer(d, tokens, dev, reps, chosen):
+                emit(row)
+    if len(dims) >= 2:
+        emit(bench_rotation_scaling(dims, max(tokens_list), dev, reps))
+    if merge:
+        for row in bench_merge(4096, dev, reps):
+            emit(row)
+    if e2e:
+        console.print("end-to-end MiniLM training step ...")
+        for row in bench_e2e(dev, reps, e2e_batch, e2e_seq_len):
+            emit(row)
+
+    for tokens in tokens_list:
+        table = Table(title=f"one linear layer, {tokens} tokens, fp32, forward+backward (median of {reps})")
+        table.add_column("method")
+        for d in dims:
+            table.add_column(f"d={d} ratio", justify="right")
+        table.add_column(f"saved MiB d={dims[min(1, len(dims) - 1)]}", justify="right")
+        for method in methods:
+            cells = []
+            for d in dims:
+                hit = [r for r in rows if r["bench"] == "layer" and r["method"] == method and r["d"] == d
+                       and r["tokens"] == tokens]
+                cells.append(f"{hit[0]['ratio_to_frozen']:.2f}" if hit else "—")
+            ref = [r for r in rows if r["bench"] == "layer" and r["method"] == method
+                   and r["d"] == dims[min(1, len(dims) - 1)] and r["tokens"] == tokens]
+            table.add_row(method, *cells, _mib(ref[0]["saved_bytes"]) if ref else "—")
+        console.print(table)
+    for row in rows:
+        if row["bench"] == "rotation_scaling":
+            console.print(f"rotation alone, {row['tokens']} tokens: time ∝ d^{row['fitted_exponent']:.2f} "
+                          f"over d={row['dims']}")
+        if row["bench"] == "merge":
+            console.print(f"merge {row['method']} {row['d']}x{row['d']}: {row['merge_seconds']:.3f} s, unmerge "
+                          f"{row['unmerge_seconds']:.3f} s, restore error {row['unmerge_restore_max_rel']:.1e}")
+    e2e_rows = [r for r in rows if r["bench"] == "e2e_minilm"]
+    if e2e_rows:
+        table = Table(title=f"MiniLM training step (batch {e2e_batch} x {e2e_seq_len} tokens, all linear layers "
+                            f"adapted), median of {reps}")
+        for col in ("method", "seconds", "vs LoRA r=8", "trainable params"):
+            table.add_column(col, justify="right")
+        for r in e2e_rows:
+            table.add_row(r["method"], f"{r['seconds']:.3f}", f"{r['ratio_to_lora_r8']:.2f}", f"{r['trainable_params']:,}")
+        console.print(table)
+    plot_layer(rows, max(tokens_list), out / "bench_layer.png")
+    console.print(f"wrote {jsonl} and {out / 'bench_layer.png'}")
+    return rows

@@ -1,0 +1,41 @@
+"""goft bench runs end to end at toy sizes and reports what it should (timings themselves are not asserted)."""
+
+import json
+
+import torch
+
+from goft import bench
+
+
+def test_bench_toy_run_writes_jsonl_and_plot(tmp_path):
+    rows = bench.run(tmp_path, dims=[8, 16], tokens_list=[4], reps=1, e2e=False, merge=False)
+    lines = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert lines == json.loads(json.dumps(rows))
+    layer = [r for r in rows if r["bench"] == "layer"]
+    assert {r["method"] for r in layer} == set(bench.LAYER_METHODS)
+    assert all(r["machine"]["cpu"] and r["seconds"] > 0 for r in layer)
+    frozen = [r for r in layer if r["method"] == "frozen"]
+    assert all(r["ratio_to_frozen"] == 1.0 for r in frozen)
+    goft16 = next(r for r in layer if r["method"] == "goft" and r["d"] == 16)
+    assert goft16["trainable_params"] == 15
+    assert any(r["bench"] == "rotation_scaling" for r in rows)
+    assert (tmp_path / "bench_layer.png").stat().st_size > 0
+
+
+def test_saved_bytes_counts_distinct_storages_but_not_the_input():
+    x = torch.randn(64, 32, requires_grad=True)
+    w = torch.randn(32, 32, requires_grad=True)
+    # x @ w saves x (excluded) and w (32*32*4 bytes); tanh saves its 64x32 output
+    n = bench.saved_bytes(lambda: torch.tanh(x @ w).sum().backward(), exclude=x)
+    assert n == 32 * 32 * 4 + 64 * 32 * 4
+
+
+def test_dense_reference_matches_goft_rotation():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 5)
+    dense = bench.DenseGivensLinear(base)
+    x = torch.randn(3, 12)
+    theta = torch.pi * torch.tanh(dense.phi.detach())
+    from goft import functional as F
+
+    assert torch.allclose(dense(x), base(F.rotate(x, theta)), atol=1e-5)
