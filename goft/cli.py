@@ -31,9 +31,116 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_config(args: argparse.Namespace, **overrides):
+    from .train import FinetuneConfig
+
+    targets = [t.strip() for t in args.target_modules.split(",")] if args.target_modules else None
+    values = dict(
+        method=getattr(args, "method", "goft"), task=args.task, model=args.model,
+        train_file=args.train_file, eval_file=args.eval_file, target_modules=targets, epochs=args.epochs,
+        lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=getattr(args, "seed", 0),
+        train_size=args.train_size, orth_reg_weight=args.orth_reg_weight, lora_r=args.lora_r,
+        output=getattr(args, "output", None), progress=not args.no_progress,
+    )
+    values.update(overrides)
+    try:
+        return FinetuneConfig(**values)
+    except ValueError as err:
+        raise SystemExit(f"goft: {err}") from None
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .models import ModelUnavailableError
+    from .train import finetune
+
+    cfg = _finetune_config(args)
+    try:
+        metrics = finetune(cfg)
+    except (DataError, ModelUnavailableError) as err:
+        raise SystemExit(f"goft finetune: {err}") from None
+    print(f"{cfg.method} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
+          f"({metrics['eval_examples']} examples), {metrics['trainable_params']:,} trainable parameters "
+          f"({metrics['adapter_params']:,} in the adapter), {metrics['seconds']:.1f} s")
+    if cfg.output:
+        print(f"wrote {cfg.output}/metrics.json, curve.png" + (" and the adapter" if cfg.method != "full" else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import markdown_table, run_compare
+
+    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = list(range(args.seeds))
+    base = _finetune_config(args, progress=not args.no_progress)
+    try:
+        results = run_compare(args.task, labels, seeds, base, Path(args.results))
+    except ValueError as err:
+        raise SystemExit(f"goft compare: {err}") from None
+    print(markdown_table(results))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import inspect_adapter
+
+    try:
+        inspect_adapter(Path(args.adapter_dir), plot=Path(args.plot) if args.plot else None)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"goft inspect: {err}") from None
+    return 0
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from .train import DEFAULT_LR
+
+    p.add_argument("--task", default="polarity", help="embedded task: polarity or hedge (default: polarity)")
+    p.add_argument("--model", default=None, help="local transformers checkpoint directory (default: embedded MiniLM)")
+    p.add_argument("--train-file", default=None, help="your own training data: .csv/.tsv (header text,label) or .jsonl")
+    p.add_argument("--eval-file", default=None, help="your own evaluation data, same format (with --train-file)")
+    p.add_argument("--target-modules", default=None,
+                   help="comma-separated module names to adapt (default: all linear layers of the encoder)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate; default per method: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--max-length", type=int, default=64, help="max tokens per example (default: 64)")
+    p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")
+    p.add_argument("--orth-reg-weight", type=float, default=1e-2, help="qGOFT penalty weight λ (default: 0.01)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for --method lora (default: 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import DEFAULT_RUNS, RUNS
+    from .train import METHODS
+
     parser = argparse.ArgumentParser(prog="goft", description="Givens-rotation orthogonal fine-tuning (GOFT, qGOFT)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("finetune", help="fine-tune a classifier with one method and evaluate it",
+                       description="Fine-tune the embedded MiniLM (or --model) on a real task (or your files); "
+                                   "writes OUTPUT/metrics.json, the adapter and curve.png.")
+    p.add_argument("--method", default="goft", choices=METHODS,
+                   help="goft, qgoft, lora, oft, boft (PEFT), head (classifier only) or full (default: goft)")
+    _add_training_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--output", default=None, help="directory for metrics.json, the adapter and curve.png")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("compare", help="methods x seeds on one task -> results/<task>.json, .md, .png")
+    p.add_argument("--methods", default=",".join(DEFAULT_RUNS),
+                   help=f"comma-separated runs from {', '.join(RUNS)} (default: {','.join(DEFAULT_RUNS)}); "
+                        "lora_r2 matches qGOFT's parameter count")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+    _add_training_args(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("inspect", help="per-layer statistics of a saved GOFT adapter (and a PNG)")
+    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--plot", default=None, help="write a per-layer PNG here (default: ADAPTER_DIR/inspect.png)")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="speed and memory against the frozen layer, LoRA, OFT, BOFT, the dense approach",
                        description="Per-layer forward+backward time and saved bytes, rotation scaling in d, merge "

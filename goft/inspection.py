@@ -1,0 +1,96 @@
+"""``goft inspect``: what a saved GOFT / qGOFT adapter learned, layer by layer, read straight from its files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from . import functional as F
+
+SUFFIXES = (".goft_theta", ".goft_blocks", ".goft_scale")
+
+
+def layer_statistics(adapter_dir: Path) -> list[dict]:
+    """One dict per adapted layer: d, angle statistics (strict), and for qGOFT the deviation from orthogonality
+    ‖RᵀR − I‖_F and the column norms of R."""
+    config_path = adapter_dir / "adapter_config.json"
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {adapter_dir} a saved GOFT adapter?")
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type") != "GOFT":
+        raise ValueError(f"{config_path}: peft_type is {config.get('peft_type')!r}, not 'GOFT'")
+    tensors = load_file(str(weights_path))
+    layers: dict[str, dict] = {}
+    for key, value in tensors.items():
+        for suffix in SUFFIXES:
+            if key.endswith(suffix):
+                layers.setdefault(key[: -len(suffix)], {})[suffix[1:]] = value.double()
+    rows = []
+    for name, parts in layers.items():
+        params = parts.get("goft_theta", parts.get("goft_blocks"))
+        if params is None:
+            continue
+        d = params.shape[0] + 1
+        scale = parts.get("goft_scale")
+        row = {"layer": name, "d": d, "quasi": "goft_blocks" in parts}
+        if not row["quasi"]:
+            angles = params.abs()
+            row.update(angle_abs_mean=angles.mean().item() if d > 1 else 0.0,
+                       angle_abs_max=angles.max().item() if d > 1 else 0.0)
+        r = F.rotation_matrix(params, d, scale)
+        gram = r.T @ r
+        row["orth_deviation_fro"] = (gram - torch.eye(d, dtype=gram.dtype)).norm().item()
+        norms = r.norm(dim=0)
+        row.update(col_norm_min=norms.min().item(), col_norm_max=norms.max().item())
+        if scale is not None:
+            row.update(scale_min=scale.min().item(), scale_max=scale.max().item())
+        rows.append(row)
+    return rows
+
+
+def inspect_adapter(adapter_dir: Path, plot: Path | None = None) -> list[dict]:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = layer_statistics(adapter_dir)
+    table = Table(title=f"GOFT adapter {adapter_dir}")
+    for col in ("layer", "d", "|angle| mean", "|angle| max", "‖RᵀR−I‖_F", "col norm min", "col norm max"):
+        table.add_column(col, justify="right" if col != "layer" else "left")
+    for r in rows:
+        table.add_row(r["layer"].removeprefix("base_model.model."), str(r["d"]),
+                      f"{r['angle_abs_mean']:.4f}" if "angle_abs_mean" in r else "—",
+                      f"{r['angle_abs_max']:.4f}" if "angle_abs_max" in r else "—",
+                      f"{r['orth_deviation_fro']:.2e}", f"{r['col_norm_min']:.4f}", f"{r['col_norm_max']:.4f}")
+    Console(width=200).print(table)
+    plot_path = plot or adapter_dir / "inspect.png"
+    _plot(rows, plot_path)
+    print(f"wrote {plot_path}")
+    return rows
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = list(range(len(rows)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    if any("angle_abs_mean" in r for r in rows):
+        ax1.plot(idx, [r.get("angle_abs_mean", float("nan")) for r in rows], marker="o", label="|angle| mean")
+        ax1.plot(idx, [r.get("angle_abs_max", float("nan")) for r in rows], marker="x", label="|angle| max")
+        ax1.set_ylabel("radians")
+    ax1.plot(idx, [r["col_norm_max"] - 1 for r in rows], marker=".", label="max column norm − 1")
+    ax1.set_xlabel("adapted layer (file order)")
+    ax1.legend(fontsize=8)
+    ax2.semilogy(idx, [max(r["orth_deviation_fro"], 1e-16) for r in rows], marker="o")
+    ax2.set_xlabel("adapted layer (file order)")
+    ax2.set_ylabel("‖RᵀR − I‖_F")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
