@@ -289,13 +289,22 @@ def _np(t: Optional[torch.Tensor], cdt: torch.dtype, shape=None):
     return t.contiguous().numpy()
 
 
-def _rotate_rows_compiled(rows, blocks, scale):
+def _rotate_rows_compiled(rows, blocks, scale, top_first=True):
     cdt = rows.dtype
     out = torch.empty_like(rows)
     kernels.rotate_rows(
         _np(rows, cdt), out.numpy(), _np(blocks, cdt, (-1, 4)), _np(scale, cdt), scale is not None,
-        *_level_arrays(rows.shape[-1]), kernels.TILE,
+        *_level_arrays(rows.shape[-1]), kernels.TILE, top_first,
     )
+    return out
+
+
+def _sweep_rows(rows: torch.Tensor, blocks: torch.Tensor, top_first: bool) -> torch.Tensor:
+    """A new (N, d) tensor: every row right-multiplied by all level matrices (no autograd), on the fastest path."""
+    if _use_compiled(rows, rows.dtype):
+        return _rotate_rows_compiled(rows.contiguous(), blocks, None, top_first)
+    out = rows.clone()
+    _sweep(out, blocks, rows.shape[-1], top_first=top_first)
     return out
 
 
@@ -396,12 +405,11 @@ def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.
     blocks = _as_blocks(params, d)
     _check_scale(scale, d)
     cdt = _compute_dtype(y, blocks, scale)
-    buf = y.to(cdt, copy=True)
+    buf = y.reshape(-1, d).to(cdt)
     if scale is not None:
-        buf.div_(_checked_scale(scale, cdt))
+        buf = buf / _checked_scale(scale, cdt)
     inverse = _transpose_blocks(blocks.to(cdt)) if params.dim() == 1 else _invert_blocks(blocks.to(cdt))
-    _sweep(buf, inverse, d, top_first=False)
-    return buf.to(y.dtype)
+    return _sweep_rows(buf, inverse, top_first=False).reshape(y.shape).to(y.dtype)
 
 
 def _checked_scale(scale: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
@@ -442,11 +450,11 @@ def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[tor
     blocks = _as_blocks(params, d)
     _check_scale(scale, d)
     cdt = _compute_dtype(weight, blocks, scale)
-    buf = weight.to(cdt, copy=True)
+    buf = weight.reshape(-1, d).to(cdt)
     if scale is not None:
-        buf.mul_(scale.to(cdt))
-    _sweep(buf, _transpose_blocks(blocks.to(cdt)), d, top_first=False)
-    return buf.to(weight.dtype)
+        buf = buf * scale.to(cdt)
+    out = _sweep_rows(buf, _transpose_blocks(blocks.to(cdt)), top_first=False)
+    return out.reshape(weight.shape).to(weight.dtype)
 
 
 @torch.no_grad()
@@ -462,11 +470,10 @@ def unmerge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[t
     cdt = _compute_dtype(weight, blocks, scale)
     inv_scale = None if scale is None else 1.0 / _checked_scale(scale, cdt)
     inverse = _transpose_blocks(blocks.to(cdt)) if params.dim() == 1 else _invert_blocks(blocks.to(cdt))
-    buf = weight.to(cdt, copy=True)
-    _sweep(buf, _transpose_blocks(inverse), d, top_first=True)
+    out = _sweep_rows(weight.reshape(-1, d).to(cdt), _transpose_blocks(inverse), top_first=True)
     if inv_scale is not None:
-        buf.mul_(inv_scale)
-    return buf.to(weight.dtype)
+        out.mul_(inv_scale)
+    return out.reshape(weight.shape).to(weight.dtype)
 
 
 def block_orthogonality_penalty(params: torch.Tensor) -> torch.Tensor:

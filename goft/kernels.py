@@ -78,8 +78,8 @@ if AVAILABLE:
                     dst[n0 + r, t] = src[t, r]
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets, tile):  # pragma: no cover - compiled
-        """y[n] = x[n] @ P_L ⋯ P_1 (· diag(scale)) for every row n."""
+    def rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets, tile, top_first):  # pragma: no cover
+        """y[n] = x[n] @ P_L ⋯ P_1 (· diag(scale)) for every row n (``top_first``), or x[n] @ P_1 ⋯ P_L (· diag)."""
         n_rows, d = x.shape
         n_levels = steps.shape[0]
         n_tiles = (n_rows + tile - 1) // tile
@@ -88,7 +88,8 @@ if AVAILABLE:
             rows = min(tile, n_rows - n0)
             buf = np.empty((d, tile), dtype=x.dtype)
             _load_tile(x, n0, rows, buf)
-            for lev in range(n_levels - 1, -1, -1):  # top level first
+            for li in range(n_levels):
+                lev = n_levels - 1 - li if top_first else li
                 s = steps[lev]
                 off = offsets[lev]
                 for k in range(npairs[lev]):

@@ -231,6 +231,7 @@ def write_json_atomic(path: Path, obj) -> None:
             json.dump(obj, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary readable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
