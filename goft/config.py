@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Optional, Union
 
 from peft.config import PeftConfig
@@ -25,6 +27,17 @@ class _GOFTPeftType(str, enum.Enum):
 GOFT_PEFT_TYPE = _GOFTPeftType.GOFT
 
 BIAS_CHOICES = ("none", "all", "goft_only")
+
+# Version of what goft writes into adapter_config.json / adapter_model.safetensors.  A newer version on disk is
+# refused rather than half-understood.
+FORMAT_VERSION = 1
+
+# Keys a goft adapter_config.json must have (the rest have safe defaults).
+REQUIRED_SAVED_FIELDS = ("peft_type", "goft_format_version", "quasi", "scaling", "target_modules")
+
+
+class AdapterFileError(ValueError):
+    """A saved adapter (config or weights) is missing, corrupted, or from an incompatible version."""
 
 
 @dataclass
@@ -81,10 +94,21 @@ class GOFTConfig(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules besides the adapted ones to train and save, e.g. ['classifier']."}
     )
+    goft_format_version: int = field(
+        default=FORMAT_VERSION, metadata={"help": "Version of goft's saved adapter format (set by goft)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = GOFT_PEFT_TYPE
+        version = self.goft_format_version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise AdapterFileError(f"GOFTConfig.goft_format_version must be an integer >= 1, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise AdapterFileError(
+                f"this adapter was saved in goft format {version}, newer than the format {FORMAT_VERSION} this goft "
+                "reads; upgrade goft to load it"
+            )
         for name in ("quasi", "scaling", "init_weights", "fan_in_fan_out"):
             value = getattr(self, name)
             if not isinstance(value, bool):
@@ -107,3 +131,45 @@ class GOFTConfig(PeftConfig):
             raise ValueError("GOFTConfig: layers_pattern cannot be used when target_modules is a regex str")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("GOFTConfig: layers_pattern needs layers_to_transform as well")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, **kwargs):
+        """Load a saved GOFT config, refusing missing or unknown fields, and check the weights file next to it.
+
+        peft's loader would drop unknown fields with a warning and fill missing ones with defaults; for goft a
+        silently defaulted ``quasi`` or ``scaling`` means a different model, so both are errors here.
+        """
+        path = Path(pretrained_model_name_or_path) / (subfolder or "")
+        config_file = path / "adapter_config.json"
+        if config_file.is_file():
+            try:
+                saved = json.loads(config_file.read_text())
+            except json.JSONDecodeError as err:
+                raise AdapterFileError(f"{config_file} is not valid JSON: {err}") from None
+            if not isinstance(saved, dict):
+                raise AdapterFileError(f"{config_file} must hold a JSON object, got {type(saved).__name__}")
+            known = {f.name for f in fields(cls)} | {"auto_mapping", "runtime_config"}
+            unknown = sorted(set(saved) - known)
+            if unknown:
+                raise AdapterFileError(
+                    f"{config_file} has unknown field(s) {unknown}; a GOFT config has {sorted(known)}"
+                )
+            missing = [k for k in REQUIRED_SAVED_FIELDS if k not in saved]
+            if missing:
+                raise AdapterFileError(f"{config_file} lacks required field(s) {missing}")
+            check_weights_file(path / "adapter_model.safetensors")
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+
+def check_weights_file(path: Path) -> None:
+    """Read every tensor of a saved adapter once: a truncated or corrupted file becomes an AdapterFileError."""
+    if not path.is_file():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception as err:  # safetensors raises its own SafetensorError (not a ValueError) for damaged files
+        raise AdapterFileError(f"{path} is truncated or corrupted: {err}") from err

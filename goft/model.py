@@ -84,6 +84,12 @@ class GOFTModel(BaseTuner):
                 f"{err} GOFT can adapt these modules of the model: {shown or 'none'}{more}."
             ) from err
 
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        _check_loaded_shapes(model, remapped, adapter_name)
+        return remapped
+
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
         """Per-sample adapters: ``model(..., adapter_names=[...])`` picks one adapter per batch sample."""
@@ -111,6 +117,42 @@ class GOFTModel(BaseTuner):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], adapter_name: str) -> None:
+    """Refuse a checkpoint whose GOFT tensors do not fit the model, naming the layer and both shapes."""
+    from .config import AdapterFileError
+
+    expected = {name: p.shape for name, p in model.state_dict().items() if ".goft_" in name}
+    for key, value in state_dict.items():
+        if ".goft_" not in key:
+            continue
+        target = key if key in expected else f"base_model.model.{key}" if f"base_model.model.{key}" in expected \
+            else None
+        layer = key.split(".goft_")[0].removeprefix("base_model.model.")
+        kind = "goft_" + key.split(".goft_")[1].split(".")[0]
+        if target is None:
+            raise AdapterFileError(
+                f"the checkpoint has {kind} for layer {layer!r}, which the model has no GOFT parameter for "
+                "(GOFT and qGOFT mixed up, scaling on one side only, or a different architecture?)"
+            )
+        if tuple(value.shape) != tuple(expected[target]):
+            raise AdapterFileError(
+                f"layer {layer!r}: the checkpoint's {kind} has shape {tuple(value.shape)} but this model needs "
+                f"{tuple(expected[target])} (in_features {_in_features_for(kind, value.shape)} saved vs "
+                f"{_in_features_for(kind, expected[target])} here)"
+            )
+    present = {k if k in expected else f"base_model.model.{k}" for k in state_dict}
+    absent = sorted(k for k in expected if k.endswith(f".{adapter_name}") and k not in present)
+    if absent:
+        raise AdapterFileError(
+            f"the checkpoint lacks {len(absent)} GOFT tensor(s) this model needs, e.g. {absent[0]!r} "
+            "(GOFT and qGOFT mixed up, scaling on one side only, or a truncated save?)"
+        )
+
+
+def _in_features_for(kind: str, shape) -> int:
+    return shape[0] if kind == "goft_scale" else shape[0] + 1
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
