@@ -41,6 +41,7 @@ def _finetune_config(args: argparse.Namespace, **overrides):
         lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=getattr(args, "seed", 0),
         train_size=args.train_size, orth_reg_weight=args.orth_reg_weight, lora_r=args.lora_r,
         output=getattr(args, "output", None), progress=not args.no_progress,
+        save_every=getattr(args, "save_every", 0), resume=getattr(args, "resume", False),
     )
     values.update(overrides)
     try:
@@ -126,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--output", default=None, help="directory for metrics.json, the adapter and curve.png")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also write OUTPUT/checkpoint.pt every N steps (it is always written at epoch ends)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUTPUT/checkpoint.pt (same options and seed)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("compare", help="methods x seeds on one task -> results/<task>.json, .md, .png")

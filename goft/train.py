@@ -84,6 +84,8 @@ class FinetuneConfig:
     output: Optional[str] = None
     save_adapter: bool = True
     progress: bool = True
+    save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends); needs output
+    resume: bool = False  # continue from output/checkpoint.pt if it exists
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -96,6 +98,10 @@ class FinetuneConfig:
             raise ValueError(f"--train-size must be at least 2, got {self.train_size}")
         if (self.train_file is None) != (self.eval_file is None):
             raise ValueError("--train-file and --eval-file go together: give both or neither")
+        if not isinstance(self.save_every, int) or self.save_every < 0:
+            raise ValueError(f"--save-every must be an integer >= 0, got {self.save_every!r}")
+        if (self.save_every or self.resume) and not self.output:
+            raise ValueError("--save-every and --resume need --output (where the checkpoint lives)")
         if self.lr is not None and not (self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
 
@@ -178,13 +184,29 @@ def finetune(cfg: FinetuneConfig) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
     generator = torch.Generator().manual_seed(cfg.seed)
-    curve = {"step": [], "loss": [], "eval_epoch": [], "eval_accuracy": []}
-    start = time.perf_counter()
-    bar = tqdm(total=total_steps, disable=not cfg.progress, desc=f"{cfg.method} {train_set.source}", leave=False)
-    seen = correct = 0
-    for epoch in range(cfg.epochs):
+    ckpt = Path(cfg.output) / "checkpoint.pt" if cfg.output else None
+    state = {"epoch": 0, "batch": 0, "epoch_generator": generator.get_state(), "seen": 0, "correct": 0,
+             "elapsed": 0.0, "curve": {"step": [], "loss": [], "eval_epoch": [], "eval_accuracy": []}}
+    if cfg.resume and ckpt is not None and ckpt.is_file():
+        state = load_checkpoint(ckpt, model, optimizer, schedule)
+    curve = state["curve"]
+    start = time.perf_counter() - state["elapsed"]
+    bar = tqdm(total=total_steps, initial=len(curve["step"]), disable=not cfg.progress,
+               desc=f"{cfg.method} {train_set.source}", leave=False)
+
+    def checkpoint(epoch: int, batch: int, epoch_generator: torch.Tensor) -> None:
+        if ckpt is not None:
+            save_checkpoint(ckpt, model, optimizer, schedule, {
+                **state, "epoch": epoch, "batch": batch, "epoch_generator": epoch_generator,
+                "elapsed": time.perf_counter() - start})
+
+    for epoch in range(state["epoch"], cfg.epochs):
         model.train()
-        for idx in _batches(len(train_set), cfg.batch_size, generator):
+        generator.set_state(state["epoch_generator"])  # the data order of this epoch, also after a resume
+        epoch_generator = generator.get_state()
+        for b, idx in enumerate(list(_batches(len(train_set), cfg.batch_size, generator))):
+            if epoch == state["epoch"] and b < state["batch"]:
+                continue  # done before the resume
             enc = tokenizer([train_set.texts[i] for i in idx], padding=True, truncation=True,
                             max_length=cfg.max_length, return_tensors="pt")
             labels = torch.tensor([train_set.labels[i] for i in idx])
@@ -194,14 +216,18 @@ def finetune(cfg: FinetuneConfig) -> dict:
             loss.backward()
             optimizer.step()
             schedule.step()
-            seen += len(idx)
-            correct += int((out.logits.argmax(-1) == labels).sum())
+            state["seen"] += len(idx)
+            state["correct"] += int((out.logits.argmax(-1) == labels).sum())
             curve["step"].append(len(curve["step"]) + 1)
             curve["loss"].append(loss.item())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{state['correct'] / state['seen']:.3f}")
+            if cfg.save_every and len(curve["step"]) % cfg.save_every == 0:
+                checkpoint(epoch, b + 1, epoch_generator)
         curve["eval_epoch"].append(epoch + 1)
         curve["eval_accuracy"].append(evaluate(model, tokenizer, test_set, max_length=cfg.max_length))
+        state["epoch_generator"] = generator.get_state()
+        checkpoint(epoch + 1, 0, state["epoch_generator"])
     bar.close()
     seconds = time.perf_counter() - start
     metrics = {
@@ -215,6 +241,46 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.output:
         _write_outputs(cfg, model, metrics)
     return metrics
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t for n, t in model.state_dict().items() if n in names}
+
+
+def save_checkpoint(path: Path, model, optimizer, schedule, state: dict) -> None:
+    """Everything needed to continue bit-for-bit: trainable weights, optimizer, schedule, RNG states, position.
+
+    Written to a temporary file in the same directory, fsynced, then renamed over the old checkpoint, so a kill at
+    any moment leaves either the previous checkpoint or the new one, never a torn file.
+    """
+    payload = {"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+               "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "state": state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, model, optimizer, schedule) -> dict:
+    payload = torch.load(path, weights_only=False)
+    missing = set(_trainable_state(model)) - set(payload["model"])
+    if missing:
+        raise ValueError(f"{path} does not match this run (e.g. {sorted(missing)[0]!r} is missing); "
+                         "resume with the same method and options, or start a fresh --output")
+    model.load_state_dict(payload["model"], strict=False)
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    torch.set_rng_state(payload["torch_rng"])
+    return payload["state"]
 
 
 def _head_params(model) -> int:
