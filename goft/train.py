@@ -178,6 +178,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    dist = _Distributed.from_environment()
+    train_model = dist.wrap(model)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = max(1, round(0.06 * total_steps))
@@ -189,9 +191,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
              "elapsed": 0.0, "curve": {"step": [], "loss": [], "eval_epoch": [], "eval_accuracy": []}}
     if cfg.resume and ckpt is not None and ckpt.is_file():
         state = load_checkpoint(ckpt, model, optimizer, schedule)
+    if not dist.is_main:
+        ckpt = None  # rank 0 writes; the other ranks hold identical state
     curve = state["curve"]
     start = time.perf_counter() - state["elapsed"]
-    bar = tqdm(total=total_steps, initial=len(curve["step"]), disable=not cfg.progress,
+    bar = tqdm(total=total_steps, initial=len(curve["step"]), disable=not (cfg.progress and dist.is_main),
                desc=f"{cfg.method} {train_set.source}", leave=False)
 
     def checkpoint(epoch: int, batch: int, epoch_generator: torch.Tensor) -> None:
@@ -207,16 +211,18 @@ def finetune(cfg: FinetuneConfig) -> dict:
         for b, idx in enumerate(list(_batches(len(train_set), cfg.batch_size, generator))):
             if epoch == state["epoch"] and b < state["batch"]:
                 continue  # done before the resume
-            enc = tokenizer([train_set.texts[i] for i in idx], padding=True, truncation=True,
+            local = dist.shard(idx)  # this process's part of the global batch (all of it without torchrun)
+            enc = tokenizer([train_set.texts[i] for i in local], padding=True, truncation=True,
                             max_length=cfg.max_length, return_tensors="pt")
-            labels = torch.tensor([train_set.labels[i] for i in idx])
-            out = model(**enc, labels=labels)
-            loss = out.loss + orthogonality_penalty(model)  # qGOFT's soft orthogonality; exactly 0 otherwise
+            labels = torch.tensor([train_set.labels[i] for i in local])
+            out = train_model(**enc, labels=labels)
+            # Weighting each shard's mean by its share makes DDP's gradient average equal the global batch mean.
+            loss = out.loss * (len(local) * dist.world_size / len(idx)) + orthogonality_penalty(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            state["seen"] += len(idx)
+            state["seen"] += len(local)
             state["correct"] += int((out.logits.argmax(-1) == labels).sum())
             curve["step"].append(len(curve["step"]) + 1)
             curve["loss"].append(loss.item())
@@ -230,6 +236,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         checkpoint(epoch + 1, 0, state["epoch_generator"])
     bar.close()
     seconds = time.perf_counter() - start
+    distributed = dist.check_identical(params)
     metrics = {
         "method": cfg.method, "task": cfg.task if cfg.train_file is None else "user", "seed": cfg.seed,
         "accuracy": curve["eval_accuracy"][-1], "trainable_params": n_trainable,
@@ -238,9 +245,75 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "config": {**asdict(cfg), "lr": cfg.learning_rate},
         "curve": curve,
     }
-    if cfg.output:
+    if distributed:
+        metrics["distributed"] = distributed
+    if cfg.output and dist.is_main:
         _write_outputs(cfg, model, metrics)
+    dist.close()
     return metrics
+
+
+class _Distributed:
+    """Data parallelism under ``torchrun`` (gloo on CPU, nccl on GPU); a no-op for a single process.
+
+    Each optimizer step takes the same global batch as a single-process run and gives every rank an equal, strided
+    share of it; DDP averages the gradients, so the adapters stay identical across ranks and equal (up to float
+    rounding) to the single-process run with the same ``--batch-size`` -- exactly so without dropout; with dropout
+    the masks differ from the single-process run's.
+    """
+
+    def __init__(self, world_size: int = 1, rank: int = 0):
+        self.world_size, self.rank = world_size, rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> "_Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as tdist
+
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(tdist.get_world_size(), tdist.get_rank())
+
+    def wrap(self, model):
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+
+    def shard(self, idx: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return idx
+        if len(idx) < self.world_size:
+            raise ValueError(f"a batch of {len(idx)} examples cannot be split over {self.world_size} processes; "
+                             "use a --batch-size of at least the number of processes")
+        return idx[self.rank::self.world_size]
+
+    def check_identical(self, params) -> Optional[dict]:
+        """Largest difference of any trainable parameter between rank 0 and the other ranks (None: one process)."""
+        if self.world_size == 1:
+            return None
+        import torch.distributed as tdist
+
+        flat = torch.cat([p.detach().reshape(-1).float() for p in params])
+        reference = flat.clone()
+        tdist.broadcast(reference, src=0)
+        diff = (flat - reference).abs().max()
+        tdist.all_reduce(diff, op=tdist.ReduceOp.MAX)
+        return {"world_size": self.world_size, "max_param_diff_across_ranks": diff.item()}
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+            tdist.destroy_process_group()
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
