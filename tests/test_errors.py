@@ -139,19 +139,22 @@ def test_strict_goft_stays_orthogonal_after_many_large_steps():
     lead=st.lists(st.integers(0, 3), min_size=0, max_size=2),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
     quasi=st.booleans(),
+    scaled=st.booleans(),
     poison=st.sampled_from([None, math.nan, math.inf, -math.inf]),
     seed=st.integers(0, 10_000),
 )
-def test_fuzz_rotate(d, lead, dtype, quasi, poison, seed):
+def test_fuzz_rotate(d, lead, dtype, quasi, scaled, poison, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*lead, d, generator=g).to(dtype)
     params = torch.randn(d - 1, 2, 2, generator=g) * 0.3 + torch.eye(2) if quasi else torch.randn(d - 1, generator=g)
-    params = params.to(torch.float64 if dtype == torch.float64 else torch.float32)  # parameters in the compute dtype
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32  # parameters in the compute dtype
+    params = params.to(pdtype)
+    scale = (0.5 + torch.rand(d, generator=g)).to(pdtype) if scaled else None
     if poison is not None and x.numel():
         x.view(-1)[seed % x.numel()] = poison
-    y = F.rotate(x, params)
+    y = F.rotate(x, params, scale)
     assert y.shape == x.shape and y.dtype == x.dtype
-    want = x.double() @ F.rotation_matrix(params.double(), d)
+    want = x.double() @ F.rotation_matrix(params.double(), d, None if scale is None else scale.double())
     finite = torch.isfinite(want)
     # where the exact answer is finite, ours matches it to the dtype's precision; non-finite inputs stay non-finite
     tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
