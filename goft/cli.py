@@ -92,6 +92,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .models import ModelUnavailableError, merge_adapter_to_directory
+
+    try:
+        out = merge_adapter_to_directory(args.adapter_dir, args.output, base=args.base, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError, ModelUnavailableError) as err:
+        raise SystemExit(f"goft merge: {err}") from None
+    print(f"wrote a merged checkpoint to {out}; load it with transformers alone (no goft needed)")
+    return 0
+
+
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     from .train import DEFAULT_LR
 
@@ -146,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
     p.add_argument("--plot", default=None, help="write a per-layer PNG here (default: ADAPTER_DIR/inspect.png)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("merge", help="fold a saved adapter into its base model and save a plain checkpoint")
+    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--output", required=True, help="directory for the merged checkpoint (must be new or empty)")
+    p.add_argument("--base", default=None,
+                   help="base model directory, or minilm / smollm2 (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("bench", help="speed and memory against the frozen layer, LoRA, OFT, BOFT, the dense approach",
                        description="Per-layer forward+backward time and saved bytes, rotation scaling in d, merge "

@@ -1,0 +1,87 @@
+"""Decoder LMs: GOFT on a causal LM generates, works with gradient checkpointing, and `goft merge` writes a
+checkpoint that plain transformers loads and whose greedy generations equal the unmerged adapter's."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import goft
+from goft.cli import main
+
+PROMPTS = torch.tensor([[1, 5, 9, 13, 2], [1, 7, 7, 21, 30]])
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=40, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def adapted(tiny_llama, **kw):
+    torch.manual_seed(1)  # the same random adapter every call
+    model = LlamaForCausalLM.from_pretrained(tiny_llama)
+    config = goft.GOFTConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM",
+                             init_weights=False, **kw)
+    return get_peft_model(model, config)
+
+
+def test_generate_with_adapter_attached(tiny_llama):
+    model = adapted(tiny_llama).eval()
+    out = model.generate(input_ids=PROMPTS, max_new_tokens=6, do_sample=False)
+    assert out.shape == (2, 11)
+    with model.disable_adapter():
+        base = model.generate(input_ids=PROMPTS, max_new_tokens=6, do_sample=False)
+    assert not torch.equal(out, base)  # the random adapter changes what is generated
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
+    grads = []
+    for checkpointing in (False, True):
+        model = adapted(tiny_llama, quasi=True)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        loss = model(input_ids=PROMPTS, labels=PROMPTS).loss
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
+
+
+def test_goft_merge_writes_a_plain_checkpoint_with_equal_generations(tiny_llama, tmp_path):
+    model = adapted(tiny_llama, quasi=True, scaling=True).eval()
+    want = model.generate(input_ids=PROMPTS, max_new_tokens=8, do_sample=False)
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save({"prompts": PROMPTS, "want": want}, tmp_path / "io.pt")
+    assert main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "merged")]) == 0
+    # a fresh interpreter that never imports goft
+    script = f"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "merged")!r}).eval()
+io = torch.load({str(tmp_path / "io.pt")!r})
+got = model.generate(input_ids=io["prompts"], max_new_tokens=8, do_sample=False)
+assert "goft" not in sys.modules
+assert torch.equal(got, io["want"]), (got, io["want"])
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_merge_refuses_to_overwrite(tiny_llama, tmp_path):
+    adapted(tiny_llama).save_pretrained(tmp_path / "adapter")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "taken")])
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
