@@ -103,6 +103,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_instruct(args: argparse.Namespace) -> int:
+    from .instruct import InstructConfig, run_instruct_compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        base = InstructConfig(model=args.model, train_size=args.train_size, eval_size=args.eval_size,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              progress=not args.no_progress, method=methods[0] if methods else "goft")
+        run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results))
+    except ValueError as err:
+        raise SystemExit(f"goft instruct: {err}") from None
+    return 0
+
+
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     from .train import DEFAULT_LR
 
@@ -157,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
     p.add_argument("--plot", default=None, help="write a per-layer PNG here (default: ADAPTER_DIR/inspect.png)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("instruct", help="instruction-tune a causal LM on polarity-instruct; accuracy and forgetting",
+                       description="Tune SmolLM2-135M-Instruct (or --model) with each method and seed; measure greedy "
+                                   "generation accuracy and KL forgetting on held-out text; append to --results.")
+    p.add_argument("--methods", default="goft,qgoft,lora,oft", help="comma-separated (default: goft,qgoft,lora,oft)")
+    p.add_argument("--seeds", type=int, default=2, help="number of seeds (default: 2)")
+    p.add_argument("--model", default=None, help="local causal-LM directory (default: embedded SmolLM2)")
+    p.add_argument("--train-size", type=int, default=512, help="training sentences (default: 512)")
+    p.add_argument("--eval-size", type=int, default=200, help="evaluation sentences (default: 200)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default per method, see goft.instruct)")
+    p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_instruct)
 
     p = sub.add_parser("merge", help="fold a saved adapter into its base model and save a plain checkpoint")
     p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")

@@ -1,6 +1,7 @@
 """Decoder LMs: GOFT on a causal LM generates, works with gradient checkpointing, and `goft merge` writes a
 checkpoint that plain transformers loads and whose greedy generations equal the unmerged adapter's."""
 
+import math
 import subprocess
 import sys
 
@@ -85,3 +86,63 @@ def test_merge_refuses_to_overwrite(tiny_llama, tmp_path):
     with pytest.raises(SystemExit, match="exists and is not empty"):
         main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "taken")])
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The instruct task's pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+from goft import instruct  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "is", "this", "review",
+             "positive", "or", "negative", "?", "answer", "with", "one", "word", ".", "\"", "a", "fine", "film"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+                          "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+    return fast
+
+
+def test_batches_train_only_on_the_answer(chat_tokenizer):
+    p = instruct.prompt_ids(chat_tokenizer, "a fine film")
+    a = instruct.answer_ids(chat_tokenizer, 1)
+    assert chat_tokenizer.decode(a) == "positive <|im_end|>"
+    batch = instruct.build_batch(chat_tokenizer, [(p, a), (p[:-2], instruct.answer_ids(chat_tokenizer, 0))])
+    labels = batch["labels"]
+    assert (labels[0, :len(p)] == -100).all() and labels[0, len(p):len(p) + 2].tolist() == a
+    assert batch["attention_mask"][1].sum() == len(p) - 2 + 2
+    assert (labels[1, len(p) - 2 + 2:] == -100).all()
+
+
+@pytest.mark.parametrize("reply, want", [(" Positive.", 1), ("negative, clearly", 0), ("This review is positive", 1),
+                                         ("I cannot tell", None), ("", None)])
+def test_parse_answer(reply, want):
+    assert instruct.parse_answer(reply) == want
+
+
+def test_forgetting_measures():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 10, 40)
+    base = torch.log_softmax(logits, -1)
+    passages = torch.randint(0, 40, (3, 10))
+    same = instruct.forgetting(base, base, passages)
+    assert same["kl_base_to_tuned"] == pytest.approx(0.0, abs=1e-7) and same["perplexity_change"] == 0.0
+    other = instruct.forgetting(base, torch.log_softmax(logits + torch.randn(3, 10, 40), -1), passages)
+    assert other["kl_base_to_tuned"] > 0.01
+    nll = -base[:, :-1].gather(-1, passages[:, 1:, None]).mean().item()
+    assert same["perplexity_base"] == pytest.approx(math.exp(nll), rel=1e-6)
+
+
+def test_generation_accuracy_runs_on_a_tiny_chat_model(chat_tokenizer):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=16, intermediate_size=24,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128))
+    acc = instruct.generation_accuracy(model, chat_tokenizer, ["a fine film", "a film"], [1, 0])
+    assert 0.0 <= acc <= 1.0
