@@ -428,7 +428,7 @@ def rotation_matrix(params: torch.Tensor, d: int, scale: Optional[torch.Tensor] 
     cdt = _compute_dtype(blocks, scale)
     eye = torch.eye(d, dtype=cdt, device=blocks.device)
     r = eye
-    for (step, npairs, offset), pairs in zip(givens_levels(d), givens_pairs(d)):
+    for (_step, npairs, offset), pairs in zip(givens_levels(d), givens_pairs(d)):
         i, j = pairs[:, 0].to(blocks.device), pairs[:, 1].to(blocks.device)
         blk = blocks[offset:offset + npairs].to(cdt)
         p = eye.clone()

@@ -207,7 +207,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         merged qGOFT block or scale cannot be inverted.
         """
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         restored = self._weight_out_in()
         for name in reversed(self.merged_adapters):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -61,11 +62,10 @@ class GOFTModel(BaseTuner):
         """The layer type decides the weight layout; warn (as PEFT's LoRA does) when the config says otherwise."""
         is_in_out = not isinstance(target, nn.Linear)
         if config.fan_in_fan_out != is_in_out:
-            import warnings
-
             warnings.warn(
                 f"fan_in_fan_out={config.fan_in_fan_out} but {key!r} is a {type(target).__name__}, whose weight is "
-                f"stored as {'(in, out)' if is_in_out else '(out, in)'}; setting fan_in_fan_out={is_in_out}."
+                f"stored as {'(in, out)' if is_in_out else '(out, in)'}; setting fan_in_fan_out={is_in_out}.",
+                stacklevel=2,
             )
             config.fan_in_fan_out = is_in_out
 

@@ -3,7 +3,6 @@
 import json
 
 import peft
-import pytest
 from peft import PeftConfig
 from peft import mapping
 
