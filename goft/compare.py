@@ -75,14 +75,15 @@ def summarize(results: dict) -> list[dict]:
         rows.append({"method": method, "n": len(runs), "mean": statistics.fmean(acc),
                      "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "adapter_params": runs[0]["adapter_params"], "trainable_params": runs[0]["trainable_params"],
-                     "seconds": statistics.fmean(r["seconds"] for r in runs)})
+                     # median: robust to a run that shared the CPU with other work
+                     "seconds": statistics.median(r["seconds"] for r in runs)})
     order = {label: i for i, label in enumerate(RUNS)}
     return sorted(rows, key=lambda r: order.get(r["method"], 99))
 
 
 def markdown_table(results: dict) -> str:
     lines = ["| method | test accuracy (mean ± std) | seeds | adapter params | trainable params (with head) | "
-             "seconds per run |", "|---|---|---|---|---|---|"]
+             "seconds per run (median) |", "|---|---|---|---|---|---|"]
     for r in summarize(results):
         lines.append(f"| {r['method']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {r['n']} | "
                      f"{r['adapter_params']:,} | {r['trainable_params']:,} | {r['seconds']:.0f} |")
