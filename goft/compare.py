@@ -101,12 +101,12 @@ def write_report(results: dict, md_path: Path, png_path: Path) -> None:
     for r in summarize(results):
         x = max(r["trainable_params"], 1)
         ax.errorbar([x], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", capsize=4, label=r["method"])
-        ax.annotate(r["method"], (x, 100 * r["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (adapter + classifier head), log scale")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{results.get('task', '')}: accuracy vs trainable parameters (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
