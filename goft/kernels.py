@@ -77,6 +77,26 @@ if AVAILABLE:
                 for r in range(rows):
                     dst[n0 + r, t] = src[t, r]
 
+    @njit(inline="always", fastmath=_FASTMATH)
+    def _apply_level(buf, blocks, step, npairs, offset, saved, save):  # pragma: no cover - compiled
+        """One level on a (d, tile) scratch: each pair's lanes <- [left, right] @ block; with ``save``, first copy
+        the pair's input lanes to ``saved[2q], saved[2q + 1]`` (the backward needs them)."""
+        tile = buf.shape[1]
+        for k in range(npairs):
+            i = 2 * k * step
+            j = i + step
+            q = offset + k
+            a, b, c, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
+            if save:
+                for r in range(tile):
+                    saved[2 * q, r] = buf[i, r]
+                    saved[2 * q + 1, r] = buf[j, r]
+            for r in range(tile):
+                xl = buf[i, r]
+                xr = buf[j, r]
+                buf[i, r] = a * xl + c * xr
+                buf[j, r] = b * xl + e * xr
+
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
     def rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets, tile, top_first):  # pragma: no cover
         """y[n] = x[n] @ P_L ⋯ P_1 (· diag(scale)) for every row n (``top_first``), or x[n] @ P_1 ⋯ P_L (· diag)."""
@@ -88,20 +108,10 @@ if AVAILABLE:
             rows = min(tile, n_rows - n0)
             buf = np.empty((d, tile), dtype=x.dtype)
             _load_tile(x, n0, rows, buf)
+            no_save = np.empty((0, tile), dtype=x.dtype)
             for li in range(n_levels):
                 lev = n_levels - 1 - li if top_first else li
-                s = steps[lev]
-                off = offsets[lev]
-                for k in range(npairs[lev]):
-                    i = 2 * k * s
-                    j = i + s
-                    q = off + k
-                    a, b, c, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
-                    for r in range(tile):
-                        xl = buf[i, r]
-                        xr = buf[j, r]
-                        buf[i, r] = a * xl + c * xr
-                        buf[j, r] = b * xl + e * xr
+                _apply_level(buf, blocks, steps[lev], npairs[lev], offsets[lev], no_save, False)
             if has_scale:
                 for t in range(d):
                     for r in range(tile):
@@ -136,20 +146,7 @@ if AVAILABLE:
                 _load_tile(grad, n0, rows, g)
                 # recompute the forward, keeping each level's input pairs
                 for lev in range(n_levels - 1, -1, -1):
-                    s = steps[lev]
-                    off = offsets[lev]
-                    for k in range(npairs[lev]):
-                        i = 2 * k * s
-                        j = i + s
-                        q = off + k
-                        a, b, cc, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
-                        for r in range(tile):
-                            xl = buf[i, r]
-                            xr = buf[j, r]
-                            saved[2 * q, r] = xl
-                            saved[2 * q + 1, r] = xr
-                            buf[i, r] = a * xl + cc * xr
-                            buf[j, r] = b * xl + e * xr
+                    _apply_level(buf, blocks, steps[lev], npairs[lev], offsets[lev], saved, True)
                 if has_scale:
                     for t in range(d):
                         sg = zero
