@@ -217,15 +217,6 @@ def _sweep(buf: torch.Tensor, blocks: torch.Tensor, d: int, top_first: bool) -> 
         _mix(left, right, blocks[offset:offset + npairs])
 
 
-def _rotate_rows_torch(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
-    """Reference path: ``rows @ R`` for (N, d) rows already in the compute dtype, level by level on strided views."""
-    out = rows.clone()
-    _sweep(out, blocks, rows.shape[-1], top_first=True)
-    if scale is not None:
-        out.mul_(scale)
-    return out
-
-
 def _rotate_rows_backward_torch(rows, grad, blocks, scale, need_blocks, need_scale):
     """Reference path of the backward, on (N, d) rows and (N, d) output gradients in the compute dtype.
 
@@ -299,12 +290,19 @@ def _rotate_rows_compiled(rows, blocks, scale, top_first=True):
     return out
 
 
-def _sweep_rows(rows: torch.Tensor, blocks: torch.Tensor, top_first: bool) -> torch.Tensor:
-    """A new (N, d) tensor: every row right-multiplied by all level matrices (no autograd), on the fastest path."""
+def _sweep_rows(rows: torch.Tensor, blocks: torch.Tensor, top_first: bool,
+                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A new (N, d) tensor: every row right-multiplied by all level matrices, then by ``diag(scale)`` (no autograd).
+
+    ``rows``, ``blocks`` and ``scale`` are already in the compute dtype.  The compiled kernels run where they can;
+    the torch reference path (level updates on strided views) everywhere else.
+    """
     if _use_compiled(rows, rows.dtype):
-        return _rotate_rows_compiled(rows.contiguous(), blocks, None, top_first)
+        return _rotate_rows_compiled(rows.contiguous(), blocks, scale, top_first)
     out = rows.clone()
     _sweep(out, blocks, rows.shape[-1], top_first=top_first)
+    if scale is not None:
+        out.mul_(scale)
     return out
 
 
@@ -336,10 +334,7 @@ class _RotateFunction(torch.autograd.Function):
         rows = x.reshape(-1, d).to(cdt)  # (N, d)
         blocks_c = blocks.to(cdt)
         scale_c = None if scale is None else scale.to(cdt)
-        if _use_compiled(x, cdt):
-            out = _rotate_rows_compiled(rows, blocks_c, scale_c)
-        else:
-            out = _rotate_rows_torch(rows, blocks_c, scale_c)
+        out = _sweep_rows(rows, blocks_c, top_first=True, scale=scale_c)
         ctx.save_for_backward(x, blocks, scale)
         return out.reshape(x.shape).to(x.dtype)
 
