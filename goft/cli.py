@@ -17,6 +17,16 @@ def _positive_int_list(text: str) -> list[int]:
     return values
 
 
+def _positive_float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}") from None
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers > 0, got {text!r}")
+    return values
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
@@ -109,9 +119,9 @@ def cmd_instruct(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         base = InstructConfig(model=args.model, train_size=args.train_size, eval_size=args.eval_size,
-                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              epochs=args.epochs, batch_size=args.batch_size,
                               progress=not args.no_progress, method=methods[0] if methods else "goft")
-        run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results))
+        run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr)
     except ValueError as err:
         raise SystemExit(f"goft instruct: {err}") from None
     return 0
@@ -182,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-size", type=int, default=200, help="evaluation sentences (default: 200)")
     p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default per method, see goft.instruct)")
+    p.add_argument("--lr", type=_positive_float_list, default=None,
+                   help="learning rate, or comma-separated rates to sweep (each method at each rate); default: one "
+                        "per method, see goft.instruct.INSTRUCT_LR")
     p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_instruct)

@@ -219,36 +219,79 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
             "loss": losses, "config": {**asdict(cfg), "lr": cfg.learning_rate}}
 
 
-def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, progress=print) -> dict:
-    """Methods × seeds of :func:`instruct`, appended to a results JSON (atomic, resumable) with a PNG of accuracy
-    against forgetting."""
+def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, progress=print,
+                         learning_rates=None) -> dict:
+    """Methods × learning rates × seeds of :func:`instruct`, appended to a results JSON (atomic, resumable) with a PNG
+    of accuracy against forgetting.
+
+    ``learning_rates`` None runs each method at its default (``INSTRUCT_LR``); a list runs every method at each rate
+    (a sweep).  A run is identified by (method, seed, learning rate), so a sweep adds to earlier results and a rerun
+    skips what is recorded."""
     import json
     from dataclasses import replace
     from pathlib import Path
 
-    from .train import write_json_atomic
-
     results_path = Path(results_path)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": []}
-    done = {(r["method"], r["seed"]) for r in results["runs"]}
+    done = {(r["method"], r["seed"], r["lr"]) for r in results["runs"]}
     cache: dict = {}
     for seed in seeds:
         for method in methods:
-            if (method, seed) in done:
-                progress(f"skip {method} seed {seed}: already in {results_path}")
-                continue
-            metrics = instruct(replace(base, method=method, seed=seed), base_logprobs_cache=cache)
-            row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
-            row["lr"] = metrics["config"]["lr"]
-            row["train_examples"], row["eval_examples"] = base.train_size, base.eval_size
-            results["runs"].append(row)
-            results["task"] = "polarity-instruct"
-            write_json_atomic(results_path, results)
-            progress(f"{method} seed {seed}: accuracy {row['accuracy']:.3f} (base {row['base_accuracy']:.3f}), "
-                     f"KL {row['kl_base_to_tuned']:.4f}, perplexity {row['perplexity_base']:.2f} -> "
-                     f"{row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s")
+            for lr in (learning_rates or [None]):
+                cfg = replace(base, method=method, seed=seed, lr=lr)
+                if (method, seed, cfg.learning_rate) in done:
+                    progress(f"skip {method} seed {seed} lr {cfg.learning_rate:g}: already in {results_path}")
+                    continue
+                _run_and_record(cfg, base, results, results_path, cache, progress)
     plot_accuracy_vs_forgetting(results, results_path.with_suffix(".png"))
+    results_path.with_suffix(".md").write_text(instruct_table(results) + "\n")
     return results
+
+
+def summarize_instruct(results: dict) -> list[dict]:
+    """One row per (method, learning rate): means and sample standard deviations over the recorded seeds."""
+    import statistics
+
+    def mean_std(values):
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    rows = []
+    for method, lr in sorted({(r["method"], r["lr"]) for r in results["runs"]}):
+        runs = [r for r in results["runs"] if (r["method"], r["lr"]) == (method, lr)]
+        rows.append({"method": method, "lr": lr, "seeds": len(runs), "params": runs[0]["trainable_params"],
+                     "accuracy": mean_std([r["accuracy"] for r in runs]),
+                     "kl": mean_std([r["kl_base_to_tuned"] for r in runs]),
+                     "perplexity_change": mean_std([r["perplexity_change"] for r in runs])})
+    return rows
+
+
+def instruct_table(results: dict) -> str:
+    """A markdown table of :func:`summarize_instruct` (accuracy in %, mean ± std over seeds)."""
+    lines = ["| method | lr | seeds | trainable params | generation accuracy (%) | KL(base ‖ tuned) | "
+             "perplexity change |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    if results["runs"]:
+        lines.append(f"| base model | – | – | 0 | {100 * results['runs'][0]['base_accuracy']:.1f} | 0 | 0 |")
+    for r in summarize_instruct(results):
+        (acc, acc_sd), (kl, kl_sd), (dp, dp_sd) = r["accuracy"], r["kl"], r["perplexity_change"]
+        lines.append(f"| {r['method']} | {r['lr']:g} | {r['seeds']} | {r['params']:,} | {100 * acc:.1f} ± "
+                     f"{100 * acc_sd:.1f} | {kl:.4f} ± {kl_sd:.4f} | {dp:+.2f} ± {dp_sd:.2f} |")
+    return "\n".join(lines)
+
+
+def _run_and_record(cfg: InstructConfig, base: InstructConfig, results: dict, results_path, cache: dict,
+                    progress) -> None:
+    from .train import write_json_atomic
+
+    metrics = instruct(cfg, base_logprobs_cache=cache)
+    row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
+    row["lr"] = metrics["config"]["lr"]
+    row["train_examples"], row["eval_examples"] = base.train_size, base.eval_size
+    results["runs"].append(row)
+    results["task"] = "polarity-instruct"
+    write_json_atomic(results_path, results)
+    progress(f"{cfg.method} seed {cfg.seed} lr {row['lr']:g}: accuracy {row['accuracy']:.3f} "
+             f"(base {row['base_accuracy']:.3f}), KL {row['kl_base_to_tuned']:.4f}, perplexity "
+             f"{row['perplexity_base']:.2f} -> {row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s")
 
 
 def plot_accuracy_vs_forgetting(results: dict, path) -> None:
@@ -258,12 +301,14 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method in sorted({r["method"] for r in results["runs"]}):
-        runs = [r for r in results["runs"] if r["method"] == method]
-        ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs], label=method, s=40)
+    for method, lr in sorted({(r["method"], r["lr"]) for r in results["runs"]}):
+        runs = [r for r in results["runs"] if (r["method"], r["lr"]) == (method, lr)]
+        ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs],
+                   label=f"{method} lr {lr:g}", s=40)
     if results["runs"]:
         ax.axhline(100 * results["runs"][0]["base_accuracy"], color="grey", linestyle="--", label="base model")
-    ax.set_xlabel("forgetting: mean token KL(p_base ‖ p_tuned) on held-out text")
+    ax.set_xscale("log")  # KL spans orders of magnitude across methods and rates
+    ax.set_xlabel("forgetting: mean token KL(p_base ‖ p_tuned) on held-out text (log)")
     ax.set_ylabel("generation accuracy (%)")
     ax.set_title("SmolLM2-135M-Instruct, polarity-instruct")
     ax.grid(True, alpha=0.3)

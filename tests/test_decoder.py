@@ -146,3 +146,31 @@ def test_generation_accuracy_runs_on_a_tiny_chat_model(chat_tokenizer):
                                          num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128))
     acc = instruct.generation_accuracy(model, chat_tokenizer, ["a fine film", "a film"], [1, 0])
     assert 0.0 <= acc <= 1.0
+
+
+def test_instruct_sweep_records_each_rate_once_and_resumes(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_instruct(cfg, base_logprobs_cache=None):
+        calls.append((cfg.method, cfg.seed, cfg.learning_rate))
+        return {"method": cfg.method, "seed": cfg.seed, "accuracy": 0.5 + cfg.learning_rate, "base_accuracy": 0.5,
+                "trainable_params": 10, "seconds": 1.0, "kl_base_to_tuned": cfg.learning_rate,
+                "perplexity_base": 10.0, "perplexity_tuned": 11.0, "perplexity_change": 1.0,
+                "loss": [1.0], "config": {"lr": cfg.learning_rate}}
+
+    monkeypatch.setattr(instruct, "instruct", fake_instruct)
+    path = tmp_path / "r.json"
+    base = instruct.InstructConfig(progress=False)
+    instruct.run_instruct_compare(["goft"], [0], base, path, progress=lambda *_: None)
+    assert calls == [("goft", 0, instruct.INSTRUCT_LR["goft"])]
+    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
+                                  learning_rates=[instruct.INSTRUCT_LR["goft"], 1e-3])
+    # the default-rate goft seed 0 run is recorded already and is not repeated; the other 7 pairs run once each
+    assert len(calls) == 1 + 7 and len(set(calls)) == 8
+    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
+                                  learning_rates=[instruct.INSTRUCT_LR["goft"], 1e-3])
+    assert len(calls) == 8
+    table = path.with_suffix(".md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| goft") or line.startswith("| lora")]
+    assert len(rows) == 4 and all("| 2 |" in row for row in rows)  # each (method, rate) over both seeds
+    assert path.with_suffix(".png").is_file()
