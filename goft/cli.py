@@ -37,7 +37,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "frozen" not in methods:
         methods = ["frozen", *methods]
     bench.run(Path(args.out), args.dims, args.tokens, args.reps, device=args.device, e2e=not args.no_e2e,
-              merge=not args.no_merge, methods=methods, dense_max_d=args.dense_max_d)
+              merge=not args.no_merge, methods=methods, dense_max_d=args.dense_max_d,
+              e2e_methods=[m for m in bench.E2E_METHODS if m in methods])
     return 0
 
 
@@ -214,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer sizes d_in = d_out (default: 384,768,1024,2048,4096)")
     p.add_argument("--tokens", type=_positive_int_list, default=[512, 4096], help="tokens per step (default: 512,4096)")
     p.add_argument("--reps", type=int, default=7, help="timed repetitions per method (default: 7)")
-    p.add_argument("--methods", default="", help="comma-separated subset of the layer methods (default: all)")
+    p.add_argument("--methods", default="",
+                   help="comma-separated subset of the layer methods, also used for the end-to-end step (default: all)")
     p.add_argument("--dense-max-d", type=int, default=2048,
                    help="largest d for the authors' dense approach, which costs O(L d^3) a step (default: 2048)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")

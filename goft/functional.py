@@ -270,6 +270,17 @@ def _use_compiled(x: torch.Tensor, cdt: torch.dtype) -> bool:
     return x.device.type == "cpu" and cdt in (torch.float32, torch.float64) and kernels.kernel_choice() == "numba"
 
 
+def _use_triton(x: torch.Tensor, cdt: torch.dtype) -> bool:
+    """CUDA rows in fp32/fp16/bf16 computed in fp32, 2 <= d <= MAX_D, with triton installed (GOFT_KERNEL)."""
+    if x.device.type != "cuda" or cdt != torch.float32 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return False
+    if kernels.kernel_choice("cuda") != "triton":
+        return False
+    from . import triton_kernels
+
+    return 2 <= x.shape[-1] <= triton_kernels.MAX_D
+
+
 def _np(t: Optional[torch.Tensor], cdt: torch.dtype, shape=None):
     """A contiguous numpy view of ``t`` in ``cdt`` (a copy only when needed); an empty array for None."""
     if t is None:
@@ -294,9 +305,16 @@ def _sweep_rows(rows: torch.Tensor, blocks: torch.Tensor, top_first: bool,
                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A new (N, d) tensor: every row right-multiplied by all level matrices, then by ``diag(scale)`` (no autograd).
 
-    ``rows``, ``blocks`` and ``scale`` are already in the compute dtype.  The compiled kernels run where they can;
-    the torch reference path (level updates on strided views) everywhere else.
+    ``blocks`` and ``scale`` are in the compute dtype; ``rows`` too, except that fp16/bf16 CUDA rows may come as they
+    are (the Triton kernel reads them and computes in fp32) and the result is then in their dtype.  The compiled
+    kernels run where they can; the torch reference path (level updates on strided views) everywhere else.
     """
+    cdt = blocks.dtype
+    if _use_triton(rows, cdt):
+        from . import triton_kernels
+
+        return triton_kernels.rotate_rows(rows, blocks, scale, top_first)
+    rows = rows.to(cdt)
     if _use_compiled(rows, rows.dtype):
         return _rotate_rows_compiled(rows.contiguous(), blocks, scale, top_first)
     out = rows.clone()
@@ -331,10 +349,9 @@ class _RotateFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         d = x.shape[-1]
         cdt = _compute_dtype(x, blocks, scale)
-        rows = x.reshape(-1, d).to(cdt)  # (N, d)
         blocks_c = blocks.to(cdt)
         scale_c = None if scale is None else scale.to(cdt)
-        out = _sweep_rows(rows, blocks_c, top_first=True, scale=scale_c)
+        out = _sweep_rows(x.reshape(-1, d), blocks_c, top_first=True, scale=scale_c)  # (N, d)
         ctx.save_for_backward(x, blocks, scale)
         return out.reshape(x.shape).to(x.dtype)
 
@@ -344,12 +361,17 @@ class _RotateFunction(torch.autograd.Function):
         x, blocks, scale = ctx.saved_tensors
         d = x.shape[-1]
         cdt = _compute_dtype(x, blocks, scale)
-        rows = x.reshape(-1, d).to(cdt)
-        grad = grad_out.reshape(-1, d).to(cdt)
+        rows, grad = x.reshape(-1, d), grad_out.reshape(-1, d)
         blocks_c = blocks.to(cdt)
         scale_c = None if scale is None else scale.to(cdt)
         need_blocks, need_scale = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        backward = _rotate_rows_backward_compiled if _use_compiled(x, cdt) else _rotate_rows_backward_torch
+        if _use_triton(x, cdt) and grad.dtype == x.dtype:  # reads x and grad in their dtype
+            from . import triton_kernels
+
+            backward = triton_kernels.rotate_rows_backward
+        else:
+            rows, grad = rows.to(cdt), grad.to(cdt)
+            backward = _rotate_rows_backward_compiled if _use_compiled(x, cdt) else _rotate_rows_backward_torch
         grad_rows, grad_blocks, grad_scale = backward(rows, grad, blocks_c, scale_c, need_blocks, need_scale)
         grad_x = grad_rows.reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_blocks = None if grad_blocks is None else grad_blocks.to(blocks.dtype)

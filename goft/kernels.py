@@ -29,16 +29,36 @@ except ImportError:  # numba is optional: functional.rotate falls back to the to
 AVAILABLE = numba is not None
 
 
-def kernel_choice() -> str:
-    """'numba' or 'torch', from ``GOFT_KERNEL`` (default: numba when installed)."""
+KERNEL_CHOICES = ("auto", "numba", "triton", "torch")
+
+
+def kernel_choice(device_type: str = "cpu") -> str:
+    """The rotation kernel for tensors on ``device_type``: 'numba' (CPU), 'triton' (CUDA) or 'torch' (reference).
+
+    From ``GOFT_KERNEL``: ``auto`` (default) takes the compiled kernel for the device when its compiler is installed;
+    ``torch`` forces the reference path everywhere; ``numba`` / ``triton`` are ``auto`` that raises ImportError when
+    that compiler is missing.
+    """
     choice = os.environ.get("GOFT_KERNEL", "auto").lower()
-    if choice not in ("auto", "numba", "torch"):
-        raise ValueError(f"GOFT_KERNEL must be one of 'auto', 'numba', 'torch', got {choice!r}")
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"GOFT_KERNEL must be one of {', '.join(map(repr, KERNEL_CHOICES))}, got {choice!r}")
     if choice == "numba" and not AVAILABLE:
         raise ImportError("GOFT_KERNEL=numba but numba is not installed (pip install numba)")
-    if choice == "auto":
+    if choice == "triton" and not triton_available():
+        raise ImportError("GOFT_KERNEL=triton but triton is not installed (it comes with CUDA builds of torch)")
+    if choice == "torch":
+        return "torch"
+    if device_type == "cpu":
         return "numba" if AVAILABLE else "torch"
-    return choice
+    if device_type == "cuda":
+        return "triton" if triton_available() else "torch"
+    return "torch"
+
+
+def triton_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 # Rows are processed in tiles of `tile` rows, transposed into a (d, tile) scratch so that every 2×2 block update is a

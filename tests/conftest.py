@@ -1,10 +1,16 @@
 """Shared fixtures: a tiny, local BERT checkpoint and tiny labelled files, so training tests need no download."""
 
 import csv
+import os
 import random
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels are tested in Triton's interpreter (on CPU tensors).  It is chosen when the kernels
+# are defined, so it must be set before goft.triton_kernels is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 WORDS = ["good", "great", "fine", "lovely", "bad", "awful", "dull", "poor", "the", "film", "was", "a", "plot"]

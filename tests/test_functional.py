@@ -398,7 +398,7 @@ def test_row_counts_around_the_kernel_tile(kernel, rows):
 
 def test_kernel_choice_is_validated(monkeypatch):
     monkeypatch.setenv("GOFT_KERNEL", "fast")
-    with pytest.raises(ValueError, match=r"GOFT_KERNEL must be one of 'auto', 'numba', 'torch', got 'fast'"):
+    with pytest.raises(ValueError, match=r"GOFT_KERNEL must be one of 'auto', 'numba', 'triton', 'torch', got 'fast'"):
         F.rotate(torch.zeros(2, 4), torch.zeros(3))
 
 

@@ -1,0 +1,252 @@
+"""Fused GPU kernels for the Givens rotation, written in Triton; used behind ``functional.rotate`` for CUDA tensors.
+
+The convention and the reference (pure torch) implementation live in :mod:`goft.functional`.  On a GPU the reference
+path launches several small kernels per level (``ceil(log2 d)`` levels), so its cost is kernel launches and passes
+over the activation; here one program keeps a tile of ``BM`` rows in registers and walks all levels, reading ``x``
+once and writing ``y`` once.
+
+How a level runs in registers: pad a row to ``D = 2^L >= d`` columns and view it as ``(D / 2S, 2, S)`` for the
+level's stride ``S``.  Then ``[:, 0, 0]`` are the left members of the level's pairs and ``[:, 1, 0]`` the right ones
+(see the pairing in :mod:`goft.functional`); positions ``[:, :, s > 0]`` and groups past the level's ``npairs`` are
+untouched at this level and are passed through with ``where`` (never multiplied by an identity coefficient, so an inf
+elsewhere in the row cannot turn into a NaN).  Padded columns stay zero and never mix into real ones.
+
+Backward: recompute the forward, writing the level inputs of the active pairs (about ``2 d`` values per row) to a
+transient scratch, then walk the levels back, applying the transposed blocks to the gradient and writing per-program
+partial sums of the block (and scale) gradients, which the host sums (deterministic, no atomics).
+
+Arrays: ``x, y, g`` (N, d) with unit stride in the last dim, any of fp32 / fp16 / bf16 (computed in fp32);
+``blocks`` (d - 1, 4) fp32 holding ``a, b, c, e`` of ``[[a, b], [c, e]]``; ``levels`` (L, 2) int32 ``offset,
+npairs`` per level, level 1 first.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton is optional: CUDA tensors then take the torch reference path
+    triton = None
+
+AVAILABLE = triton is not None
+
+# Largest padded row the kernels take (registers); wider layers use the torch path.
+MAX_D = 8192
+
+
+def padded_width(d: int) -> int:
+    return 1 << max(0, (d - 1).bit_length())
+
+
+def tile_rows(width: int) -> int:
+    """Rows per program: about 8K fp32 values in registers per program."""
+    return max(1, min(32, 8192 // width))
+
+
+if AVAILABLE:
+
+    @triton.jit
+    def _pairs(h, BM: tl.constexpr, D: tl.constexpr, S: tl.constexpr):
+        """(BM, D) -> left, right members (BM, D / 2S, S) of the pairs at stride S."""
+        G: tl.constexpr = D // (2 * S)
+        h4 = tl.permute(tl.reshape(h, (BM, G, 2, S)), (0, 1, 3, 2))
+        return tl.split(h4)
+
+    @triton.jit
+    def _unpairs(left, right, BM: tl.constexpr, D: tl.constexpr):
+        return tl.reshape(tl.permute(tl.join(left, right), (0, 1, 3, 2)), (BM, D))
+
+    @triton.jit
+    def _level_coefficients(blocks_ptr, levels_ptr, LEV: tl.constexpr, D: tl.constexpr):
+        """The level's block entries as (G, 1) tensors, and its (G, S) mask of active pairs."""
+        S: tl.constexpr = 1 << LEV
+        G: tl.constexpr = D // (2 * S)
+        offset = tl.load(levels_ptr + 2 * LEV)
+        npairs = tl.load(levels_ptr + 2 * LEV + 1)
+        gi = tl.arange(0, G)
+        live = gi < npairs
+        q = offset + gi
+        a = tl.load(blocks_ptr + 4 * q + 0, mask=live, other=1.0)[:, None]
+        b = tl.load(blocks_ptr + 4 * q + 1, mask=live, other=0.0)[:, None]
+        c = tl.load(blocks_ptr + 4 * q + 2, mask=live, other=0.0)[:, None]
+        e = tl.load(blocks_ptr + 4 * q + 3, mask=live, other=1.0)[:, None]
+        if S == 1:
+            active = live[:, None]
+        else:
+            active = live[:, None] & (tl.arange(0, S) == 0)[None, :]
+        return a, b, c, e, active
+
+    @triton.jit
+    def _apply_level(h, blocks_ptr, levels_ptr, LEV: tl.constexpr, BM: tl.constexpr, D: tl.constexpr,
+                     TRANSPOSE: tl.constexpr):
+        """Right-multiply the rows of h (BM, D) by the level matrix (or by its transpose)."""
+        S: tl.constexpr = 1 << LEV
+        a, b, c, e, active = _level_coefficients(blocks_ptr, levels_ptr, LEV, D)
+        left, right = _pairs(h, BM, D, S)
+        if TRANSPOSE:
+            new_left = a[None] * left + b[None] * right
+            new_right = c[None] * left + e[None] * right
+        else:
+            new_left = a[None] * left + c[None] * right
+            new_right = b[None] * left + e[None] * right
+        new_left = tl.where(active[None], new_left, left)
+        new_right = tl.where(active[None], new_right, right)
+        return _unpairs(new_left, new_right, BM, D)
+
+    @triton.jit
+    def _compact(t, S: tl.constexpr):
+        """(BM, G, S) -> (BM, G): the s = 0 entries (the only ones a level's pairs use)."""
+        if S == 1:
+            return tl.sum(t, axis=2)
+        first = (tl.arange(0, S) == 0)[None, None, :]
+        return tl.sum(tl.where(first, t, 0.0), axis=2)
+
+    @triton.jit
+    def _scratch_offset(LEV: tl.constexpr, BM: tl.constexpr, D: tl.constexpr):
+        """Where level LEV's pair inputs start in a program's scratch: the levels below take 2 BM D / 2^(l+1) each."""
+        return 2 * BM * (D - (D >> LEV))
+
+    @triton.jit
+    def _save_level_inputs(h, scratch, LEV: tl.constexpr, BM: tl.constexpr, D: tl.constexpr):
+        S: tl.constexpr = 1 << LEV
+        G: tl.constexpr = D // (2 * S)
+        base = scratch + _scratch_offset(LEV, BM, D)
+        left, right = _pairs(h, BM, D, S)
+        idx = tl.arange(0, BM)[:, None] * G + tl.arange(0, G)[None, :]
+        tl.store(base + idx, _compact(left, S))
+        tl.store(base + BM * G + idx, _compact(right, S))
+
+    @triton.jit
+    def _store_level_gradients(g, scratch, part_ptr, levels_ptr, LEV: tl.constexpr, BM: tl.constexpr,
+                               D: tl.constexpr):
+        """This program's partial sums of the level's block gradients, from the level's output gradient g."""
+        S: tl.constexpr = 1 << LEV
+        G: tl.constexpr = D // (2 * S)
+        base = scratch + _scratch_offset(LEV, BM, D)
+        idx = tl.arange(0, BM)[:, None] * G + tl.arange(0, G)[None, :]
+        in_left = tl.load(base + idx)
+        in_right = tl.load(base + BM * G + idx)
+        g_left, g_right = _pairs(g, BM, D, S)
+        g_left = _compact(g_left, S)
+        g_right = _compact(g_right, S)
+        offset = tl.load(levels_ptr + 2 * LEV)
+        npairs = tl.load(levels_ptr + 2 * LEV + 1)
+        gi = tl.arange(0, G)
+        out = part_ptr + 4 * (offset + gi)
+        live = gi < npairs
+        # out_q = sum_p in_p B_pq, so dB_pq = sum over rows of in_p * g_q
+        tl.store(out + 0, tl.sum(in_left * g_left, axis=0), mask=live)
+        tl.store(out + 1, tl.sum(in_left * g_right, axis=0), mask=live)
+        tl.store(out + 2, tl.sum(in_right * g_left, axis=0), mask=live)
+        tl.store(out + 3, tl.sum(in_right * g_right, axis=0), mask=live)
+
+    @triton.jit
+    def _rotate_kernel(x_ptr, y_ptr, blocks_ptr, scale_ptr, levels_ptr, n_rows, d, stride_x, stride_y,
+                       HAS_SCALE: tl.constexpr, TOP_FIRST: tl.constexpr, L: tl.constexpr, D: tl.constexpr,
+                       BM: tl.constexpr):
+        rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)  # int64: N * d may pass 2^31
+        cols = tl.arange(0, D)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < d)
+        h = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        # (no constexpr assignments inside static loops: Triton refuses to rebind them on the next iteration)
+        if TOP_FIRST:
+            for i in tl.static_range(L):
+                h = _apply_level(h, blocks_ptr, levels_ptr, L - 1 - i, BM, D, False)
+        else:
+            for i in tl.static_range(L):
+                h = _apply_level(h, blocks_ptr, levels_ptr, i, BM, D, False)
+        if HAS_SCALE:
+            h = h * tl.load(scale_ptr + cols, mask=cols < d, other=0.0)[None, :]
+        tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rotate_backward_kernel(x_ptr, g_ptr, gx_ptr, blocks_ptr, scale_ptr, levels_ptr, scratch_ptr,
+                                part_blocks_ptr, part_scale_ptr, n_rows, d, stride_x, stride_g, stride_gx,
+                                HAS_SCALE: tl.constexpr, L: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
+        pid = tl.program_id(0).to(tl.int64)
+        rows = pid * BM + tl.arange(0, BM)
+        cols = tl.arange(0, D)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < d)
+        h = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        scratch = scratch_ptr + pid * (2 * BM * D)
+        # forward recompute (P_L first), keeping each level's pair inputs in this program's scratch
+        for i in tl.static_range(L):
+            _save_level_inputs(h, scratch, L - 1 - i, BM, D)
+            h = _apply_level(h, blocks_ptr, levels_ptr, L - 1 - i, BM, D, False)
+        tl.debug_barrier()  # the scratch is read back below by other threads of this program
+
+        g = tl.load(g_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            tl.store(part_scale_ptr + pid * d + cols, tl.sum(g * h, axis=0), mask=cols < d)
+            g = g * tl.load(scale_ptr + cols, mask=cols < d, other=0.0)[None, :]
+        # walk back: P_1 was applied last
+        for lev in tl.static_range(L):
+            _store_level_gradients(g, scratch, part_blocks_ptr + pid * (4 * (d - 1)), levels_ptr, lev, BM, D)
+            g = _apply_level(g, blocks_ptr, levels_ptr, lev, BM, D, True)
+        tl.store(gx_ptr + rows[:, None] * stride_gx + cols[None, :], g.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _levels_table(d: int, device: torch.device) -> torch.Tensor:
+    from .functional import givens_levels
+
+    table = [[offset, npairs] for _step, npairs, offset in givens_levels(d)]
+    return torch.tensor(table, dtype=torch.int32, device=device)
+
+
+def _launch_shape(d: int):
+    width = padded_width(d)
+    bm = tile_rows(width)
+    return width, bm, (4 if bm * width <= 4096 else 8)
+
+
+def _rows_view(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale, top_first: bool) -> torch.Tensor:
+    """A new (N, d) tensor in ``rows``' dtype: every row times all level matrices (P_L first when ``top_first``),
+    then ``diag(scale)``.  ``blocks`` (d - 1, 2, 2) and ``scale`` (d,) are fp32 CUDA tensors."""
+    n_rows, d = rows.shape
+    rows = _rows_view(rows)
+    out = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
+    if n_rows == 0:
+        return out
+    width, bm, warps = _launch_shape(d)
+    flat_blocks = blocks.reshape(-1, 4).contiguous()
+    levels = _levels_table(d, rows.device)
+    scale_arg = scale.contiguous() if scale is not None else flat_blocks
+    _rotate_kernel[(triton.cdiv(n_rows, bm),)](
+        rows, out, flat_blocks, scale_arg, levels, n_rows, d, rows.stride(0), out.stride(0),
+        HAS_SCALE=scale is not None, TOP_FIRST=top_first, L=len(levels), D=width, BM=bm, num_warps=warps,
+    )
+    return out
+
+
+def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool):
+    """grad_rows = grad @ R^T (in ``rows``' dtype) and the fp32 block / scale gradients (or None) of the forward
+    ``rotate_rows(rows, blocks, scale, top_first=True)``."""
+    n_rows, d = rows.shape
+    rows, grad = _rows_view(rows), _rows_view(grad)
+    width, bm, warps = _launch_shape(d)
+    n_programs = max(1, triton.cdiv(n_rows, bm))  # one program on no rows: zero partial sums, nothing stored
+    device = rows.device
+    grad_rows = torch.empty(rows.shape, dtype=rows.dtype, device=device)
+    flat_blocks = blocks.reshape(-1, 4).contiguous()
+    levels = _levels_table(d, device)
+    scratch = torch.empty(n_programs * 2 * bm * width, dtype=torch.float32, device=device)
+    part_blocks = torch.empty((n_programs, d - 1, 4), dtype=torch.float32, device=device)
+    part_scale = torch.empty((n_programs, d) if scale is not None else (1,), dtype=torch.float32, device=device)
+    scale_arg = scale.contiguous() if scale is not None else flat_blocks
+    _rotate_backward_kernel[(n_programs,)](
+        rows, grad, grad_rows, flat_blocks, scale_arg, levels, scratch, part_blocks, part_scale, n_rows, d,
+        rows.stride(0), grad.stride(0), grad_rows.stride(0), HAS_SCALE=scale is not None, L=len(levels), D=width,
+        BM=bm, num_warps=warps,
+    )
+    grad_blocks = part_blocks.sum(0).reshape(blocks.shape) if need_blocks else None
+    grad_scale = part_scale.sum(0) if (need_scale and scale is not None) else None
+    return grad_rows, grad_blocks, grad_scale

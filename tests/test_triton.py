@@ -1,0 +1,161 @@
+"""The Triton kernels against the dense reference: on a GPU when there is one, else in Triton's interpreter on CPU.
+
+Skipped where triton is not installed (``make install`` installs it).
+"""
+
+import contextlib
+import math
+import os
+
+import pytest
+import torch
+
+from goft import functional as F
+
+triton = pytest.importorskip("triton")
+from goft import triton_kernels as T  # noqa: E402  (after the interpreter switch in conftest)
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+DIMS = [2, 3, 5, 7, 8, 12, 768]
+
+
+def make_params(d, quasi, seed):
+    g = torch.Generator().manual_seed(seed)
+    if quasi:  # near-orthogonal free blocks, so products over ~10 levels stay O(1)
+        return F.angles_to_blocks(torch.randn(d - 1, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(
+            d - 1, 2, 2, generator=g, dtype=torch.float64)
+    return torch.randn(d - 1, generator=g, dtype=torch.float64)
+
+
+def make_scale(d, seed):
+    return 0.5 + torch.rand(d, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+
+
+def bottom_first_matrix(blocks, d):
+    """P_1 ⋯ P_L as a dense matrix (the order merge_weight sweeps in)."""
+    eye = torch.eye(d, dtype=torch.float64)
+    r = eye
+    for (_step, npairs, offset), pairs in zip(F.givens_levels(d), F.givens_pairs(d)):
+        p = eye.clone()
+        i, j = pairs[:, 0], pairs[:, 1]
+        blk = blocks[offset:offset + npairs]
+        p[i, i], p[i, j], p[j, i], p[j, j] = blk[:, 0, 0], blk[:, 0, 1], blk[:, 1, 0], blk[:, 1, 1]
+        r = r @ p
+    return r
+
+
+def close(got, want, rtol):
+    """Max abs error relative to the reference's scale (rows of a product of many levels)."""
+    err = (got.double().cpu() - want).abs().max().item() if want.numel() else 0.0
+    assert err <= rtol * max(1.0, want.abs().max().item()), err
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("quasi", [False, True])
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_forward_and_backward_match_the_dense_reference(d, quasi, with_scale):
+    params = make_params(d, quasi, seed=d)
+    blocks = F._as_blocks(params, d)
+    scale = make_scale(d, d) if with_scale else None
+    n = 37  # several programs and a short last tile
+    x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    g = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    blocks_ref = blocks.clone().requires_grad_()
+    scale_ref = None if scale is None else scale.clone().requires_grad_()
+    x_ref = x.clone().requires_grad_()
+    y_ref = x_ref @ F.rotation_matrix(blocks_ref, d, scale_ref)
+    y_ref.backward(g)
+
+    dev = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
+    y = T.rotate_rows(dev(x), dev(blocks), dev(scale), top_first=True)
+    assert y.dtype == torch.float32 and y.device.type == DEVICE.type
+    close(y, y_ref.detach(), 2e-6 * math.log2(d + 1))
+
+    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(g), dev(blocks), dev(scale), True, True)
+    close(gx, x_ref.grad, 2e-6 * math.log2(d + 1))
+    close(gb, blocks_ref.grad, 1e-5 * math.log2(d + 1))  # sums over 37 rows
+    if with_scale:
+        close(gs, scale_ref.grad, 1e-5 * math.log2(d + 1))
+    else:
+        assert gs is None
+
+    y_bottom = T.rotate_rows(dev(x), dev(blocks), None, top_first=False)
+    close(y_bottom, x @ bottom_first_matrix(blocks, d), 2e-6 * math.log2(d + 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_fp32_and_keep_their_dtype(dtype):
+    d = 12
+    params = make_params(d, False, 0)
+    blocks = F._as_blocks(params, d).float().to(DEVICE)
+    x = torch.randn(9, d).to(dtype).to(DEVICE)
+    y = T.rotate_rows(x, blocks, None, True)
+    assert y.dtype == dtype
+    want = x.double().cpu() @ F.rotation_matrix(params, d)  # the rounding is the output's, once
+    close(y, want, 2 * torch.finfo(dtype).eps)
+    gx, gb, _ = T.rotate_rows_backward(x, y, blocks, None, True, False)
+    assert gx.dtype == dtype and gb.dtype == torch.float32
+
+
+def test_non_finite_inputs_spread_like_the_reference():
+    # an inf in a coordinate that a level leaves alone must not turn into NaN elsewhere (0 * inf)
+    d = 12
+    blocks = F._as_blocks(make_params(d, False, 1), d).float()
+    x = torch.randn(4, d)
+    x[0, 3], x[1, 0], x[2, 11] = float("inf"), float("nan"), float("-inf")
+    want = F._sweep_rows(x.clone(), blocks, top_first=True)  # torch reference on CPU
+    got = T.rotate_rows(x.to(DEVICE), blocks.to(DEVICE), None, True).cpu()
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
+    finite = torch.isfinite(want)
+    assert torch.allclose(got[finite], want[finite], atol=1e-5)
+
+
+def test_empty_and_strided_rows():
+    d = 7
+    blocks = F._as_blocks(make_params(d, True, 4), d).float().to(DEVICE)
+    empty = torch.empty(0, d, device=DEVICE)
+    assert T.rotate_rows(empty, blocks, None, True).shape == (0, d)
+    gx, gb, _ = T.rotate_rows_backward(empty, empty, blocks, None, True, False)
+    assert gx.shape == (0, d) and torch.count_nonzero(gb) == 0
+    wide = torch.randn(5, 2 * d, device=DEVICE)
+    x = wide[:, ::2]  # last-dim stride 2: copied to unit stride
+    want = x.double().cpu() @ F.rotation_matrix(blocks.double().cpu(), d)
+    close(T.rotate_rows(x, blocks, None, True), want, 1e-5)
+
+
+@contextlib.contextmanager
+def kernel_env(name):
+    old = os.environ.get("GOFT_KERNEL")
+    os.environ["GOFT_KERNEL"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("GOFT_KERNEL") if old is None else os.environ.__setitem__("GOFT_KERNEL", old)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the dispatcher sends only CUDA tensors to the Triton kernels")
+@pytest.mark.parametrize("d", [5, 768])
+@pytest.mark.parametrize("quasi", [False, True])
+def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi):
+    params = make_params(d, quasi, 7).float()
+    scale = make_scale(d, 7).float()
+    x = torch.randn(3, 11, d)
+    with kernel_env("torch"):
+        p_cpu, s_cpu = params.clone().requires_grad_(), scale.clone().requires_grad_()
+        x_cpu = x.clone().requires_grad_()
+        F.rotate(x_cpu, p_cpu, s_cpu).square().sum().backward()
+        w = torch.randn(40, d)
+        merged_cpu = F.merge_weight(w, params, scale)
+    with kernel_env("triton"):
+        assert F._use_triton(x.cuda(), torch.float32)
+        p_gpu, s_gpu = params.cuda().requires_grad_(), scale.cuda().requires_grad_()
+        x_gpu = x.cuda().requires_grad_()
+        F.rotate(x_gpu, p_gpu, s_gpu).square().sum().backward()
+        merged = F.merge_weight(w.cuda(), p_gpu.detach(), s_gpu.detach())
+        restored = F.unmerge_weight(merged, p_gpu.detach(), s_gpu.detach())
+    rtol = 1e-5 * math.log2(d + 1)
+    for got, want in [(x_gpu.grad, x_cpu.grad), (p_gpu.grad, p_cpu.grad), (s_gpu.grad, s_cpu.grad),
+                      (merged, merged_cpu), (restored, w)]:
+        close(got, want.double(), rtol * 10)
