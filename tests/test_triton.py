@@ -3,9 +3,7 @@
 Skipped where triton is not installed (``make install`` installs it).
 """
 
-import contextlib
 import math
-import os
 
 import pytest
 import torch
@@ -125,37 +123,40 @@ def test_empty_and_strided_rows():
     close(T.rotate_rows(x, blocks, None, True), want, 1e-5)
 
 
-@contextlib.contextmanager
-def kernel_env(name):
-    old = os.environ.get("GOFT_KERNEL")
-    os.environ["GOFT_KERNEL"] = name
-    try:
-        yield
-    finally:
-        os.environ.pop("GOFT_KERNEL") if old is None else os.environ.__setitem__("GOFT_KERNEL", old)
-
-
 @pytest.mark.skipif(not ON_GPU, reason="the dispatcher sends only CUDA tensors to the Triton kernels")
 @pytest.mark.parametrize("d", [5, 768])
 @pytest.mark.parametrize("quasi", [False, True])
-def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi):
+def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi, monkeypatch):
     params = make_params(d, quasi, 7).float()
     scale = make_scale(d, 7).float()
     x = torch.randn(3, 11, d)
-    with kernel_env("torch"):
-        p_cpu, s_cpu = params.clone().requires_grad_(), scale.clone().requires_grad_()
-        x_cpu = x.clone().requires_grad_()
-        F.rotate(x_cpu, p_cpu, s_cpu).square().sum().backward()
-        w = torch.randn(40, d)
-        merged_cpu = F.merge_weight(w, params, scale)
-    with kernel_env("triton"):
-        assert F._use_triton(x.cuda(), torch.float32)
-        p_gpu, s_gpu = params.cuda().requires_grad_(), scale.cuda().requires_grad_()
-        x_gpu = x.cuda().requires_grad_()
-        F.rotate(x_gpu, p_gpu, s_gpu).square().sum().backward()
-        merged = F.merge_weight(w.cuda(), p_gpu.detach(), s_gpu.detach())
-        restored = F.unmerge_weight(merged, p_gpu.detach(), s_gpu.detach())
+    monkeypatch.setenv("GOFT_KERNEL", "torch")
+    p_cpu, s_cpu = params.clone().requires_grad_(), scale.clone().requires_grad_()
+    x_cpu = x.clone().requires_grad_()
+    F.rotate(x_cpu, p_cpu, s_cpu).square().sum().backward()
+    w = torch.randn(40, d)
+    merged_cpu = F.merge_weight(w, params, scale)
+    monkeypatch.setenv("GOFT_KERNEL", "triton")
+    assert F._use_triton(x.cuda(), torch.float32)
+    p_gpu, s_gpu = params.cuda().requires_grad_(), scale.cuda().requires_grad_()
+    x_gpu = x.cuda().requires_grad_()
+    F.rotate(x_gpu, p_gpu, s_gpu).square().sum().backward()
+    merged = F.merge_weight(w.cuda(), p_gpu.detach(), s_gpu.detach())
+    restored = F.unmerge_weight(merged, p_gpu.detach(), s_gpu.detach())
     rtol = 1e-5 * math.log2(d + 1)
     for got, want in [(x_gpu.grad, x_cpu.grad), (p_gpu.grad, p_cpu.grad), (s_gpu.grad, s_cpu.grad),
                       (merged, merged_cpu), (restored, w)]:
         close(got, want.double(), rtol * 10)
+
+
+def test_kernel_choice_per_device(monkeypatch):
+    from goft import kernels
+
+    monkeypatch.setenv("GOFT_KERNEL", "auto")
+    assert kernels.kernel_choice("cuda") == "triton"  # triton is installed here (importorskip above)
+    assert kernels.kernel_choice("cpu") == ("numba" if kernels.AVAILABLE else "torch")
+    assert not F._use_triton(torch.zeros(2, 4), torch.float32)  # CPU tensors never go to the Triton kernels
+    monkeypatch.setenv("GOFT_KERNEL", "torch")
+    assert kernels.kernel_choice("cuda") == "torch" and kernels.kernel_choice("cpu") == "torch"
+    monkeypatch.setenv("GOFT_KERNEL", "triton")
+    assert kernels.kernel_choice("cuda") == "triton"
