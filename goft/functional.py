@@ -342,7 +342,9 @@ class _RotateFunction(torch.autograd.Function):
 
     Saves only ``x`` (the layer input, already alive in a network), the blocks and the scale; backward recomputes the
     level inputs from ``x`` rather than keeping per-level activations alive between forward and backward.  On CPU
-    with numba installed the fused per-row kernels of :mod:`goft.kernels` run; elsewhere the torch reference path.
+    with numba installed the fused per-row kernels of :mod:`goft.kernels` run, for CUDA tensors with triton installed
+    those of :mod:`goft.triton_kernels`; elsewhere the torch reference path (``GOFT_KERNEL`` chooses, see
+    :func:`goft.kernels.kernel_choice`).
     """
 
     @staticmethod
