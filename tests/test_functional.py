@@ -382,7 +382,7 @@ def check_rotate_matches_dense_and_inverts(d, rows, seed, quasi, scaled):
         assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("rows", [0, 1, 15, 16, 17, 33])
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 95])
 def test_row_counts_around_the_kernel_tile(kernel, rows):
     d = 13
     x = torch.randn(rows, d, dtype=torch.float64, requires_grad=True)
