@@ -25,8 +25,9 @@ QUESTION = "Is this review positive or negative? Answer with one word.\n\n\"{tex
 ANSWERS = ("negative", "positive")
 INSTRUCT_METHODS = ("goft", "qgoft", "lora", "oft")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-# Defaults for short CPU runs (a few hundred examples); not tuned per method.
-INSTRUCT_LR = {"goft": 1e-2, "qgoft": 5e-3, "lora": 1e-3, "oft": 2e-3}
+# Defaults for short CPU runs (a few hundred examples): the rates that did best in the sweep of
+# results/smollm2-instruct.md (512 sentences, 1 epoch; OFT diverged at 2e-3, GOFT forgot far more at 1e-2).
+INSTRUCT_LR = {"goft": 3e-3, "qgoft": 5e-3, "lora": 1e-3, "oft": 3e-4}
 
 
 @dataclass
@@ -300,17 +301,24 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method, lr in sorted({(r["method"], r["lr"]) for r in results["runs"]}):
-        runs = [r for r in results["runs"] if (r["method"], r["lr"]) == (method, lr)]
-        ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs],
-                   label=f"{method} lr {lr:g}", s=40)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # one colour per method: each seed faint, the mean over seeds at each learning rate joined in order of rate
+    for colour, method in enumerate(sorted({r["method"] for r in results["runs"]})):
+        runs = [r for r in results["runs"] if r["method"] == method]
+        ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs], s=14, alpha=0.35,
+                   color=f"C{colour}")
+        means = [(lr, [r for r in runs if r["lr"] == lr]) for lr in sorted({r["lr"] for r in runs})]
+        xs = [sum(r["kl_base_to_tuned"] for r in rs) / len(rs) for _, rs in means]
+        ys = [100 * sum(r["accuracy"] for r in rs) / len(rs) for _, rs in means]
+        ax.plot(xs, ys, marker="o", color=f"C{colour}", label=method)
+        for (lr, _), x, y in zip(means, xs, ys):
+            ax.annotate(f"{lr:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{colour}")
     if results["runs"]:
         ax.axhline(100 * results["runs"][0]["base_accuracy"], color="grey", linestyle="--", label="base model")
     ax.set_xscale("log")  # KL spans orders of magnitude across methods and rates
     ax.set_xlabel("forgetting: mean token KL(p_base ‖ p_tuned) on held-out text (log)")
     ax.set_ylabel("generation accuracy (%)")
-    ax.set_title("SmolLM2-135M-Instruct, polarity-instruct")
+    ax.set_title("SmolLM2-135M-Instruct, polarity-instruct (labels: learning rate)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
