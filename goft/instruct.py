@@ -243,7 +243,7 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
                 if (method, seed, cfg.learning_rate) in done:
                     progress(f"skip {method} seed {seed} lr {cfg.learning_rate:g}: already in {results_path}")
                     continue
-                _run_and_record(cfg, base, results, results_path, cache, progress)
+                _run_and_record(cfg, results, results_path, cache, progress)
     plot_accuracy_vs_forgetting(results, results_path.with_suffix(".png"))
     results_path.with_suffix(".md").write_text(instruct_table(results) + "\n")
     return results
@@ -279,14 +279,13 @@ def instruct_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _run_and_record(cfg: InstructConfig, base: InstructConfig, results: dict, results_path, cache: dict,
-                    progress) -> None:
+def _run_and_record(cfg: InstructConfig, results: dict, results_path, cache: dict, progress) -> None:
     from .train import write_json_atomic
 
     metrics = instruct(cfg, base_logprobs_cache=cache)
     row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
     row["lr"] = metrics["config"]["lr"]
-    row["train_examples"], row["eval_examples"] = base.train_size, base.eval_size
+    row["train_examples"], row["eval_examples"] = cfg.train_size, cfg.eval_size
     results["runs"].append(row)
     results["task"] = "polarity-instruct"
     write_json_atomic(results_path, results)

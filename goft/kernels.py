@@ -16,6 +16,7 @@ levels, level 1 first.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -55,7 +56,9 @@ def kernel_choice(device_type: str = "cpu") -> str:
     return "torch"
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
+    """Whether triton can be imported (looked up once: this runs on every CUDA rotation)."""
     import importlib.util
 
     return importlib.util.find_spec("triton") is not None

@@ -31,16 +31,9 @@ def make_scale(d, seed):
 
 
 def bottom_first_matrix(blocks, d):
-    """P_1 ⋯ P_L as a dense matrix (the order merge_weight sweeps in)."""
-    eye = torch.eye(d, dtype=torch.float64)
-    r = eye
-    for (_step, npairs, offset), pairs in zip(F.givens_levels(d), F.givens_pairs(d)):
-        p = eye.clone()
-        i, j = pairs[:, 0], pairs[:, 1]
-        blk = blocks[offset:offset + npairs]
-        p[i, i], p[i, j], p[j, i], p[j, j] = blk[:, 0, 0], blk[:, 0, 1], blk[:, 1, 0], blk[:, 1, 1]
-        r = r @ p
-    return r
+    """P_1 ⋯ P_L as a dense matrix (the order merge_weight sweeps in): the transpose of R built from transposed
+    blocks, (P_L^T ⋯ P_1^T)^T."""
+    return F.rotation_matrix(blocks.transpose(-1, -2), d).T
 
 
 def close(got, want, rtol):
