@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from goft import bench
+from goft.apps import bench
 
 methods = sys.argv[1].split(",") if len(sys.argv) > 1 else ["lora_r8", "goft", "qgoft", "oft"]
 device = torch.device("cuda")

@@ -12,7 +12,7 @@ import torch
 from peft import get_peft_model
 
 import goft
-from goft.models import load_sequence_classifier
+from goft.apps.pretrained import load_sequence_classifier
 
 TRAIN = [
     ("a warm, funny and beautifully acted film", 1),

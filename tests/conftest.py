@@ -8,7 +8,7 @@ import pytest
 import torch
 
 # Without a GPU the Triton kernels are tested in Triton's interpreter (on CPU tensors).  It is chosen when the kernels
-# are defined, so it must be set before goft.triton_kernels is first imported.
+# are defined, so it must be set before goft.ops.cuda_triton is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from goft import bench
+from goft.apps import bench
 
 
 def test_bench_toy_run_writes_jsonl_and_plot(tmp_path):

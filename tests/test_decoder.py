@@ -11,7 +11,7 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import goft
-from goft.cli import main
+from goft.apps.cli import main
 
 PROMPTS = torch.tensor([[1, 5, 9, 13, 2], [1, 7, 7, 21, 30]])
 
@@ -92,7 +92,8 @@ def test_merge_refuses_to_overwrite(tiny_llama, tmp_path):
 # The instruct task's pieces
 # ---------------------------------------------------------------------------------------------------------------------
 
-from goft import instruct  # noqa: E402
+from goft.apps import instruct  # noqa: E402
+from goft.apps.methods import METHODS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +163,13 @@ def test_instruct_sweep_records_each_rate_once_and_resumes(monkeypatch, tmp_path
     path = tmp_path / "r.json"
     base = instruct.InstructConfig(progress=False)
     instruct.run_instruct_compare(["goft"], [0], base, path, progress=lambda *_: None)
-    assert calls == [("goft", 0, instruct.INSTRUCT_LR["goft"])]
+    assert calls == [("goft", 0, METHODS["goft"].instruct_lr)]
     instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
-                                  learning_rates=[instruct.INSTRUCT_LR["goft"], 1e-3])
+                                  learning_rates=[METHODS["goft"].instruct_lr, 1e-3])
     # the default-rate goft seed 0 run is recorded already and is not repeated; the other 7 pairs run once each
     assert len(calls) == 1 + 7 and len(set(calls)) == 8
     instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
-                                  learning_rates=[instruct.INSTRUCT_LR["goft"], 1e-3])
+                                  learning_rates=[METHODS["goft"].instruct_lr, 1e-3])
     assert len(calls) == 8
     table = path.with_suffix(".md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| goft") or line.startswith("| lora")]

@@ -13,7 +13,7 @@ from torch import nn
 
 import goft
 from goft import functional as F
-from goft.config import AdapterFileError
+from goft.tuner.config import AdapterFileError
 
 
 class Tiny(nn.Module):

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goft import functional as F
-from goft import kernels
+from goft.ops import backends
 
 # Every rotate test runs on both backends: the torch reference path and, when numba is installed, the fused kernels.
-KERNELS = ["torch"] + (["numba"] if kernels.AVAILABLE else [])
+KERNELS = ["torch"] + (["numba"] if backends.numba_backend() is not None else [])
 
 
 @contextlib.contextmanager

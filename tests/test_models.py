@@ -7,7 +7,8 @@ import torch
 from peft import get_peft_model
 
 import goft
-from goft.models import ModelUnavailableError, load_sequence_classifier
+from goft.apps.errors import ModelUnavailableError
+from goft.apps.pretrained import load_sequence_classifier
 
 
 @pytest.fixture(scope="module")

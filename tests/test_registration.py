@@ -7,7 +7,7 @@ from peft import PeftConfig
 from peft import mapping
 
 import goft
-from goft.config import GOFT_PEFT_TYPE
+from goft.tuner.config import GOFT_PEFT_TYPE
 
 
 def test_installed_peft_is_the_supported_series():
@@ -31,7 +31,7 @@ def test_plain_string_from_json_finds_the_tables():
 
 
 def test_registration_is_idempotent():
-    goft._register_with_peft()
+    goft.register_with_peft()
     assert mapping.PEFT_TYPE_TO_CONFIG_MAPPING[GOFT_PEFT_TYPE] is goft.GOFTConfig
 
 

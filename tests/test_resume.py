@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 # Runs `goft finetune` in a child process; FAULT decides where the child dies abruptly (os._exit, no clean-up).
 RUNNER = textwrap.dedent("""
     import os, sys, torch
-    import goft.train as train
+    import goft.apps.io as io
     fault, at = sys.argv[1], int(sys.argv[2])
     steps = {"n": 0}
     if fault == "step":  # die right after optimizer step `at`, mid-epoch
@@ -31,8 +31,8 @@ RUNNER = textwrap.dedent("""
                 if steps["n"] == at:
                     os._exit(75)
             return original_replace(src, dst)
-        train.os.replace = replace
-    from goft.cli import main
+        io.os.replace = replace
+    from goft.apps.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
 
@@ -67,7 +67,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_checkpoint, toy_files, tmp_p
 
 
 def test_resume_needs_output():
-    from goft.train import FinetuneConfig
+    from goft.apps.finetune import FinetuneConfig
 
-    with pytest.raises(ValueError, match="--save-every and --resume need --output"):
+    with pytest.raises(ValueError, match="^output is needed by --save-every and --resume"):
         FinetuneConfig(resume=True)

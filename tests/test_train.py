@@ -5,7 +5,7 @@ from peft import get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 import goft
-from goft.train import OrthogonalityPenaltyTrainer
+from goft import OrthogonalityPenaltyTrainer
 
 
 def tiny_bert():
@@ -51,8 +51,10 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from goft.compare import load_results, run_compare  # noqa: E402
-from goft.train import FinetuneConfig, finetune  # noqa: E402
+from goft.apps.compare import run_compare  # noqa: E402
+from goft.apps.cli import main  # noqa: E402
+from goft.apps.errors import OptionError  # noqa: E402
+from goft.apps.finetune import FinetuneConfig, finetune  # noqa: E402
 
 
 def toy_config(tiny_checkpoint, toy_files, **kw):
@@ -86,12 +88,20 @@ def test_head_only_trains_only_the_classifier(tiny_checkpoint, toy_files):
 
 
 def test_bad_finetune_options_are_refused():
-    with pytest.raises(ValueError, match="--method must be one of goft, qgoft, lora, oft, boft, head, full, got 'x'"):
+    # the library names the config field; the command line names the flag (below)
+    with pytest.raises(OptionError, match="^method must be one of goft, goft_scaling, qgoft, lora, .*, full, got 'x'"):
         FinetuneConfig(method="x")
-    with pytest.raises(ValueError, match="--epochs must be a positive integer, got 0"):
+    with pytest.raises(OptionError, match="^epochs must be a positive integer, got 0"):
         FinetuneConfig(epochs=0)
-    with pytest.raises(ValueError, match="--train-file and --eval-file go together"):
+    with pytest.raises(OptionError, match="^train_file and --eval-file go together"):
         FinetuneConfig(train_file="a.csv")
+
+
+def test_cli_names_the_flag_and_exits_with_a_message(capsys):
+    with pytest.raises(SystemExit, match="^goft finetune: --epochs must be a positive integer, got 0$"):
+        main(["finetune", "--epochs", "0"])
+    with pytest.raises(SystemExit, match="^goft compare: --methods has unknown \\['lora_r9'\\]; allowed: goft, "):
+        main(["compare", "--methods", "goft,lora_r9"])
 
 
 def test_compare_writes_results_and_resumes(tiny_checkpoint, toy_files, tmp_path):
@@ -102,7 +112,7 @@ def test_compare_writes_results_and_resumes(tiny_checkpoint, toy_files, tmp_path
     assert [(r["method"], r["seed"]) for r in runs] == [("goft", 0), ("lora_r2", 0), ("goft", 1), ("lora_r2", 1)]
     for r in runs:
         assert {"method", "seed", "accuracy", "trainable_params", "seconds"} <= set(r)
-    assert load_results(tmp_path / "toy.json") == results
+    assert json.loads((tmp_path / "toy.json").read_text()) == results
     table = (tmp_path / "toy.md").read_text()
     assert "| goft |" in table and "| lora_r2 |" in table
     assert (tmp_path / "toy.png").stat().st_size > 0
@@ -111,8 +121,6 @@ def test_compare_writes_results_and_resumes(tiny_checkpoint, toy_files, tmp_path
 
 
 def test_cli_finetune_and_inspect(tiny_checkpoint, toy_files, tmp_path, capsys):
-    from goft.cli import main
-
     train, evals = toy_files
     out = tmp_path / "cli"
     assert main(["finetune", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),

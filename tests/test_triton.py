@@ -11,7 +11,9 @@ import torch
 from goft import functional as F
 
 triton = pytest.importorskip("triton")
-from goft import triton_kernels as T  # noqa: E402  (after the interpreter switch in conftest)
+from goft.ops import backends, reference  # noqa: E402
+from goft.ops import cuda_triton as T  # noqa: E402  (after the interpreter switch in conftest)
+from goft.ops.blocks import as_blocks  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -47,7 +49,7 @@ def close(got, want, rtol):
 @pytest.mark.parametrize("with_scale", [False, True])
 def test_forward_and_backward_match_the_dense_reference(d, quasi, with_scale):
     params = make_params(d, quasi, seed=d)
-    blocks = F._as_blocks(params, d)
+    blocks = as_blocks(params, d)
     scale = make_scale(d, d) if with_scale else None
     n = 37  # several programs and a short last tile
     x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -80,7 +82,7 @@ def test_forward_and_backward_match_the_dense_reference(d, quasi, with_scale):
 def test_half_inputs_compute_in_fp32_and_keep_their_dtype(dtype):
     d = 12
     params = make_params(d, False, 0)
-    blocks = F._as_blocks(params, d).float().to(DEVICE)
+    blocks = as_blocks(params, d).float().to(DEVICE)
     x = torch.randn(9, d).to(dtype).to(DEVICE)
     y = T.rotate_rows(x, blocks, None, True)
     assert y.dtype == dtype
@@ -93,10 +95,10 @@ def test_half_inputs_compute_in_fp32_and_keep_their_dtype(dtype):
 def test_non_finite_inputs_spread_like_the_reference():
     # an inf in a coordinate that a level leaves alone must not turn into NaN elsewhere (0 * inf)
     d = 12
-    blocks = F._as_blocks(make_params(d, False, 1), d).float()
+    blocks = as_blocks(make_params(d, False, 1), d).float()
     x = torch.randn(4, d)
     x[0, 3], x[1, 0], x[2, 11] = float("inf"), float("nan"), float("-inf")
-    want = F._sweep_rows(x.clone(), blocks, top_first=True)  # torch reference on CPU
+    want = reference.rotate_rows(x, blocks, None, top_first=True)  # torch reference on CPU
     got = T.rotate_rows(x.to(DEVICE), blocks.to(DEVICE), None, True).cpu()
     assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
     finite = torch.isfinite(want)
@@ -105,7 +107,7 @@ def test_non_finite_inputs_spread_like_the_reference():
 
 def test_empty_and_strided_rows():
     d = 7
-    blocks = F._as_blocks(make_params(d, True, 4), d).float().to(DEVICE)
+    blocks = as_blocks(make_params(d, True, 4), d).float().to(DEVICE)
     empty = torch.empty(0, d, device=DEVICE)
     assert T.rotate_rows(empty, blocks, None, True).shape == (0, d)
     gx, gb, _ = T.rotate_rows_backward(empty, empty, blocks, None, True, False)
@@ -130,7 +132,7 @@ def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi, monkeypatch)
     w = torch.randn(40, d)
     merged_cpu = F.merge_weight(w, params, scale)
     monkeypatch.setenv("GOFT_KERNEL", "triton")
-    assert F._use_triton(x.cuda(), torch.float32)
+    assert backends.backend_for(x.cuda(), torch.float32) is T
     p_gpu, s_gpu = params.cuda().requires_grad_(), scale.cuda().requires_grad_()
     x_gpu = x.cuda().requires_grad_()
     F.rotate(x_gpu, p_gpu, s_gpu).square().sum().backward()
@@ -143,13 +145,11 @@ def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi, monkeypatch)
 
 
 def test_kernel_choice_per_device(monkeypatch):
-    from goft import kernels
-
     monkeypatch.setenv("GOFT_KERNEL", "auto")
-    assert kernels.kernel_choice("cuda") == "triton"  # triton is installed here (importorskip above)
-    assert kernels.kernel_choice("cpu") == ("numba" if kernels.AVAILABLE else "torch")
-    assert not F._use_triton(torch.zeros(2, 4), torch.float32)  # CPU tensors never go to the Triton kernels
+    assert backends.kernel_choice("cuda") == "triton"  # triton is installed here (importorskip above)
+    assert backends.kernel_choice("cpu") == ("numba" if backends.numba_backend() is not None else "torch")
+    assert backends.backend_for(torch.zeros(2, 4), torch.float32) is not T  # CPU tensors never go to the Triton kernels
     monkeypatch.setenv("GOFT_KERNEL", "torch")
-    assert kernels.kernel_choice("cuda") == "torch" and kernels.kernel_choice("cpu") == "torch"
+    assert backends.kernel_choice("cuda") == "torch" and backends.kernel_choice("cpu") == "torch"
     monkeypatch.setenv("GOFT_KERNEL", "triton")
-    assert kernels.kernel_choice("cuda") == "triton"
+    assert backends.kernel_choice("cuda") == "triton"

@@ -14,7 +14,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from . import functional as F
+from .. import functional as givens
 from .config import GOFTConfig
 
 try:  # transformers is a dependency of peft, but keep the layer importable without it
@@ -23,6 +23,15 @@ except ImportError:  # pragma: no cover
     Conv1D = None
 
 BASE_ADAPTER_NAME = "__base__"  # in a per-sample ``adapter_names`` list: use the base model for that sample
+
+# The saved parameter layout: one tensor per (layer, kind, adapter), named ``<layer>.<kind>.<adapter>`` in the state
+# dict (``<layer>.<kind>`` in adapter_model.safetensors).
+ADAPTER_PARAM_KINDS = ("goft_theta", "goft_blocks", "goft_scale")
+
+
+def in_features_from_shape(kind: str, shape) -> int:
+    """The layer's ``in_features`` d, read off the shape of one of its saved adapter tensors of ``kind``."""
+    return shape[0] if kind == "goft_scale" else shape[0] + 1
 
 
 def supported_base_layer(module: nn.Module) -> bool:
@@ -39,7 +48,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     so the state dict holds only learned numbers.
     """
 
-    adapter_layer_names = ("goft_theta", "goft_blocks", "goft_scale")
+    adapter_layer_names = ADAPTER_PARAM_KINDS
     other_param_names = ("goft_orth_reg_weight",)
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: GOFTConfig, **kwargs: Any) -> None:
@@ -75,7 +84,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         """Create the parameters of adapter ``adapter_name`` (identity, or random when ``config.init_weights`` is
         False) on the base layer's device."""
         d = self.in_features
-        n = F.num_blocks(d)
+        n = givens.num_blocks(d)
         if config.quasi:
             self.goft_blocks[adapter_name] = nn.Parameter(torch.eye(2).repeat(n, 1, 1))
         else:
@@ -97,7 +106,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
             blocks = self.goft_blocks[adapter_name]
             theta = torch.empty(blocks.shape[0]).uniform_(-math.pi / 2, math.pi / 2)
             noise = torch.empty_like(blocks).uniform_(-0.2, 0.2)
-            blocks.copy_(F.angles_to_blocks(theta) + noise)
+            blocks.copy_(givens.angles_to_blocks(theta) + noise)
         if adapter_name in self.goft_scale:
             self.goft_scale[adapter_name].uniform_(0.75, 1.25)
 
@@ -115,17 +124,17 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
 
     def rotation_matrix(self, adapter_name: str) -> torch.Tensor:
         """The dense d×d R of one adapter (for inspection and checks)."""
-        return F.rotation_matrix(
+        return givens.rotation_matrix(
             self.rotation_params(adapter_name), self.in_features, self.rotation_scale(adapter_name)
         )
 
     def orthogonality_penalty(self, adapter_name: str) -> torch.Tensor:
         """λ Σ (a·b + c·d)² of this adapter's quasi blocks; 0 for strict GOFT."""
         params = self.rotation_params(adapter_name)
-        return self.goft_orth_reg_weight[adapter_name] * F.block_orthogonality_penalty(params)
+        return self.goft_orth_reg_weight[adapter_name] * givens.block_orthogonality_penalty(params)
 
     def rotate_input(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        return F.rotate(x, self.rotation_params(adapter_name), self.rotation_scale(adapter_name))
+        return givens.rotate(x, self.rotation_params(adapter_name), self.rotation_scale(adapter_name))
 
     # ---------------------------------------------------------------------------------------------------------------
     # Forward
@@ -191,7 +200,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
             return
         merged = self._weight_out_in()
         for name in adapter_names:
-            merged = F.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name))
+            merged = givens.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name))
         if safe_merge and not bool(torch.isfinite(merged).all()):
             raise ValueError(
                 f"safe_merge refused: merging adapter(s) {adapter_names} gives NaN/inf weights; "
@@ -212,9 +221,9 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         restored = self._weight_out_in()
         for name in reversed(self.merged_adapters):
             try:
-                restored = F.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name))
-            except F.SingularBlockError as err:
-                raise F.SingularBlockError(
+                restored = givens.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name))
+            except givens.SingularBlockError as err:
+                raise givens.SingularBlockError(
                     f"cannot unmerge adapter {name!r} from this layer: {err}; the weights were left merged"
                 ) from err
         self._store_weight_out_in(restored)

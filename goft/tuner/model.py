@@ -12,8 +12,8 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
-from .config import GOFTConfig
-from .layer import BASE_ADAPTER_NAME, GOFTLayer, supported_base_layer
+from .config import AdapterFileError, GOFTConfig
+from .layer import BASE_ADAPTER_NAME, GOFTLayer, in_features_from_shape, supported_base_layer
 
 
 def _inject_adapter_names(module, args, kwargs, adapter_names):
@@ -121,8 +121,6 @@ class GOFTModel(BaseTuner):
 
 def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], adapter_name: str) -> None:
     """Refuse a checkpoint whose GOFT tensors do not fit the model, naming the layer and both shapes."""
-    from .config import AdapterFileError
-
     expected = {name: p.shape for name, p in model.state_dict().items() if ".goft_" in name}
     for key, value in state_dict.items():
         if ".goft_" not in key:
@@ -139,8 +137,8 @@ def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], 
         if tuple(value.shape) != tuple(expected[target]):
             raise AdapterFileError(
                 f"layer {layer!r}: the checkpoint's {kind} has shape {tuple(value.shape)} but this model needs "
-                f"{tuple(expected[target])} (in_features {_in_features_for(kind, value.shape)} saved vs "
-                f"{_in_features_for(kind, expected[target])} here)"
+                f"{tuple(expected[target])} (in_features {in_features_from_shape(kind, value.shape)} saved vs "
+                f"{in_features_from_shape(kind, expected[target])} here)"
             )
     present = {k if k in expected else f"base_model.model.{k}" for k in state_dict}
     absent = sorted(k for k in expected if k.endswith(f".{adapter_name}") and k not in present)
@@ -149,10 +147,6 @@ def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], 
             f"the checkpoint lacks {len(absent)} GOFT tensor(s) this model needs, e.g. {absent[0]!r} "
             "(GOFT and qGOFT mixed up, scaling on one side only, or a truncated save?)"
         )
-
-
-def _in_features_for(kind: str, shape) -> int:
-    return shape[0] if kind == "goft_scale" else shape[0] + 1
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:

@@ -13,47 +13,64 @@ next-token distributions, and the change in perplexity.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F_nn
-from tqdm.auto import tqdm
+import torch.nn.functional as F
+
+from . import data, io
+from .errors import OptionError
+from .loop import CHECKPOINT_NAME, LoopOptions, train
+from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
+from .results import RunsFile, group_runs, markdown_table, mean_std
 
 QUESTION = "Is this review positive or negative? Answer with one word.\n\n\"{text}\""
 ANSWERS = ("negative", "positive")
-INSTRUCT_METHODS = ("goft", "qgoft", "lora", "oft")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-# Defaults for short CPU runs (a few hundred examples): the rates that did best in the sweep of
-# results/smollm2-instruct.md (512 sentences, 1 epoch; OFT diverged at 2e-3, GOFT forgot far more at 1e-2).
-INSTRUCT_LR = {"goft": 3e-3, "qgoft": 5e-3, "lora": 1e-3, "oft": 3e-4}
+TASK = "polarity-instruct"
 
 
 @dataclass
 class InstructConfig:
-    method: str = "goft"
+    method: str = "goft"  # a run name of goft.apps.methods.INSTRUCT_METHODS
     model: Optional[str] = None  # local causal-LM directory; None = embedded SmolLM2-135M-Instruct
     target_modules: Optional[list[str]] = None
     train_size: int = 512
     eval_size: int = 200
     epochs: int = 1
     batch_size: int = 8
-    lr: Optional[float] = None
+    lr: Optional[float] = None  # None = the method's instruct_lr
     seed: int = 0
     orth_reg_weight: float = 1e-2
     lora_r: int = 8
     forget_passages: int = 48
     forget_tokens: int = 128
+    output: Optional[str] = None  # root of the per-run directories (checkpoint, adapter); None = keep nothing
+    save_every: int = 0
+    resume: bool = False
     progress: bool = True
 
     def __post_init__(self):
-        if self.method not in INSTRUCT_METHODS:
-            raise ValueError(f"--method must be one of {', '.join(INSTRUCT_METHODS)}, got {self.method!r}")
+        get_method(self.method, INSTRUCT_METHODS)
+        for name in ("train_size", "eval_size", "epochs", "batch_size", "lora_r"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise OptionError(name, f"must be a positive integer, got {value!r}")
+        if (self.save_every or self.resume) and not self.output:
+            raise OptionError("output", "is needed by --save-every and --resume (where the checkpoints live)")
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else INSTRUCT_LR[self.method]
+        return self.lr if self.lr is not None else METHODS[self.method].instruct_lr
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        """This run's directory under ``output``: one per (method, seed, learning rate)."""
+        if self.output is None:
+            return None
+        return Path(self.output) / f"{self.method}-seed{self.seed}-lr{self.learning_rate:g}"
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
@@ -118,10 +135,8 @@ def generation_accuracy(model, tokenizer, texts: list[str], labels: list[int], b
 
 def heldout_passages(tokenizer, n: int, tokens: int) -> torch.Tensor:
     """(n, tokens) ids from text the instruct task never shows: CoNLL-2010 sentences and long-review passages."""
-    from .data import load_corpus
-
-    hedge = " ".join(load_corpus("hedge").texts)
-    reviews = " ".join(load_corpus("reviews").texts)
+    hedge = " ".join(data.load_corpus("hedge").texts)
+    reviews = " ".join(data.load_corpus("reviews").texts)
     rows = []
     for source in (hedge, reviews):
         ids = tokenizer(source, add_special_tokens=False)["input_ids"]
@@ -137,7 +152,7 @@ def next_token_logprobs(model, passages: torch.Tensor, batch_size: int = 8) -> t
     model.eval()
     out = []
     for start in range(0, len(passages), batch_size):
-        out.append(F_nn.log_softmax(model(input_ids=passages[start:start + batch_size]).logits.float(), dim=-1))
+        out.append(F.log_softmax(model(input_ids=passages[start:start + batch_size]).logits.float(), dim=-1))
     return torch.cat(out)
 
 
@@ -156,33 +171,19 @@ def forgetting(base_logprobs: torch.Tensor, tuned_logprobs: torch.Tensor, passag
 
 
 def build_instruct_model(cfg: InstructConfig, model):
-    import warnings
-
-    from peft import LoraConfig, OFTConfig, get_peft_model
-
-    from .config import GOFTConfig
-
-    common = {"target_modules": cfg.target_modules or DEFAULT_TARGETS, "task_type": "CAUSAL_LM"}
-    config = {
-        "goft": lambda: GOFTConfig(**common),
-        "qgoft": lambda: GOFTConfig(quasi=True, orth_reg_weight=cfg.orth_reg_weight, **common),
-        "lora": lambda: LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, **common),
-        "oft": lambda: OFTConfig(**common),
-    }[cfg.method]()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_peft_model(model, config)
+    config = METHODS[cfg.method].peft_config(cfg.target_modules or DEFAULT_TARGETS, task_type="CAUSAL_LM",
+                                             orth_reg_weight=cfg.orth_reg_weight, lora_r=cfg.lora_r)
+    return wrap(model, config)
 
 
 def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) -> dict:
-    """Tune, then measure generation accuracy and forgetting.  Returns a metrics dict."""
-    from .data import load_task
-    from .model import orthogonality_penalty
-    from .models import load_causal_lm
+    """Tune with the shared loop, then measure generation accuracy and forgetting.  Returns a metrics dict; with
+    ``cfg.output`` the run's checkpoint and adapter are kept in ``cfg.run_dir``."""
+    from .pretrained import load_causal_lm
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_causal_lm(cfg.model)
-    train_set, test_set = load_task("polarity")
+    train_set, test_set = data.load_task("polarity")
     train_set = train_set.subset(cfg.train_size, cfg.seed)
     test_set = test_set.subset(cfg.eval_size, 0)  # the same evaluation sentences for every run
     passages = heldout_passages(tokenizer, cfg.forget_passages, cfg.forget_tokens)
@@ -191,127 +192,96 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
         cache["base"] = next_token_logprobs(model, passages)
         cache["base_accuracy"] = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
     model = build_instruct_model(cfg, model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    examples = [(prompt_ids(tokenizer, t), answer_ids(tokenizer, y)) for t, y in zip(train_set.texts, train_set.labels)]
-    generator = torch.Generator().manual_seed(cfg.seed)
-    steps = math.ceil(len(examples) / cfg.batch_size) * cfg.epochs
-    bar = tqdm(total=steps, disable=not cfg.progress, desc=f"{cfg.method} instruct", leave=False)
-    losses = []
-    start = time.perf_counter()
-    model.train()
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(examples), generator=generator).tolist()
-        for b in range(0, len(order), cfg.batch_size):
-            batch = build_batch(tokenizer, [examples[i] for i in order[b:b + cfg.batch_size]])
-            loss = model(**batch).loss + orthogonality_penalty(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    seconds = time.perf_counter() - start
+    examples = [(prompt_ids(tokenizer, t), answer_ids(tokenizer, y))
+                for t, y in zip(train_set.texts, train_set.labels, strict=True)]
+    options = LoopOptions(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
+        checkpoint=cfg.run_dir / CHECKPOINT_NAME if cfg.run_dir else None, save_every=cfg.save_every,
+        resume=cfg.resume, progress=cfg.progress, description=f"{cfg.method} instruct",
+    )
+    result = train(model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx]), options)
+    if cfg.run_dir is not None and result.is_main:
+        model.save_pretrained(cfg.run_dir / "adapter")
     accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)
     return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy, "base_accuracy": cache["base_accuracy"],
-            "trainable_params": sum(p.numel() for p in params), "seconds": seconds, **forget,
-            "loss": losses, "config": {**asdict(cfg), "lr": cfg.learning_rate}}
+            "trainable_params": count_parameters(model), "seconds": result.seconds, **forget,
+            "loss": result.curve["loss"], "config": {**asdict(cfg), "lr": cfg.learning_rate}}
 
 
 def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, progress=print,
                          learning_rates=None) -> dict:
-    """Methods × learning rates × seeds of :func:`instruct`, appended to a results JSON (atomic, resumable) with a PNG
-    of accuracy against forgetting.
+    """Methods × learning rates × seeds of :func:`instruct`, appended to a results JSON (atomic, resumable) with a
+    markdown table and a PNG of accuracy against forgetting.
 
-    ``learning_rates`` None runs each method at its default (``INSTRUCT_LR``); a list runs every method at each rate
-    (a sweep).  A run is identified by (method, seed, learning rate), so a sweep adds to earlier results and a rerun
-    skips what is recorded."""
-    import json
+    ``learning_rates`` None runs each method at its default; a list runs every method at each rate (a sweep).  A run
+    is identified by (method, seed, learning rate), so a sweep adds to earlier results and a rerun skips what is
+    recorded."""
     from dataclasses import replace
-    from pathlib import Path
 
-    results_path = Path(results_path)
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": []}
-    done = {(r["method"], r["seed"], r["lr"]) for r in results["runs"]}
+    results = RunsFile(results_path, key_fields=("method", "seed", "lr"))
     cache: dict = {}
     for seed in seeds:
         for method in methods:
             for lr in (learning_rates or [None]):
                 cfg = replace(base, method=method, seed=seed, lr=lr)
-                if (method, seed, cfg.learning_rate) in done:
-                    progress(f"skip {method} seed {seed} lr {cfg.learning_rate:g}: already in {results_path}")
+                if results.has(method, seed, cfg.learning_rate):
+                    progress(f"skip {method} seed {seed} lr {cfg.learning_rate:g}: already in {results.path}")
                     continue
-                _run_and_record(cfg, results, results_path, cache, progress)
-    plot_accuracy_vs_forgetting(results, results_path.with_suffix(".png"))
-    results_path.with_suffix(".md").write_text(instruct_table(results) + "\n")
-    return results
+                _run_and_record(cfg, results, cache, progress)
+    plot_accuracy_vs_forgetting(results.data, results.path.with_suffix(".png"))
+    io.write_text(results.path.with_suffix(".md"), instruct_table(results.data))
+    return results.data
 
 
-def summarize_instruct(results: dict) -> list[dict]:
-    """One row per (method, learning rate): means and sample standard deviations over the recorded seeds."""
-    import statistics
-
-    def mean_std(values):
-        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-    rows = []
-    for method, lr in sorted({(r["method"], r["lr"]) for r in results["runs"]}):
-        runs = [r for r in results["runs"] if (r["method"], r["lr"]) == (method, lr)]
-        rows.append({"method": method, "lr": lr, "seeds": len(runs), "params": runs[0]["trainable_params"],
-                     "accuracy": mean_std([r["accuracy"] for r in runs]),
-                     "kl": mean_std([r["kl_base_to_tuned"] for r in runs]),
-                     "perplexity_change": mean_std([r["perplexity_change"] for r in runs])})
-    return rows
-
-
-def instruct_table(results: dict) -> str:
-    """A markdown table of :func:`summarize_instruct` (accuracy in %, mean ± std over seeds)."""
-    lines = ["| method | lr | seeds | trainable params | generation accuracy (%) | KL(base ‖ tuned) | "
-             "perplexity change |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    if results["runs"]:
-        lines.append(f"| base model | – | – | 0 | {100 * results['runs'][0]['base_accuracy']:.1f} | 0 | 0 |")
-    for r in summarize_instruct(results):
-        (acc, acc_sd), (kl, kl_sd), (dp, dp_sd) = r["accuracy"], r["kl"], r["perplexity_change"]
-        lines.append(f"| {r['method']} | {r['lr']:g} | {r['seeds']} | {r['params']:,} | {100 * acc:.1f} ± "
-                     f"{100 * acc_sd:.1f} | {kl:.4f} ± {kl_sd:.4f} | {dp:+.2f} ± {dp_sd:.2f} |")
-    return "\n".join(lines)
-
-
-def _run_and_record(cfg: InstructConfig, results: dict, results_path, cache: dict, progress) -> None:
-    from .train import write_json_atomic
-
+def _run_and_record(cfg: InstructConfig, results: RunsFile, cache: dict, progress) -> None:
     metrics = instruct(cfg, base_logprobs_cache=cache)
     row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
     row["lr"] = metrics["config"]["lr"]
     row["train_examples"], row["eval_examples"] = cfg.train_size, cfg.eval_size
-    results["runs"].append(row)
-    results["task"] = "polarity-instruct"
-    write_json_atomic(results_path, results)
+    results.add(row, TASK)
     progress(f"{cfg.method} seed {cfg.seed} lr {row['lr']:g}: accuracy {row['accuracy']:.3f} "
              f"(base {row['base_accuracy']:.3f}), KL {row['kl_base_to_tuned']:.4f}, perplexity "
              f"{row['perplexity_base']:.2f} -> {row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s")
 
 
+def summarize_instruct(results: dict) -> list[dict]:
+    """One row per (method, learning rate): means and sample standard deviations over the recorded seeds."""
+    groups = group_runs(results["runs"], ("method", "lr"))
+    return [{"method": method, "lr": lr, "seeds": len(runs), "params": runs[0]["trainable_params"],
+             "accuracy": mean_std(r["accuracy"] for r in runs),
+             "kl": mean_std(r["kl_base_to_tuned"] for r in runs),
+             "perplexity_change": mean_std(r["perplexity_change"] for r in runs)}
+            for (method, lr), runs in sorted(groups.items())]
+
+
+def instruct_table(results: dict) -> str:
+    """A markdown table of :func:`summarize_instruct` (accuracy in %, mean ± std over seeds)."""
+    header = ("method", "lr", "seeds", "trainable params", "generation accuracy (%)", "KL(base ‖ tuned)",
+              "perplexity change")
+    rows = []
+    if results["runs"]:
+        rows.append(("base model", "–", "–", "0", f"{100 * results['runs'][0]['base_accuracy']:.1f}", "0", "0"))
+    for r in summarize_instruct(results):
+        (acc, acc_sd), (kl, kl_sd), (dp, dp_sd) = r["accuracy"], r["kl"], r["perplexity_change"]
+        rows.append((r["method"], f"{r['lr']:g}", str(r["seeds"]), f"{r['params']:,}",
+                     f"{100 * acc:.1f} ± {100 * acc_sd:.1f}", f"{kl:.4f} ± {kl_sd:.4f}", f"{dp:+.2f} ± {dp_sd:.2f}"))
+    return markdown_table(header, rows)
+
+
 def plot_accuracy_vs_forgetting(results: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # one colour per method: each seed faint, the mean over seeds at each learning rate joined in order of rate
-    for colour, method in enumerate(sorted({r["method"] for r in results["runs"]})):
+    for colour, (method, rows) in enumerate(_by_method(summarize_instruct(results))):
         runs = [r for r in results["runs"] if r["method"] == method]
         ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs], s=14, alpha=0.35,
                    color=f"C{colour}")
-        means = [(lr, [r for r in runs if r["lr"] == lr]) for lr in sorted({r["lr"] for r in runs})]
-        xs = [sum(r["kl_base_to_tuned"] for r in rs) / len(rs) for _, rs in means]
-        ys = [100 * sum(r["accuracy"] for r in rs) / len(rs) for _, rs in means]
+        xs, ys = [r["kl"][0] for r in rows], [100 * r["accuracy"][0] for r in rows]
         ax.plot(xs, ys, marker="o", color=f"C{colour}", label=method)
-        for (lr, _), x, y in zip(means, xs, ys):
-            ax.annotate(f"{lr:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{colour}")
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=f"C{colour}")
     if results["runs"]:
         ax.axhline(100 * results["runs"][0]["base_accuracy"], color="grey", linestyle="--", label="base model")
     ax.set_xscale("log")  # KL spans orders of magnitude across methods and rates
@@ -320,6 +290,10 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     ax.set_title("SmolLM2-135M-Instruct, polarity-instruct (labels: learning rate)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    io.save_figure(fig, path)
+
+
+def _by_method(summary: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The summary rows of each method, in order of learning rate."""
+    methods = sorted({r["method"] for r in summary})
+    return [(m, sorted((r for r in summary if r["method"] == m), key=lambda r: r["lr"])) for m in methods]

@@ -1,68 +1,32 @@
-"""Fused CPU kernels for the Givens rotation, compiled with numba when it is installed.
-
-The convention and the reference (pure torch) implementation live in :mod:`goft.functional`; these loops compute the
-same thing faster and are used *behind* ``functional.rotate`` when available (``GOFT_KERNEL=torch`` forces the torch
-path, ``GOFT_KERNEL=numba`` insists on this one).
+"""The CPU backend: fused per-row kernels compiled with numba (the convention is in :mod:`goft.ops.pairing`).
 
 Why a per-row loop: a row of a d=768 activation is 3 KiB, so all ``ceil(log2 d)`` levels of one row can run in L1
 cache in one pass over memory, with rows in parallel.  The torch path instead makes one or more passes over the whole
 activation per level.  Forward: read x, write y.  Backward: recompute the level inputs of a row into a small scratch
-(``2 (d - 1)`` values), walk the levels back, accumulate the block gradients in per-thread float64 partial sums.
+(``2 (d - 1)`` values), walk the levels back, accumulate the block gradients in per-chunk float64 partial sums.
 
-All arrays are C-contiguous numpy views of CPU tensors: ``x, y, grad`` (N, d); ``blocks`` (d - 1, 4) holding
-``a, b, c, d`` of each 2×2 block in the parameter order of :mod:`goft.functional`; ``steps, npairs, offsets`` (L,) the
-levels, level 1 first.
+The compiled functions take C-contiguous numpy views of CPU tensors: ``x, y, grad`` (N, d); ``blocks`` (d - 1, 4)
+holding ``a, b, c, e`` of each 2×2 block in parameter order; ``steps, npairs, offsets`` (L,) the level table, level 1
+first.  :func:`rotate_rows` and :func:`rotate_rows_backward` at the bottom wrap them with the torch signature shared
+by every backend (see :mod:`goft.ops.reference`); they need fp32 or fp64 rows.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+from typing import Optional
 
 import numpy as np
+import torch
+
+from .pairing import givens_levels
 
 try:
-    import numba
     from numba import njit, prange
-except ImportError:  # numba is optional: functional.rotate falls back to the torch path
-    numba = None
+except ImportError:  # numba is optional: the backend choice then falls back to the torch path
+    njit = None
 
-AVAILABLE = numba is not None
-
-
-KERNEL_CHOICES = ("auto", "numba", "triton", "torch")
-
-
-def kernel_choice(device_type: str = "cpu") -> str:
-    """The rotation kernel for tensors on ``device_type``: 'numba' (CPU), 'triton' (CUDA) or 'torch' (reference).
-
-    From ``GOFT_KERNEL``: ``auto`` (default) takes the compiled kernel for the device when its compiler is installed;
-    ``torch`` forces the reference path everywhere; ``numba`` / ``triton`` are ``auto`` that raises ImportError when
-    that compiler is missing.
-    """
-    choice = os.environ.get("GOFT_KERNEL", "auto").lower()
-    if choice not in KERNEL_CHOICES:
-        raise ValueError(f"GOFT_KERNEL must be one of {', '.join(map(repr, KERNEL_CHOICES))}, got {choice!r}")
-    if choice == "numba" and not AVAILABLE:
-        raise ImportError("GOFT_KERNEL=numba but numba is not installed (pip install numba)")
-    if choice == "triton" and not triton_available():
-        raise ImportError("GOFT_KERNEL=triton but triton is not installed (it comes with CUDA builds of torch)")
-    if choice == "torch":
-        return "torch"
-    if device_type == "cpu":
-        return "numba" if AVAILABLE else "torch"
-    if device_type == "cuda":
-        return "triton" if triton_available() else "torch"
-    return "torch"
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """Whether triton can be imported (looked up once: this runs on every CUDA rotation)."""
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
-
+AVAILABLE = njit is not None
 
 # Rows are processed in tiles of `tile` rows, transposed into a (d, tile) scratch so that every 2×2 block update is a
 # contiguous vector operation across the tile's rows (the pairs themselves are strided within a row).  The tile is a
@@ -71,8 +35,8 @@ def triton_available() -> bool:
 TILE = 32
 # The tile transposes walk the tile's rows in groups of ROW_GROUP: only that many source (or destination) rows are in
 # flight at a time.  With all 32 rows in flight, row strides that are multiples of 2 KiB (d = 1024, 1536, 4096 fp32)
-# map those rows' cache lines to the same few L1 sets, which then evict each other (measured 3x slower per element
-# than d = 768 at d = 1024/1536); 8 lines fit any set's associativity.
+# map those rows' cache lines to the same few L1 sets, which then evict each other; 8 lines fit any set's
+# associativity.
 ROW_GROUP = 8
 assert TILE % ROW_GROUP == 0, "a full tile is walked in whole row groups"
 # NaN and inf keep their IEEE meaning (no 'nnan'/'ninf'); reassociation lets the tile reductions vectorize.
@@ -129,7 +93,7 @@ if AVAILABLE:
                 buf[j, r] = b * xl + e * xr
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets, tile, top_first):  # pragma: no cover
+    def _rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets, tile, top_first):  # pragma: no cover
         """y[n] = x[n] @ P_L ⋯ P_1 (· diag(scale)) for every row n (``top_first``), or x[n] @ P_1 ⋯ P_L (· diag)."""
         n_rows, d = x.shape
         n_levels = steps.shape[0]
@@ -150,7 +114,8 @@ if AVAILABLE:
             _store_tile(buf, y, n0, rows)
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def rotate_rows_backward(x, grad, grad_x, blocks, scale, has_scale, steps, npairs, offsets, n_chunks, zero, tile):
+    def _rotate_rows_backward(x, grad, grad_x, blocks, scale, has_scale, steps, npairs, offsets, n_chunks, zero,
+                              tile):
         """grad_x = grad @ R^T row by row, and per-chunk partial sums of the block and scale gradients.
 
         ``zero`` is 0 in x's dtype: the per-tile sums run in that dtype (float32 sums of `tile` products, no
@@ -164,13 +129,13 @@ if AVAILABLE:
         part_scale = np.zeros((n_chunks, d))
         n_tiles = (n_rows + tile - 1) // tile
         tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
-        for c in prange(n_chunks):
+        for chunk in prange(n_chunks):
             buf = np.empty((d, tile), dtype=x.dtype)
             g = np.empty((d, tile), dtype=x.dtype)
             saved = np.empty((2 * n_blocks + 2, tile), dtype=x.dtype)  # level inputs of the tile, 2 per block
-            acc = part_blocks[c]
-            acc_scale = part_scale[c]
-            for tile_index in range(c * tiles_per_chunk, min(n_tiles, (c + 1) * tiles_per_chunk)):
+            acc = part_blocks[chunk]
+            acc_scale = part_scale[chunk]
+            for tile_index in range(chunk * tiles_per_chunk, min(n_tiles, (chunk + 1) * tiles_per_chunk)):
                 n0 = tile_index * tile
                 rows = min(tile, n_rows - n0)
                 _load_tile(x, n0, rows, buf)
@@ -193,7 +158,7 @@ if AVAILABLE:
                         i = 2 * k * s
                         j = i + s
                         q = off + k
-                        a, b, cc, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
+                        a, b, c, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
                         s00 = zero
                         s01 = zero
                         s10 = zero
@@ -208,10 +173,56 @@ if AVAILABLE:
                             s10 += xr * gl
                             s11 += xr * gr
                             g[i, r] = a * gl + b * gr
-                            g[j, r] = cc * gl + e * gr
+                            g[j, r] = c * gl + e * gr
                         acc[q, 0] += s00
                         acc[q, 1] += s01
                         acc[q, 2] += s10
                         acc[q, 3] += s11
                 _store_tile(g, grad_x, n0, rows)
         return part_blocks, part_scale
+
+
+# Fixed number of row chunks for the backward's partial sums: results do not depend on the thread count.
+BACKWARD_CHUNKS = 16
+
+
+@functools.cache
+def _level_arrays(d: int):
+    """The level table of ``d`` as three int64 numpy arrays (steps, npairs, offsets)."""
+    levels = givens_levels(d)
+    return tuple(np.array([level[i] for level in levels], dtype=np.int64) for i in range(3))
+
+
+def _as_numpy(t: Optional[torch.Tensor], dtype: torch.dtype, shape=None) -> np.ndarray:
+    """A contiguous numpy view of ``t`` in ``dtype`` (a copy only when needed); an empty array for None."""
+    if t is None:
+        return np.empty(0, dtype=np.float32 if dtype == torch.float32 else np.float64)
+    t = t.detach().to(dtype)
+    if shape is not None:
+        t = t.reshape(shape)
+    return t.contiguous().numpy()
+
+
+def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor],
+                top_first: bool) -> torch.Tensor:
+    dtype = blocks.dtype
+    rows = rows.to(dtype).contiguous()
+    out = torch.empty_like(rows)
+    _rotate_rows(_as_numpy(rows, dtype), out.numpy(), _as_numpy(blocks, dtype, (-1, 4)), _as_numpy(scale, dtype),
+                 scale is not None, *_level_arrays(rows.shape[-1]), TILE, top_first)
+    return out
+
+
+def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool):
+    dtype = blocks.dtype
+    rows = rows.to(dtype)
+    grad_rows = torch.empty(rows.shape, dtype=dtype)
+    n_chunks = max(1, min(rows.shape[0], BACKWARD_CHUNKS))
+    zero = np.dtype(np.float32 if dtype == torch.float32 else np.float64).type(0)
+    part_blocks, part_scale = _rotate_rows_backward(
+        _as_numpy(rows, dtype), _as_numpy(grad, dtype), grad_rows.numpy(), _as_numpy(blocks, dtype, (-1, 4)),
+        _as_numpy(scale, dtype), scale is not None, *_level_arrays(rows.shape[-1]), n_chunks, zero, TILE,
+    )
+    grad_blocks = torch.from_numpy(part_blocks.sum(0)).reshape(blocks.shape).to(dtype) if need_blocks else None
+    grad_scale = torch.from_numpy(part_scale.sum(0)).to(dtype) if (need_scale and scale is not None) else None
+    return grad_rows, grad_blocks, grad_scale

@@ -1,13 +1,13 @@
-"""Fused GPU kernels for the Givens rotation, written in Triton; used behind ``functional.rotate`` for CUDA tensors.
+"""The GPU backend: fused kernels for the Givens rotation, written in Triton, for CUDA tensors.
 
-The convention and the reference (pure torch) implementation live in :mod:`goft.functional`.  On a GPU the reference
-path launches several small kernels per level (``ceil(log2 d)`` levels), so its cost is kernel launches and passes
-over the activation; here one program keeps a tile of ``BM`` rows in registers and walks all levels, reading ``x``
-once and writing ``y`` once.
+The convention is in :mod:`goft.ops.pairing`, the reference implementation in :mod:`goft.ops.reference`.  On a GPU
+the reference path launches several small kernels per level (``ceil(log2 d)`` levels), so its cost is kernel launches
+and passes over the activation; here one program keeps a tile of ``BM`` rows in registers and walks all levels,
+reading ``x`` once and writing ``y`` once.
 
 How a level runs in registers: pad a row to ``D = 2^L >= d`` columns and view it as ``(D / 2S, 2, S)`` for the
 level's stride ``S``.  Then ``[:, 0, 0]`` are the left members of the level's pairs and ``[:, 1, 0]`` the right ones
-(see the pairing in :mod:`goft.functional`); positions ``[:, :, s > 0]`` and groups past the level's ``npairs`` are
+(see :mod:`goft.ops.pairing`); positions ``[:, :, s > 0]`` and groups past the level's ``npairs`` are
 untouched at this level and are passed through with ``where`` (never multiplied by an identity coefficient, so an inf
 elsewhere in the row cannot turn into a NaN).  Padded columns stay zero and never mix into real ones.
 
@@ -26,6 +26,8 @@ import functools
 
 import torch
 
+from .pairing import givens_levels
+
 try:
     import triton
     import triton.language as tl
@@ -34,8 +36,8 @@ except ImportError:  # triton is optional: CUDA tensors then take the torch refe
 
 AVAILABLE = triton is not None
 
-# Widest row the kernels take: a program holds its rows in registers, and d = 4096 is the widest checked on a GPU
-# (H200: tests and bench).  Wider layers use the torch path.
+# Widest row the kernels take: a program holds its rows in registers (the README says which widths were checked on
+# a GPU).  Wider layers use the torch path.
 MAX_D = 4096
 
 
@@ -191,10 +193,8 @@ if AVAILABLE:
         tl.store(gx_ptr + rows[:, None] * stride_gx + cols[None, :], g.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _levels_table(d: int, device: torch.device) -> torch.Tensor:
-    from .functional import givens_levels
-
     table = [[offset, npairs] for _step, npairs, offset in givens_levels(d)]
     return torch.tensor(table, dtype=torch.int32, device=device)
 

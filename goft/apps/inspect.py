@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from . import functional as F
-
-SUFFIXES = (".goft_theta", ".goft_blocks", ".goft_scale")
+from .. import functional as givens
+from ..tuner.layer import ADAPTER_PARAM_KINDS, in_features_from_shape
+from . import io
+from .errors import DataError
 
 
 def layer_statistics(adapter_dir: Path) -> list[dict]:
@@ -20,29 +21,32 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
     weights_path = adapter_dir / "adapter_model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {adapter_dir} a saved GOFT adapter?")
-    config = json.loads(config_path.read_text())
+            raise DataError(f"{path} not found: is {adapter_dir} a saved GOFT adapter?")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{config_path} is not valid JSON: {err}") from None
     if config.get("peft_type") != "GOFT":
-        raise ValueError(f"{config_path}: peft_type is {config.get('peft_type')!r}, not 'GOFT'")
-    tensors = load_file(str(weights_path))
+        raise DataError(f"{config_path}: peft_type is {config.get('peft_type')!r}, not 'GOFT'")
     layers: dict[str, dict] = {}
-    for key, value in tensors.items():
-        for suffix in SUFFIXES:
-            if key.endswith(suffix):
-                layers.setdefault(key[: -len(suffix)], {})[suffix[1:]] = value.double()
+    for key, value in load_file(str(weights_path)).items():
+        layer, _, kind = key.rpartition(".")
+        if kind in ADAPTER_PARAM_KINDS:
+            layers.setdefault(layer, {})[kind] = value.double()
     rows = []
     for name, parts in layers.items():
-        params = parts.get("goft_theta", parts.get("goft_blocks"))
+        kind = "goft_theta" if "goft_theta" in parts else "goft_blocks"
+        params = parts.get(kind)
         if params is None:
             continue
-        d = params.shape[0] + 1
+        d = in_features_from_shape(kind, params.shape)
         scale = parts.get("goft_scale")
         row = {"layer": name, "d": d, "quasi": "goft_blocks" in parts}
         if not row["quasi"]:
             angles = params.abs()
             row.update(angle_abs_mean=angles.mean().item() if d > 1 else 0.0,
                        angle_abs_max=angles.max().item() if d > 1 else 0.0)
-        r = F.rotation_matrix(params, d, scale)
+        r = givens.rotation_matrix(params, d, scale)
         gram = r.T @ r
         row["orth_deviation_fro"] = (gram - torch.eye(d, dtype=gram.dtype)).norm().item()
         norms = r.norm(dim=0)
@@ -74,11 +78,7 @@ def inspect_adapter(adapter_dir: Path, plot: Path | None = None) -> list[dict]:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = io.pyplot()
     idx = list(range(len(rows)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     if any("angle_abs_mean" in r for r in rows):
@@ -91,6 +91,4 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax2.semilogy(idx, [max(r["orth_deviation_fro"], 1e-16) for r in rows], marker="o")
     ax2.set_xlabel("adapted layer (file order)")
     ax2.set_ylabel("‖RᵀR − I‖_F")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    io.save_figure(fig, path)

@@ -14,16 +14,18 @@ import os
 import platform
 import statistics
 import time
-import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from . import functional as F
-from .config import GOFTConfig
-
+from .. import functional as givens
+from ..ops import backends
+from ..tuner.layer import GOFTLayer
+from ..tuner.model import orthogonality_penalty
+from . import io
+from .methods import METHODS, count_parameters, wrap
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Machine, timing, saved-tensor accounting
@@ -41,9 +43,7 @@ def machine_description(device: torch.device) -> dict:
             "torch": torch.__version__, "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    from . import kernels
-
-    info["goft_kernel"] = kernels.kernel_choice(device.type)
+    info["goft_kernel"] = backends.kernel_choice(device.type)
     return info
 
 
@@ -101,9 +101,10 @@ class DenseGivensLinear(nn.Module):
         self.base = base
         d = base.in_features
         self.phi = nn.Parameter(torch.randn(d - 1) * 0.1)
-        pairs = F.givens_pairs(d)
-        self.register_buffer("rows_i", torch.cat([p[:, 0] for p in pairs]) if pairs else torch.zeros(0, dtype=torch.long))
-        self.register_buffer("rows_j", torch.cat([p[:, 1] for p in pairs]) if pairs else torch.zeros(0, dtype=torch.long))
+        pairs = givens.givens_pairs(d)
+        empty = torch.zeros(0, dtype=torch.long)
+        self.register_buffer("rows_i", torch.cat([p[:, 0] for p in pairs]) if pairs else empty)
+        self.register_buffer("rows_j", torch.cat([p[:, 1] for p in pairs]) if pairs else empty.clone())
         self.level_sizes = [len(p) for p in pairs]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,35 +127,24 @@ class DenseGivensLinear(nn.Module):
 # Per-layer benchmark
 # ---------------------------------------------------------------------------------------------------------------------
 
+# "frozen" (the base layer alone) and "authors_dense" are bench-only; the others are run names of the registry.
 LAYER_METHODS = ("frozen", "goft", "qgoft", "goft_scaling", "lora_r8", "oft", "boft", "authors_dense")
-
-
-def _peft_wrap(base: nn.Module, config) -> nn.Module:
-    from peft import get_peft_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_peft_model(copy.deepcopy(base), config)
 
 
 def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS) -> dict[str, nn.Module]:
     """One frozen ``Linear(d, d)`` and each method's adapted copy of it (random, non-identity adapters)."""
-    from peft import BOFTConfig, LoraConfig, OFTConfig
-
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(d, d)).to(device)
     base.requires_grad_(False)
-    makers = {
-        "frozen": lambda: base,
-        "goft": lambda: _peft_wrap(base, GOFTConfig(target_modules=["0"], init_weights=False)),
-        "qgoft": lambda: _peft_wrap(base, GOFTConfig(target_modules=["0"], quasi=True, init_weights=False)),
-        "goft_scaling": lambda: _peft_wrap(base, GOFTConfig(target_modules=["0"], scaling=True, init_weights=False)),
-        "lora_r8": lambda: _peft_wrap(base, LoraConfig(target_modules=["0"], r=8, init_lora_weights=False)),
-        "oft": lambda: _peft_wrap(base, OFTConfig(target_modules=["0"], init_weights=False)),
-        "boft": lambda: _peft_wrap(base, BOFTConfig(target_modules=["0"], init_weights=False)),
-        "authors_dense": lambda: DenseGivensLinear(copy.deepcopy(base[0])).to(device),
-    }
-    return {name: makers[name]() for name in methods}
+    models = {}
+    for name in methods:
+        if name == "frozen":
+            models[name] = base
+        elif name == "authors_dense":
+            models[name] = DenseGivensLinear(copy.deepcopy(base[0])).to(device)
+        else:
+            models[name] = wrap(copy.deepcopy(base), METHODS[name].peft_config(["0"], identity_init=False))
+    return models
 
 
 def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LAYER_METHODS) -> list[dict]:
@@ -170,7 +160,7 @@ def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LA
     medians = interleaved_medians(steps, reps, device)
     rows = []
     for name, model in models.items():
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable = count_parameters(model)
         rows.append({
             "bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": "float32",
             "seconds": medians[name], "ratio_to_frozen": medians[name] / medians["frozen"],
@@ -187,22 +177,20 @@ def bench_rotation_scaling(dims, tokens: int, device: torch.device, reps: int) -
         x = torch.randn(tokens, d, device=device, requires_grad=True)
         theta = torch.randn(d - 1, device=device, requires_grad=True)
         inputs[d] = (x, theta)
-        steps[str(d)] = (lambda x=x, theta=theta: F.rotate(x, theta).sum().backward())
+        steps[str(d)] = (lambda x=x, theta=theta: givens.rotate(x, theta).sum().backward())
     medians = interleaved_medians(steps, reps, device)
     xs = [math.log(d) for d in dims]
     ys = [math.log(medians[str(d)]) for d in dims]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sum((a - mx) ** 2 for a in xs)
     return {"bench": "rotation_scaling", "tokens": tokens, "dims": list(dims),
             "seconds": [medians[str(d)] for d in dims], "fitted_exponent": slope, "reps": reps}
 
 
 def bench_merge(d: int, device: torch.device, reps: int) -> list[dict]:
-    from .layer import GOFTLayer
-
     rows = []
-    for variant, config in (("goft", GOFTConfig(target_modules=["0"], init_weights=False)),
-                            ("qgoft", GOFTConfig(target_modules=["0"], quasi=True, init_weights=False))):
+    for variant in ("goft", "qgoft"):
+        config = METHODS[variant].peft_config(["0"], identity_init=False)
         torch.manual_seed(0)
         layer = GOFTLayer(nn.Linear(d, d).to(device), "default", config)
         w0 = layer.base_layer.weight.detach().clone()
@@ -235,23 +223,9 @@ E2E_METHODS = ("goft", "qgoft", "lora_r8", "oft", "boft")
 E2E_TARGETS = ["query", "key", "value", "dense"]
 
 
-def e2e_config(method: str):
-    from peft import BOFTConfig, LoraConfig, OFTConfig
-
-    common = {"target_modules": E2E_TARGETS, "task_type": "SEQ_CLS"}
-    return {
-        "goft": lambda: GOFTConfig(**common),
-        "qgoft": lambda: GOFTConfig(quasi=True, **common),
-        "lora_r8": lambda: LoraConfig(r=8, **common),
-        "oft": lambda: OFTConfig(**common),
-        "boft": lambda: BOFTConfig(**common),
-    }[method]()
-
-
 def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS) -> list[dict]:
-    from peft import get_peft_model
-
-    from .models import ModelUnavailableError, load_sequence_classifier
+    from .errors import ModelUnavailableError
+    from .pretrained import load_sequence_classifier
 
     torch.manual_seed(0)
     try:
@@ -268,9 +242,8 @@ def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods
     labels = torch.randint(0, 2, (batch,), device=device)
     steps, models = {}, {}
     for method in methods:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = get_peft_model(copy.deepcopy(base), e2e_config(method)).to(device)
+        config = METHODS[method].peft_config(E2E_TARGETS, task_type="SEQ_CLS")
+        model = wrap(copy.deepcopy(base), config).to(device)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         models[method] = model
@@ -278,8 +251,6 @@ def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods
         def step(model=model, optimizer=optimizer, quasi=(method == "qgoft")):
             loss = model(input_ids=ids, labels=labels).loss
             if quasi:
-                from .model import orthogonality_penalty
-
                 loss = loss + orthogonality_penalty(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -292,7 +263,7 @@ def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods
              "weights": weights,
              "ratio_to_lora_r8": medians[m] / medians["lora_r8"] if "lora_r8" in medians else None,
              "ratio_to_fastest": medians[m] / fastest,
-             "trainable_params": sum(p.numel() for p in models[m].parameters() if p.requires_grad), "reps": reps}
+             "trainable_params": count_parameters(models[m]), "reps": reps}
             for m in methods]
 
 
@@ -306,11 +277,7 @@ def _mib(n: int) -> str:
 
 
 def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = [m for m in LAYER_METHODS if any(r.get("method") == m for r in rows)]
     for method in methods:
@@ -327,16 +294,15 @@ def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    io.save_figure(fig, path, dpi=120)
 
 
 def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool = True, merge: bool = True,
         methods=LAYER_METHODS, dense_max_d: int = 2048, e2e_batch: int = 16, e2e_seq_len: int = 128,
         e2e_methods=E2E_METHODS) -> list[dict]:
+    """Every measurement in one process, each row appended to ``out/bench.jsonl`` as it is made; then the tables
+    and ``out/bench_layer.png``."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     dev = torch.device(device)
@@ -369,22 +335,26 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
         console.print("end-to-end MiniLM training step ...")
         for row in bench_e2e(dev, reps, e2e_batch, e2e_seq_len, e2e_methods):
             emit(row)
+    report(console, rows, dims, tokens_list, methods, reps, f"batch {e2e_batch} x {e2e_seq_len} tokens")
+    plot_layer(rows, max(tokens_list), out / "bench_layer.png")
+    console.print(f"wrote {jsonl} and {out / 'bench_layer.png'}")
+    return rows
 
+
+def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, e2e_shape: str) -> None:
+    """Print the measurements as rich tables (the JSON lines hold everything)."""
+    from rich.table import Table
+
+    ref_d = dims[min(1, len(dims) - 1)]
     for tokens in tokens_list:
         table = Table(title=f"one linear layer, {tokens} tokens, fp32, forward+backward (median of {reps})")
-        table.add_column("method")
-        for d in dims:
-            table.add_column(f"d={d} ratio", justify="right")
-        table.add_column(f"saved MiB d={dims[min(1, len(dims) - 1)]}", justify="right")
+        for col in ("method", *(f"d={d} ratio" for d in dims), f"saved MiB d={ref_d}"):
+            table.add_column(col, justify="left" if col == "method" else "right")
         for method in methods:
-            cells = []
-            for d in dims:
-                hit = [r for r in rows if r["bench"] == "layer" and r["method"] == method and r["d"] == d
-                       and r["tokens"] == tokens]
-                cells.append(f"{hit[0]['ratio_to_frozen']:.2f}" if hit else "—")
-            ref = [r for r in rows if r["bench"] == "layer" and r["method"] == method
-                   and r["d"] == dims[min(1, len(dims) - 1)] and r["tokens"] == tokens]
-            table.add_row(method, *cells, _mib(ref[0]["saved_bytes"]) if ref else "—")
+            hits = {r["d"]: r for r in rows
+                    if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens}
+            cells = [f"{hits[d]['ratio_to_frozen']:.2f}" if d in hits else "—" for d in dims]
+            table.add_row(method, *cells, _mib(hits[ref_d]["saved_bytes"]) if ref_d in hits else "—")
         console.print(table)
     for row in rows:
         if row["bench"] == "rotation_scaling":
@@ -392,18 +362,14 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
                           f"over d={row['dims']}")
         if row["bench"] == "merge":
             console.print(f"merge {row['method']} {row['d']}x{row['d']}: {row['merge_seconds']:.3f} s, unmerge "
-                          f"{row['unmerge_seconds']:.3f} s, restore error {row['unmerge_restore_max_rel']:.1e} after one "
-                          f"round trip, {row['unmerge_restore_max_rel_after_all_reps']:.1e} after {row['reps']}")
+                          f"{row['unmerge_seconds']:.3f} s, restore error {row['unmerge_restore_max_rel']:.1e} after "
+                          f"one round trip, {row['unmerge_restore_max_rel_after_all_reps']:.1e} after {row['reps']}")
     e2e_rows = [r for r in rows if r["bench"] == "e2e_minilm"]
     if e2e_rows:
-        table = Table(title=f"MiniLM training step (batch {e2e_batch} x {e2e_seq_len} tokens, all linear layers "
-                            f"adapted), median of {reps}")
+        table = Table(title=f"MiniLM training step ({e2e_shape}, all linear layers adapted), median of {reps}")
         for col in ("method", "seconds", "vs LoRA r=8", "trainable params"):
             table.add_column(col, justify="right")
         for r in e2e_rows:
             ratio = "—" if r["ratio_to_lora_r8"] is None else f"{r['ratio_to_lora_r8']:.2f}"
             table.add_row(r["method"], f"{r['seconds']:.3f}", ratio, f"{r['trainable_params']:,}")
         console.print(table)
-    plot_layer(rows, max(tokens_list), out / "bench_layer.png")
-    console.print(f"wrote {jsonl} and {out / 'bench_layer.png'}")
-    return rows

@@ -1,0 +1,264 @@
+"""The ``goft`` command line (also ``python -m goft``): argparse, and the one place that turns errors into messages.
+
+Each subcommand's options become a config of its module (``finetune``, ``compare``, ``instruct``, ``inspect``,
+``merge``, ``bench``); those modules know nothing of argparse.  Heavy modules are imported only by the subcommand
+that needs them, so ``goft --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import AppError, OptionError
+from .methods import COMPARE_DEFAULT, FINETUNE_METHODS, INSTRUCT_METHODS, METHODS
+
+
+def _int_list(minimum: int):
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
+def _positive_float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}") from None
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers > 0, got {text!r}")
+    return values
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands: options -> a config of the command's module -> its function
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _finetune_config(args: argparse.Namespace, **overrides):
+    from .finetune import FinetuneConfig
+
+    values = dict(
+        method=getattr(args, "method", "goft"), task=args.task, model=args.model, train_file=args.train_file,
+        eval_file=args.eval_file, target_modules=_comma_list(args.target_modules), epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, max_length=args.max_length, seed=getattr(args, "seed", 0),
+        train_size=args.train_size, orth_reg_weight=args.orth_reg_weight, lora_r=args.lora_r,
+        output=getattr(args, "output", None), progress=not args.no_progress,
+        save_every=getattr(args, "save_every", 0), resume=getattr(args, "resume", False),
+    )
+    return FinetuneConfig(**{**values, **overrides})
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import finetune
+
+    cfg = _finetune_config(args)
+    metrics = finetune(cfg)
+    print(f"{cfg.method} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
+          f"({metrics['eval_examples']} examples), {metrics['trainable_params']:,} trainable parameters "
+          f"({metrics['adapter_params']:,} in the adapter), {metrics['seconds']:.1f} s")
+    if cfg.output:
+        print(f"wrote {cfg.output}/metrics.json, curve.png" + (" and the adapter" if cfg.method != "full" else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import results_table, run_compare
+    from .methods import method_list
+
+    methods = method_list(args.methods, tuple(METHODS))
+    results = run_compare(args.task, methods, list(range(args.seeds)), _finetune_config(args), Path(args.results))
+    print(results_table(results))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_adapter
+
+    inspect_adapter(Path(args.adapter_dir), plot=Path(args.plot) if args.plot else None)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_adapter_to_directory
+
+    out = merge_adapter_to_directory(args.adapter_dir, args.output, base=args.base, overwrite=args.overwrite)
+    print(f"wrote a merged checkpoint to {out}; load it with transformers alone (no goft needed)")
+    return 0
+
+
+def cmd_instruct(args: argparse.Namespace) -> int:
+    from .instruct import InstructConfig, run_instruct_compare
+    from .methods import method_list
+
+    methods = method_list(args.methods, INSTRUCT_METHODS)
+    base = InstructConfig(method=methods[0], model=args.model, train_size=args.train_size, eval_size=args.eval_size,
+                          epochs=args.epochs, batch_size=args.batch_size, output=args.output,
+                          save_every=args.save_every, resume=args.resume, progress=not args.no_progress)
+    run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .methods import method_list
+
+    methods = method_list(args.methods, bench.LAYER_METHODS) if args.methods else list(bench.LAYER_METHODS)
+    if "frozen" not in methods:
+        methods = ["frozen", *methods]
+    bench.run(Path(args.out), args.dims, args.tokens, args.reps, device=args.device, e2e=not args.no_e2e,
+              merge=not args.no_merge, methods=methods, dense_max_d=args.dense_max_d,
+              e2e_methods=[m for m in bench.E2E_METHODS if m in methods])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="polarity", help="embedded task: polarity or hedge (default: polarity)")
+    p.add_argument("--model", default=None,
+                   help="local transformers checkpoint directory, or minilm (default: the embedded MiniLM)")
+    p.add_argument("--train-file", default=None,
+                   help="your own training data: .csv/.tsv (header text,label) or .jsonl")
+    p.add_argument("--eval-file", default=None, help="your own evaluation data, same format (with --train-file)")
+    p.add_argument("--target-modules", default=None,
+                   help="comma-separated module names to adapt (default: all linear layers of the encoder)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate; default per method: "
+                   + ", ".join(f"{name} {METHODS[name].lr:g}" for name in FINETUNE_METHODS))
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--max-length", type=int, default=64, help="max tokens per example (default: 64)")
+    p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")
+    p.add_argument("--orth-reg-weight", type=float, default=1e-2, help="qGOFT penalty weight λ (default: 0.01)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for --method lora (default: 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument("--save-every", type=int, default=0,
+                   help=f"also write {where} every N steps (it is always written at epoch ends)")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue an interrupted run from {where} (same options and seed)")
+
+
+def _add_finetune_parser(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a classifier with one method and evaluate it",
+                       description="Fine-tune the embedded MiniLM (or --model) on a real task (or your files); "
+                                   "writes OUTPUT/metrics.json, the adapter and curve.png.")
+    p.add_argument("--method", default="goft", choices=tuple(METHODS),
+                   help="goft, qgoft, lora, oft, boft (PEFT), head (classifier only), full, or any run name of "
+                        "goft compare (default: goft)")
+    _add_training_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--output", default=None, help="directory for metrics.json, the adapter and curve.png")
+    _add_checkpoint_args(p, "OUTPUT/checkpoint.pt")
+    p.set_defaults(func=cmd_finetune)
+
+
+def _add_compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="methods x seeds on one task -> results/<task>.json, .md, .png")
+    p.add_argument("--methods", default=",".join(COMPARE_DEFAULT),
+                   help=f"comma-separated runs from {', '.join(METHODS)} (default: {','.join(COMPARE_DEFAULT)}); "
+                        "lora_r2 matches qGOFT's parameter count")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+    _add_training_args(p)
+    p.set_defaults(func=cmd_compare)
+
+
+def _add_instruct_parser(sub) -> None:
+    p = sub.add_parser("instruct", help="instruction-tune a causal LM on polarity-instruct; accuracy and forgetting",
+                       description="Tune SmolLM2-135M-Instruct (or --model) with each method and seed; measure greedy "
+                                   "generation accuracy and KL forgetting on held-out text; append to --results.")
+    p.add_argument("--methods", default=",".join(INSTRUCT_METHODS),
+                   help=f"comma-separated (default: {','.join(INSTRUCT_METHODS)})")
+    p.add_argument("--seeds", type=int, default=2, help="number of seeds (default: 2)")
+    p.add_argument("--model", default=None, help="local causal-LM directory, or smollm2 (default: embedded SmolLM2)")
+    p.add_argument("--train-size", type=int, default=512, help="training sentences (default: 512)")
+    p.add_argument("--eval-size", type=int, default=200, help="evaluation sentences (default: 200)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--lr", type=_positive_float_list, default=None,
+                   help="learning rate, or comma-separated rates to sweep (each method at each rate); default per "
+                        "method: " + ", ".join(f"{m} {METHODS[m].instruct_lr:g}" for m in INSTRUCT_METHODS))
+    p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
+    p.add_argument("--output", default=None,
+                   help="keep each run's checkpoint and adapter in OUTPUT/<method>-seed<N>-lr<rate>/ (default: none)")
+    _add_checkpoint_args(p, "OUTPUT/<run>/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_instruct)
+
+
+def _add_inspect_and_merge_parsers(sub) -> None:
+    p = sub.add_parser("inspect", help="per-layer statistics of a saved GOFT adapter (and a PNG)")
+    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--plot", default=None, help="write a per-layer PNG here (default: ADAPTER_DIR/inspect.png)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("merge", help="fold a saved adapter into its base model and save a plain checkpoint")
+    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--output", required=True, help="directory for the merged checkpoint (must be new or empty)")
+    p.add_argument("--base", default=None,
+                   help="base model directory, or minilm / smollm2 (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    p.set_defaults(func=cmd_merge)
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="speed and memory against the frozen layer, LoRA, OFT, BOFT, the dense approach",
+                       description="Per-layer forward+backward time and saved bytes, rotation scaling in d, merge "
+                                   "time, and an end-to-end MiniLM training step; interleaved medians in one run.")
+    p.add_argument("--dims", type=_int_list(2), default=[384, 768, 1024, 2048, 4096],
+                   help="layer sizes d_in = d_out, each >= 2 (default: 384,768,1024,2048,4096)")
+    p.add_argument("--tokens", type=_int_list(1), default=[512, 4096], help="tokens per step (default: 512,4096)")
+    p.add_argument("--reps", type=int, default=7, help="timed repetitions per method (default: 7)")
+    p.add_argument("--methods", default="",
+                   help="comma-separated subset of the layer methods, also used for the end-to-end step "
+                        "(default: all)")
+    p.add_argument("--dense-max-d", type=int, default=2048,
+                   help="largest d for the authors' dense approach, which costs O(L d^3) a step (default: 2048)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end MiniLM training step")
+    p.add_argument("--no-merge", action="store_true", help="skip the 4096x4096 merge timing")
+    p.add_argument("--out", default="results", help="directory for bench.jsonl and bench_layer.png (default: results)")
+    p.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="goft", description="Givens-rotation orthogonal fine-tuning (GOFT, qGOFT)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_finetune_parser, _add_compare_parser, _add_instruct_parser, _add_inspect_and_merge_parsers,
+                _add_bench_parser):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command.  A user's mistake (a bad option, file, model or adapter) ends in one line on stderr and exit
+    status 1, never a traceback; anything else is a bug and keeps its traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OptionError as err:
+        raise SystemExit(f"goft {args.command}: {err.as_flag()}") from None
+    except (AppError, ValueError) as err:  # ValueError: the library's input errors (GivensError, AdapterFileError)
+        raise SystemExit(f"goft {args.command}: {err}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""``goft finetune``: fine-tune a sequence classifier with one method, evaluate it, and write what it learned."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import data, io
+from .errors import OptionError
+from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, train
+from .methods import METHODS, adapter_parameters, count_parameters, get_method, is_head_parameter, wrap
+from .pretrained import load_sequence_classifier
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "goft"  # a run name of goft.apps.methods.METHODS
+    task: str = "polarity"
+    model: Optional[str] = None  # local transformers checkpoint dir or an embedded name; None = the embedded MiniLM
+    train_file: Optional[str] = None
+    eval_file: Optional[str] = None
+    target_modules: Optional[list[str]] = None  # None = all linear layers of the encoder
+    epochs: int = 3
+    lr: Optional[float] = None  # None = the method's default
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 0
+    train_size: Optional[int] = None
+    orth_reg_weight: float = 1e-2
+    lora_r: int = 8
+    output: Optional[str] = None
+    progress: bool = True
+    save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends); needs output
+    resume: bool = False  # continue from output/checkpoint.pt if it exists
+
+    def __post_init__(self):
+        get_method(self.method)
+        for name in ("epochs", "batch_size", "max_length", "lora_r"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise OptionError(name, f"must be a positive integer, got {value!r}")
+        if self.train_size is not None and self.train_size < 2:
+            raise OptionError("train_size", f"must be at least 2, got {self.train_size}")
+        if (self.train_file is None) != (self.eval_file is None):
+            raise OptionError("train_file", "and --eval-file go together: give both or neither")
+        if not isinstance(self.save_every, int) or self.save_every < 0:
+            raise OptionError("save_every", f"must be an integer >= 0, got {self.save_every!r}")
+        if (self.save_every or self.resume) and not self.output:
+            raise OptionError("output", "is needed by --save-every and --resume (where the checkpoint lives)")
+        if self.lr is not None and not (self.lr > 0):
+            raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else METHODS[self.method].lr
+
+
+def build_model(cfg: FinetuneConfig, num_labels: int):
+    """The base classifier wrapped for ``cfg.method``; returns (model, tokenizer)."""
+    model, tokenizer = load_sequence_classifier(cfg.model, num_labels=num_labels)
+    method = METHODS[cfg.method]
+    if not method.adapts:
+        for name, param in model.named_parameters():
+            param.requires_grad = method.family == "full" or is_head_parameter(name)
+        return model, tokenizer
+    config = method.peft_config(cfg.target_modules or "all-linear", task_type="SEQ_CLS",
+                                orth_reg_weight=cfg.orth_reg_weight, lora_r=cfg.lora_r)
+    return wrap(model, config), tokenizer
+
+
+def encode(tokenizer, dataset: data.Dataset, idx: list[int], max_length: int) -> dict:
+    return tokenizer([dataset.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                     return_tensors="pt")
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, dataset: data.Dataset, batch_size: int = 64, max_length: int = 64) -> float:
+    model.eval()
+    correct = 0
+    for idx in batch_order(len(dataset), batch_size, None):
+        pred = model(**encode(tokenizer, dataset, idx, max_length)).logits.argmax(-1)
+        correct += int((pred == torch.tensor([dataset.labels[i] for i in idx])).sum())
+    return correct / len(dataset)
+
+
+def load_data(cfg: FinetuneConfig) -> tuple[data.Dataset, data.Dataset]:
+    if cfg.train_file is not None:
+        train_set, test_set = data.load_user_files(cfg.train_file, cfg.eval_file)
+    else:
+        train_set, test_set = data.load_task(cfg.task)
+    return train_set.subset(cfg.train_size, cfg.seed), test_set
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Train, evaluate after every epoch and (with ``cfg.output``) write metrics.json, the adapter and a curve PNG.
+    Returns the metrics."""
+    torch.manual_seed(cfg.seed)
+    train_set, test_set = load_data(cfg)
+    model, tokenizer = build_model(cfg, num_labels=len(train_set.label_names))
+    n_trainable = count_parameters(model)
+
+    def make_batch(idx: list[int]) -> dict:
+        labels = torch.tensor([train_set.labels[i] for i in idx])
+        return {**encode(tokenizer, train_set, idx, cfg.max_length), "labels": labels}
+
+    options = LoopOptions(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
+        checkpoint=Path(cfg.output) / CHECKPOINT_NAME if cfg.output else None, save_every=cfg.save_every,
+        resume=cfg.resume, progress=cfg.progress, description=f"{cfg.method} {train_set.source}",
+    )
+    result = train(model, len(train_set), make_batch, options,
+                   evaluate=lambda: evaluate(model, tokenizer, test_set, max_length=cfg.max_length))
+    metrics = {
+        "method": cfg.method, "task": cfg.task if cfg.train_file is None else "user", "seed": cfg.seed,
+        "accuracy": result.curve["eval_accuracy"][-1], "trainable_params": n_trainable,
+        "adapter_params": adapter_parameters(model), "seconds": result.seconds,
+        "train_examples": len(train_set), "eval_examples": len(test_set),
+        "config": {**asdict(cfg), "lr": cfg.learning_rate}, "curve": result.curve,
+    }
+    if result.distributed:
+        metrics["distributed"] = result.distributed
+    if cfg.output and result.is_main:
+        write_outputs(Path(cfg.output), model, metrics)
+    return metrics
+
+
+def write_outputs(out: Path, model, metrics: dict) -> None:
+    """The adapter (PEFT methods) or the trained head (head-only), curve.png, and metrics.json last."""
+    method = METHODS[metrics["method"]]
+    out.mkdir(parents=True, exist_ok=True)
+    if method.adapts:
+        model.save_pretrained(out / "adapter")
+    elif method.family == "head":
+        io.write_tensors(out / "head.safetensors",
+                         {n: p for n, p in model.named_parameters() if p.requires_grad})
+    plot_curve(metrics, out / "curve.png")
+    io.write_json(out / "metrics.json", metrics)
+
+
+def plot_curve(metrics: dict, path: Path) -> None:
+    plt = io.pyplot()
+    curve = metrics["curve"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss = curve["loss"]
+    window = max(1, len(loss) // 25)
+    smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1])
+              for i in range(len(loss))]
+    ax1.plot(curve["step"], loss, alpha=0.3, label="step")
+    ax1.plot(curve["step"], smooth, label=f"mean of {window}")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss")
+    ax1.legend()
+    ax2.plot(curve["eval_epoch"], curve["eval_accuracy"], marker="o")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("test accuracy")
+    fig.suptitle(f"{metrics['method']} on {metrics['task']} (seed {metrics['seed']})")
+    io.save_figure(fig, path)

@@ -1,0 +1,117 @@
+"""Everything the applications write goes through here: atomic files and directories, the cache, offline mode, plots.
+
+Atomic: the data goes to a temporary file in the target's directory, is fsynced, given the permissions a plain
+``open()`` would give (0666 minus the umask; ``mkstemp`` alone would leave 0600), and renamed over the target, so a
+reader or a kill at any moment sees the old file or the whole new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def cache_dir() -> Path:
+    """Where fetched data and converted models are kept: ``$GOFT_CACHE``, else ``~/.cache/goft``."""
+    return Path(os.environ.get("GOFT_CACHE", Path.home() / ".cache" / "goft"))
+
+
+def offline() -> None:
+    """Keep transformers and huggingface_hub off the network (models come from packages); a user's setting wins."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Create or replace ``path`` atomically with what ``write(binary_file)`` writes; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2))
+
+
+def write_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` of ``obj``, atomically (checkpoints)."""
+    import torch
+
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """A safetensors file of ``tensors`` (made contiguous, detached), atomically."""
+    from safetensors.torch import save
+
+    data = save({name: t.detach().contiguous() for name, t in tensors.items()}, metadata=metadata)
+    return write_bytes(path, data)
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty directory beside ``target``; when the block succeeds it replaces ``target`` as a whole.
+
+    A reader sees the old directory (or none) until the rename, and a failure leaves ``target`` as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        staged = Path(tmp) / "staged"
+        staged.mkdir()
+        yield staged
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed); imported on first use, it is slow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a figure atomically as PNG and close it."""
+    import io as _io
+
+    buffer = _io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return write_bytes(path, buffer.getvalue())

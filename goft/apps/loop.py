@@ -1,0 +1,235 @@
+"""The one training loop of the applications (``goft finetune``, ``goft compare``, ``goft instruct``).
+
+AdamW with linear warmup (6% of the steps) and linear decay; qGOFT's orthogonality penalty added visibly to the loss;
+checkpoints that continue bit-for-bit (``--resume``); data parallelism under ``torchrun``.  The caller supplies the
+model, the number of examples, a function that turns example indices into the model's keyword arguments (with
+``labels``, so the model returns ``.loss``), and optionally an evaluation run at each epoch end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..tuner.model import orthogonality_penalty
+from . import io
+from .errors import OptionError, OutputError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class LoopOptions:
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    warmup_fraction: float = 0.06
+    checkpoint: Optional[Path] = None  # file to checkpoint to (None: no checkpoints)
+    save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
+    resume: bool = False  # continue from ``checkpoint`` if it exists
+    progress: bool = True
+    description: str = ""
+
+
+@dataclass
+class LoopState:
+    """Where a run is: the next epoch and batch, the data order's RNG state, elapsed seconds and the curve."""
+
+    epoch: int = 0
+    batch: int = 0
+    epoch_generator: Optional[torch.Tensor] = None
+    elapsed: float = 0.0
+    curve: dict = field(default_factory=lambda: {"step": [], "loss": [], "eval_epoch": [], "eval_accuracy": []})
+
+
+@dataclass
+class LoopResult:
+    curve: dict
+    seconds: float
+    is_main: bool  # this process writes the outputs (always, without torchrun)
+    distributed: Optional[dict]  # world size and largest parameter difference across ranks, under torchrun
+
+
+def warmup_linear_schedule(optimizer, total_steps: int, warmup_fraction: float):
+    warmup = max(1, round(warmup_fraction * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+
+
+def batch_order(n: int, batch_size: int, generator: Optional[torch.Generator]) -> list[list[int]]:
+    """Example indices in batches: shuffled by ``generator``, or in order without one."""
+    order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
+    return [order[start:start + batch_size] for start in range(0, n, batch_size)]
+
+
+def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], options: LoopOptions,
+          evaluate: Optional[Callable[[], float]] = None) -> LoopResult:
+    """Train ``model``'s trainable parameters in place; see the module docstring."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
+    total_steps = math.ceil(n_examples / options.batch_size) * options.epochs
+    schedule = warmup_linear_schedule(optimizer, total_steps, options.warmup_fraction)
+    dist = Distributed.from_environment()
+    train_model = dist.wrap(model)
+    generator = torch.Generator().manual_seed(options.seed)
+    state = LoopState(epoch_generator=generator.get_state())
+    if options.resume and options.checkpoint is not None and options.checkpoint.is_file():
+        state = load_checkpoint(options.checkpoint, model, optimizer, schedule)
+    checkpoint = options.checkpoint if dist.is_main else None  # rank 0 writes; the others hold the same state
+    start = time.perf_counter() - state.elapsed
+    bar = tqdm(total=total_steps, initial=len(state.curve["step"]), disable=not (options.progress and dist.is_main),
+               desc=options.description, leave=False)
+
+    def save(epoch: int, batch: int, epoch_generator: torch.Tensor) -> None:
+        if checkpoint is not None:
+            at = LoopState(epoch, batch, epoch_generator, time.perf_counter() - start, state.curve)
+            save_checkpoint(checkpoint, model, optimizer, schedule, at)
+
+    for epoch in range(state.epoch, options.epochs):
+        model.train()
+        generator.set_state(state.epoch_generator)  # the data order of this epoch, also after a resume
+        epoch_generator = generator.get_state()
+        for b, idx in enumerate(batch_order(n_examples, options.batch_size, generator)):
+            if epoch == state.epoch and b < state.batch:
+                continue  # done before the resume
+            loss = _step(train_model, model, optimizer, schedule, make_batch(dist.shard(idx)), dist, idx)
+            state.curve["step"].append(len(state.curve["step"]) + 1)
+            state.curve["loss"].append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if options.save_every and len(state.curve["step"]) % options.save_every == 0:
+                save(epoch, b + 1, epoch_generator)
+        if evaluate is not None:
+            state.curve["eval_epoch"].append(epoch + 1)
+            state.curve["eval_accuracy"].append(evaluate())
+        state.epoch_generator = generator.get_state()
+        save(epoch + 1, 0, state.epoch_generator)
+    bar.close()
+    seconds = time.perf_counter() - start
+    distributed = dist.check_identical(params)
+    dist.close()
+    return LoopResult(state.curve, seconds, dist.is_main, distributed)
+
+
+def _step(train_model, model, optimizer, schedule, batch: dict, dist: Distributed, idx: list[int]) -> float:
+    """One optimizer step on this process's share of the global batch ``idx``; returns the loss."""
+    out = train_model(**batch)
+    # Weighting each shard's mean by its share makes DDP's gradient average equal the global batch mean.
+    share = len(dist.shard(idx)) * dist.world_size / len(idx)
+    loss = out.loss * share + orthogonality_penalty(model)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints: learned numbers, optimizer, schedule, RNG and position; nothing derivable from the config
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t for n, t in model.state_dict().items() if n in names}
+
+
+def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState) -> None:
+    """Everything needed to continue bit-for-bit, written atomically (a kill leaves the old or the new file)."""
+    io.write_torch(path, {
+        "model": trainable_state(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "state": {"epoch": state.epoch, "batch": state.batch, "epoch_generator": state.epoch_generator,
+                  "elapsed": state.elapsed, "curve": state.curve},
+    })
+
+
+def load_checkpoint(path: Path, model, optimizer, schedule) -> LoopState:
+    payload = torch.load(path, weights_only=False)
+    missing = set(trainable_state(model)) - set(payload["model"])
+    if missing:
+        raise OutputError(f"{path} does not match this run (e.g. {sorted(missing)[0]!r} is missing); "
+                          "resume with the same method and options, or start a fresh --output")
+    model.load_state_dict(payload["model"], strict=False)
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    torch.set_rng_state(payload["torch_rng"])
+    saved = payload["state"]
+    return LoopState(saved["epoch"], saved["batch"], saved["epoch_generator"], saved["elapsed"], saved["curve"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data parallelism
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Distributed:
+    """Data parallelism under ``torchrun`` (gloo on CPU, nccl on GPU); a no-op for a single process.
+
+    Each optimizer step takes the same global batch as a single-process run and gives every rank an equal, strided
+    share of it; DDP averages the gradients, so the adapters stay identical across ranks and equal (up to float
+    rounding) to the single-process run with the same batch size -- exactly so without dropout; with dropout the
+    masks differ from the single-process run's.
+    """
+
+    def __init__(self, world_size: int = 1, rank: int = 0):
+        self.world_size, self.rank = world_size, rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as tdist
+
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(tdist.get_world_size(), tdist.get_rank())
+
+    def wrap(self, model):
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+
+    def shard(self, idx: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return idx
+        if len(idx) < self.world_size:
+            raise OptionError("batch_size", f"must be at least the number of processes ({self.world_size}): a batch "
+                                            f"of {len(idx)} examples cannot be split over them")
+        return idx[self.rank::self.world_size]
+
+    def check_identical(self, params) -> Optional[dict]:
+        """Largest difference of any trainable parameter between rank 0 and the other ranks (None: one process)."""
+        if self.world_size == 1:
+            return None
+        import torch.distributed as tdist
+
+        flat = torch.cat([p.detach().reshape(-1).float() for p in params])
+        reference = flat.clone()
+        tdist.broadcast(reference, src=0)
+        diff = (flat - reference).abs().max()
+        tdist.all_reduce(diff, op=tdist.ReduceOp.MAX)
+        return {"world_size": self.world_size, "max_param_diff_across_ranks": diff.item()}
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+            tdist.destroy_process_group()

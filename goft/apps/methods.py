@@ -1,0 +1,116 @@
+"""The one registry of fine-tuning methods the commands know: run name -> label, PEFT config, default learning rates.
+
+``finetune``, ``compare``, ``instruct`` and ``bench`` all read this table; a new method is one entry here.
+
+Learning rates (AdamW, 6% warmup, linear decay): ``lr`` is the default for sequence classification with a
+MiniLM-sized encoder, ``instruct_lr`` for ``goft instruct`` on SmolLM2-135M (None: not offered there).  Both are
+starting points, not tuned optima; the README's results say how each was chosen.  ``budget`` says what the
+method's parameter count is meant to match, where it is meant to match something.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import OptionError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # the run name: CLI value and results key
+    label: str  # for tables and plots
+    family: str  # goft | lora | oft | boft | head | full
+    lr: float
+    instruct_lr: Optional[float] = None
+    options: dict = field(default_factory=dict)  # fixed options of the family, e.g. {"quasi": True}, {"r": 8}
+    budget: str = ""
+
+    @property
+    def adapts(self) -> bool:
+        """True for PEFT adapters; False for head-only and full fine-tuning."""
+        return self.family not in ("head", "full")
+
+    def peft_config(self, target_modules, task_type: Optional[str] = None, identity_init: bool = True,
+                    orth_reg_weight: float = 1e-2, lora_r: int = 8):
+        """The PEFT config of this method.  ``identity_init=False`` asks for a random, non-identity adapter (bench);
+        ``lora_r`` is the rank of the plain ``lora`` method (the ``lora_rN`` runs fix theirs)."""
+        from peft import BOFTConfig, LoraConfig, OFTConfig
+
+        from ..tuner.config import GOFTConfig
+
+        common: dict[str, Any] = {"target_modules": target_modules}
+        if task_type is not None:
+            common["task_type"] = task_type
+        if self.family == "goft":
+            return GOFTConfig(orth_reg_weight=orth_reg_weight, init_weights=identity_init, **self.options, **common)
+        if self.family == "lora":
+            r = self.options.get("r", lora_r)
+            return LoraConfig(r=r, lora_alpha=2 * r, init_lora_weights=identity_init, **common)
+        if self.family == "oft":
+            return OFTConfig(init_weights=identity_init, **common)
+        if self.family == "boft":
+            return BOFTConfig(init_weights=identity_init, **common)
+        raise ValueError(f"{self.name} is not a PEFT adapter")
+
+
+METHODS = {m.name: m for m in (
+    Method("goft", "GOFT", "goft", lr=1e-2, instruct_lr=3e-3),
+    Method("goft_scaling", "GOFT* (scaling)", "goft", lr=1e-2, options={"scaling": True}),
+    Method("qgoft", "qGOFT", "goft", lr=1e-2, instruct_lr=5e-3, options={"quasi": True}),
+    Method("lora", "LoRA (rank --lora-r)", "lora", lr=2e-3, instruct_lr=1e-3),
+    Method("lora_r8", "LoRA r=8", "lora", lr=2e-3, options={"r": 8}),
+    Method("lora_r2", "LoRA r=2", "lora", lr=2e-3, options={"r": 2}, budget="qGOFT's parameter count"),
+    Method("oft", "OFT (PEFT, block 32)", "oft", lr=5e-3, instruct_lr=3e-4),
+    Method("boft", "BOFT (PEFT)", "boft", lr=5e-3),
+    Method("head", "head only", "head", lr=5e-3),
+    Method("full", "full fine-tuning", "full", lr=5e-5),
+)}
+
+FINETUNE_METHODS = ("goft", "qgoft", "lora", "oft", "boft", "head", "full")
+COMPARE_DEFAULT = ("goft", "qgoft", "lora_r8", "lora_r2", "oft", "boft", "head")
+INSTRUCT_METHODS = tuple(name for name, m in METHODS.items() if m.instruct_lr is not None)
+
+
+def get_method(name: str, allowed=None, option: str = "method") -> Method:
+    """The registry entry ``name``; an OptionError naming ``option``, the allowed names and ``name`` otherwise."""
+    allowed = tuple(METHODS) if allowed is None else tuple(allowed)
+    if name not in allowed:
+        raise OptionError(option, f"must be one of {', '.join(allowed)}, got {name!r}")
+    return METHODS[name]
+
+
+def method_list(text: str, allowed, option: str = "methods") -> list[str]:
+    """A comma-separated list of run names, each checked against ``allowed``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise OptionError(option, f"needs at least one of {', '.join(allowed)}")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise OptionError(option, f"has unknown {unknown}; allowed: {', '.join(allowed)}")
+    return names
+
+
+def wrap(model, config):
+    """``peft.get_peft_model`` without the warnings PEFT's baselines print on CPU (e.g. BOFT's missing CUDA kernel)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)
+
+
+def is_head_parameter(name: str) -> bool:
+    """True for a classifier head's parameters: transformers names them ``classifier`` or ``score``."""
+    parts = name.split(".")
+    return "classifier" in parts or "score" in parts
+
+
+def count_parameters(model, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def adapter_parameters(model) -> int:
+    """Trainable parameters outside the classifier head."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not is_head_parameter(n))

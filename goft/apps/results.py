@@ -1,0 +1,67 @@
+"""Results files of ``goft compare`` and ``goft instruct``: one JSON of runs, resumable, with summaries and tables.
+
+A results file is ``{"task": ..., "runs": [{...}, ...]}``.  Each run is identified by the values of the file's key
+fields (e.g. method and seed); a run already recorded is skipped on the next invocation, and the file is rewritten
+atomically after every run, so an interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from . import io
+from .errors import OutputError
+
+
+class RunsFile:
+    def __init__(self, path: str | Path, key_fields: Sequence[str]):
+        self.path, self.key_fields = Path(path), tuple(key_fields)
+        self.data = {"runs": []}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as err:
+                raise OutputError(f"{self.path} is not a results file (not valid JSON: {err})") from None
+            if not isinstance(self.data, dict) or not isinstance(self.data.get("runs"), list):
+                raise OutputError(f"{self.path} is not a results file (no 'runs' list)")
+
+    @property
+    def runs(self) -> list[dict]:
+        return self.data["runs"]
+
+    def key(self, run: dict) -> tuple:
+        return tuple(run[name] for name in self.key_fields)
+
+    def has(self, *key) -> bool:
+        return any(self.key(run) == tuple(key) for run in self.runs)
+
+    def add(self, run: dict, task: str) -> None:
+        """Record one run and rewrite the file atomically."""
+        self.runs.append(run)
+        self.data["task"] = task
+        io.write_json(self.path, self.data)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def group_runs(runs: list[dict], fields: Sequence[str]) -> dict[tuple, list[dict]]:
+    """Runs grouped by the values of ``fields``, in order of first appearance."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[f] for f in fields), []).append(run)
+    return groups
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> str:
+    """A markdown table; ``align`` holds one 'l' or 'r' per column (default: first left, the rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(cells) + " |" for cells in (header, rule, *rows)]
+    return "\n".join(lines) + "\n"
