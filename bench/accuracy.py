@@ -30,7 +30,8 @@ def main() -> None:
         w = torch.randn(d, d, generator=g) / math.sqrt(d)
         for variant, params in (("goft", theta), ("qgoft", quasi)):
             r64 = F.rotation_matrix(params.double(), d)
-            row = {"d": d, "variant": variant, "dtype": "float32", "machine": platform.processor() or platform.machine()}
+            machine = platform.processor() or platform.machine()
+            row = {"d": d, "variant": variant, "dtype": "float32", "machine": machine}
             if variant == "goft":
                 r32 = F.rotation_matrix(params, d)
                 row["orth_err_max"] = (r32.T @ r32 - torch.eye(d)).abs().max().item()

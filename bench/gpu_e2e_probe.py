@@ -13,8 +13,8 @@ device = torch.device("cuda")
 for method in methods:
     start = time.perf_counter()
     rows = bench.bench_e2e(device, reps=10, batch=16, seq_len=128, methods=[method])
-    print(f"{method}: {rows[0]['seconds'] * 1e3:.2f} ms per step (median of 10), stage wall {time.perf_counter() - start:.1f} s",
-          flush=True)
+    wall = time.perf_counter() - start
+    print(f"{method}: {rows[0]['seconds'] * 1e3:.2f} ms per step (median of 10), stage wall {wall:.1f} s", flush=True)
 print("interleaved:", flush=True)
 for row in bench.bench_e2e(device, reps=20, batch=16, seq_len=128, methods=methods):
     print(f"  {row['method']}: {row['seconds'] * 1e3:.2f} ms, vs LoRA r=8 {row['ratio_to_lora_r8']}", flush=True)

@@ -2,7 +2,7 @@
 training steps on a handful of hand-written sentences, then merge and check that merged == unmerged.
 
 This is a smoke-size demonstration that the adapter trains, stays orthogonal and merges exactly on a real pretrained
-model; it is not an accuracy benchmark (8 training sentences).  Run: ``make demo`` or ``python examples/quickstart.py``.
+model; it is not an accuracy benchmark (8 training sentences).  Run: ``.venv/bin/python examples/quickstart.py``.
 """
 
 import copy

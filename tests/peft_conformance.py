@@ -92,7 +92,8 @@ LR_PATCHED = (
 PATCHES = [
     ("import torch\n", "import torch\nfrom goft import GOFTConfig  # importing goft registers GOFT with peft\n"),
     ("\nTEST_CASES = [\n", "\nTEST_CASES = [\n" + GOFT_TEST_CASES),
-    ("\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n", "\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n" + GOFT_MULTI_ADAPTER_CASES),
+    ("\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n",
+     "\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n" + GOFT_MULTI_ADAPTER_CASES),
     (LR_ANCHOR, LR_PATCHED),
 ]
 

@@ -16,8 +16,8 @@ def finetune_args(tiny_checkpoint, toy_files, output):
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_single_process(tiny_checkpoint, toy_files, tmp_path):
-    single = subprocess.run([sys.executable, "-m", "goft", *finetune_args(tiny_checkpoint, toy_files, tmp_path / "one")],
-                            capture_output=True, text=True, timeout=300)
+    args = finetune_args(tiny_checkpoint, toy_files, tmp_path / "one")
+    single = subprocess.run([sys.executable, "-m", "goft", *args], capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "goft",

@@ -414,5 +414,5 @@ def test_both_backends_agree_fp32():
             y = F.rotate(x, params)
             (y * g).sum().backward()
             results[name] = (y.detach(), x.grad.clone(), params.grad.clone())
-    for a, b in zip(results["torch"], results[KERNELS[-1]]):
+    for a, b in zip(results["torch"], results[KERNELS[-1]], strict=True):
         assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item(), rtol=0)

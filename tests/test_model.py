@@ -1,4 +1,4 @@
-"""The adapter inside PEFT: identity at init, counts, merge/unmerge, save/load, several adapters, per-sample adapters."""
+"""The adapter inside PEFT: identity at init, counts, merge/unmerge, save/load, several and per-sample adapters."""
 
 import copy
 import json
@@ -12,7 +12,8 @@ from torch import nn
 from transformers import GPT2Config, GPT2Model
 
 import goft
-from goft import GOFTConfig, GOFTLayer, functional as F
+from goft import GOFTConfig, GOFTLayer
+from goft import functional as F
 
 
 class MLP(nn.Module):

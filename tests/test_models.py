@@ -23,7 +23,8 @@ def test_embedded_minilm_identity_at_init_and_exact_merge(minilm):
     batch = tokenizer(["a fine film", "a dull and tedious film"], padding=True, return_tensors="pt")
     with torch.no_grad():
         base_logits = model(**batch).logits
-    peft_model = get_peft_model(copy.deepcopy(model), goft.GOFTConfig(target_modules=["query", "key", "value", "dense"]))
+    config = goft.GOFTConfig(target_modules=["query", "key", "value", "dense"])
+    peft_model = get_peft_model(copy.deepcopy(model), config)
     peft_model.eval()
     with torch.no_grad():
         assert torch.equal(peft_model(**batch).logits, base_logits)

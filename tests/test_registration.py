@@ -3,8 +3,7 @@
 import json
 
 import peft
-from peft import PeftConfig
-from peft import mapping
+from peft import PeftConfig, mapping
 
 import goft
 from goft.tuner.config import GOFT_PEFT_TYPE

@@ -51,8 +51,8 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from goft.apps.compare import run_compare  # noqa: E402
 from goft.apps.cli import main  # noqa: E402
+from goft.apps.compare import run_compare  # noqa: E402
 from goft.apps.errors import OptionError  # noqa: E402
 from goft.apps.finetune import FinetuneConfig, finetune  # noqa: E402
 

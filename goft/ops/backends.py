@@ -16,6 +16,7 @@ goft`` stays light.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from types import ModuleType
 
@@ -27,23 +28,21 @@ KERNEL_CHOICES = ("auto", "numba", "triton", "torch")
 
 
 @functools.cache
+def _compiled_backend(module_name: str) -> ModuleType | None:
+    """The backend module ``goft.ops.<module_name>``, or None when its compiler cannot be imported (asked once)."""
+    try:
+        module = importlib.import_module(f"{__package__}.{module_name}")
+    except Exception:  # a broken install counts as missing, rather than failing at the first rotation
+        return None
+    return module if module.AVAILABLE else None
+
+
 def numba_backend() -> ModuleType | None:
-    """The numba backend module, or None when numba cannot be imported (answered once)."""
-    try:
-        from . import cpu_numba
-    except Exception:  # a broken install counts as missing, rather than failing at the first rotation
-        return None
-    return cpu_numba if cpu_numba.AVAILABLE else None
+    return _compiled_backend("cpu_numba")
 
 
-@functools.cache
 def triton_backend() -> ModuleType | None:
-    """The Triton backend module, or None when triton cannot be imported (answered once)."""
-    try:
-        from . import cuda_triton
-    except Exception:  # a broken install counts as missing, rather than failing at the first rotation
-        return None
-    return cuda_triton if cuda_triton.AVAILABLE else None
+    return _compiled_backend("cuda_triton")
 
 
 def kernel_choice(device_type: str = "cpu") -> str:

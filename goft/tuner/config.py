@@ -142,12 +142,7 @@ class GOFTConfig(PeftConfig):
         path = Path(pretrained_model_name_or_path) / (subfolder or "")
         config_file = path / "adapter_config.json"
         if config_file.is_file():
-            try:
-                saved = json.loads(config_file.read_text())
-            except json.JSONDecodeError as err:
-                raise AdapterFileError(f"{config_file} is not valid JSON: {err}") from None
-            if not isinstance(saved, dict):
-                raise AdapterFileError(f"{config_file} must hold a JSON object, got {type(saved).__name__}")
+            saved = read_saved_config(path)
             known = {f.name for f in fields(cls)} | {"auto_mapping", "runtime_config"}
             unknown = sorted(set(saved) - known)
             if unknown:
@@ -159,6 +154,21 @@ class GOFTConfig(PeftConfig):
                 raise AdapterFileError(f"{config_file} lacks required field(s) {missing}")
             check_weights_file(path / "adapter_model.safetensors")
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+
+def read_saved_config(adapter_dir: str | Path) -> dict:
+    """The JSON object in ``adapter_dir/adapter_config.json``; AdapterFileError naming the file when it is missing,
+    not JSON, or not an object."""
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not config_file.is_file():
+        raise AdapterFileError(f"{config_file} not found: is {adapter_dir} a saved adapter?")
+    try:
+        saved = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterFileError(f"{config_file} is not valid JSON: {err}") from None
+    if not isinstance(saved, dict):
+        raise AdapterFileError(f"{config_file} must hold a JSON object, got {type(saved).__name__}")
+    return saved
 
 
 def check_weights_file(path: Path) -> None:
