@@ -1,8 +1,7 @@
-"""Shared fixtures: a tiny, local BERT checkpoint and tiny labelled files, so training tests need no download."""
+"""Shared fixtures, built from the toy models of ``toys.py``: a tiny local BERT and Llama checkpoint, tiny labelled
+files and a ``FinetuneConfig`` on them, so training tests need no download."""
 
-import csv
 import os
-import random
 
 import pytest
 import torch
@@ -11,9 +10,8 @@ import torch
 # are defined, so it must be set before goft.ops.cuda_triton is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-WORDS = ["good", "great", "fine", "lovely", "bad", "awful", "dull", "poor", "the", "film", "was", "a", "plot"]
+from toys import WORDS, write_sentiment_csv
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, LlamaConfig, LlamaForCausalLM
 
 
 @pytest.fixture(scope="session")
@@ -31,19 +29,49 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-def write_sentiment_csv(path, n, seed):
-    """Separable toy data: one positive word -> 1, one negative word -> 0."""
-    rng = random.Random(seed)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(n):
-            label = i % 2
-            word = rng.choice(WORDS[:4] if label else WORDS[4:8])
-            writer.writerow([word, label])
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A randomly initialised 2-layer Llama (vocabulary 40, grouped-query attention), saved like a real checkpoint."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=40, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(path)
     return path
 
 
 @pytest.fixture
 def toy_files(tmp_path):
     return write_sentiment_csv(tmp_path / "train.csv", 64, 0), write_sentiment_csv(tmp_path / "eval.csv", 32, 1)
+
+
+@pytest.fixture
+def toy_config(tiny_checkpoint, toy_files):
+    """``toy_config(**overrides)``: a FinetuneConfig on the tiny BERT and the toy files (10 epochs, batch 16)."""
+    from goft.apps.finetune import FinetuneConfig
+
+    def make(**overrides):
+        train, evals = toy_files
+        values = dict(model=str(tiny_checkpoint), train_file=str(train), eval_file=str(evals), epochs=10,
+                      batch_size=16, progress=False)
+        return FinetuneConfig(**{**values, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    """A word-level tokenizer with a chat template, over the words of the instruct prompt and the toy sentences; its
+    ids fit the tiny Llama's vocabulary of 40."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "is", "this", "review",
+             "positive", "or", "negative", "?", "answer", "with", "one", "word", ".", '"', "a", "fine", "film",
+             "dull", "plot", "great", "cast", "bad", "good", "show", "poor"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+                          "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+    return fast

@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import goft
 from goft import functional as F
 from goft.ops import backends
 
-# Every rotate test runs on both backends: the torch reference path and, when numba is installed, the fused kernels.
 KERNELS = ["torch"] + (["numba"] if backends.numba_backend() is not None else [])
 
 
@@ -34,8 +34,13 @@ def kernel(request):
     with use_kernel(request.param):
         yield request.param
 
+
 SIZES = [1, 2, 3, 5, 7, 8, 12, 768]
+
+
 EPS32 = torch.finfo(torch.float32).eps
+
+
 EPS64 = torch.finfo(torch.float64).eps
 
 
@@ -77,11 +82,6 @@ def variants(d, dtype=torch.float64):
     ]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Pairing
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("d", SIZES + [4096, 1000, 9])
 def test_pairs_match_the_design_pseudocode(d):
     got = [p.tolist() for p in F.givens_pairs(d)]
@@ -104,11 +104,6 @@ def test_pairs_d8_and_d768():
 def test_bad_dimension_is_refused(bad):
     with pytest.raises(F.GivensError, match="d must be an integer >= 1"):
         F.givens_levels(bad)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Dense R, orthogonality, rotate == x @ R
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def naive_dense(params, d, scale=None):
@@ -197,11 +192,6 @@ def test_strict_inverse_is_rotation_by_negated_angles_in_reverse():
     assert torch.allclose(F.rotate_inverse(y, theta), y @ r.T, atol=1e-13, rtol=0)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Merge / unmerge
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("d", SIZES)
 @pytest.mark.parametrize("out", [1, 6])
 def test_merge_is_W_at_R_transpose_and_unmerge_restores(d, out, kernel):
@@ -243,11 +233,6 @@ def test_near_singular_block_and_zero_scale_are_refused():
     scale[3] = 0.0
     with pytest.raises(F.SingularBlockError, match=r"scale\[3\]"):
         F.unmerge_weight(torch.randn(2, d), random_angles(d, torch.float32), scale)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Gradients
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("d", [2, 3, 5, 8, 12])
@@ -308,11 +293,6 @@ def test_no_grad_for_frozen_params_still_gives_input_grad(kernel):
     assert torch.allclose(x.grad, r.sum(1).expand(2, d), atol=1e-13, rtol=0)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Penalty and input validation
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def test_penalty_formula():
     blocks = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.5, -1.0], [2.0, 0.25]]], dtype=torch.float64)
     want = (1 * 2 + 3 * 4) ** 2 + (0.5 * -1.0 + 2.0 * 0.25) ** 2
@@ -349,11 +329,6 @@ def test_bad_scale_and_input():
         F.rotate(torch.zeros(2, 8), torch.zeros(7), torch.ones(7))
     with pytest.raises(F.GivensError, match="floating-point"):
         F.rotate(torch.zeros(2, 8, dtype=torch.long), torch.zeros(7))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Property tests
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @settings(max_examples=60, deadline=None)
@@ -396,12 +371,6 @@ def test_row_counts_around_the_kernel_tile(kernel, rows):
         assert params.grad.abs().max() == 0 and scale.grad.abs().max() == 0
 
 
-def test_kernel_choice_is_validated(monkeypatch):
-    monkeypatch.setenv("GOFT_KERNEL", "fast")
-    with pytest.raises(ValueError, match=r"GOFT_KERNEL must be one of 'auto', 'numba', 'triton', 'torch', got 'fast'"):
-        F.rotate(torch.zeros(2, 4), torch.zeros(3))
-
-
 def test_both_backends_agree_fp32():
     d = 768
     x = torch.randn(40, d, requires_grad=True)
@@ -416,3 +385,50 @@ def test_both_backends_agree_fp32():
             results[name] = (y.detach(), x.grad.clone(), params.grad.clone())
     for a, b in zip(results["torch"], results[KERNELS[-1]], strict=True):
         assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item(), rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fuzzing: finite, correct results or a clear error, never a silent wrong answer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    d=st.integers(1, 40),
+    lead=st.lists(st.integers(0, 3), min_size=0, max_size=2),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    quasi=st.booleans(),
+    scaled=st.booleans(),
+    poison=st.sampled_from([None, math.nan, math.inf, -math.inf]),
+    seed=st.integers(0, 10_000),
+)
+def test_fuzz_rotate(d, lead, dtype, quasi, scaled, poison, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, d, generator=g).to(dtype)
+    params = torch.randn(d - 1, 2, 2, generator=g) * 0.3 + torch.eye(2) if quasi else torch.randn(d - 1, generator=g)
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32  # parameters in the compute dtype
+    params = params.to(pdtype)
+    scale = (0.5 + torch.rand(d, generator=g)).to(pdtype) if scaled else None
+    if poison is not None and x.numel():
+        x.view(-1)[seed % x.numel()] = poison
+    y = F.rotate(x, params, scale)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    want = x.double() @ F.rotation_matrix(params.double(), d, None if scale is None else scale.double())
+    finite = torch.isfinite(want)
+    # where the exact answer is finite, ours matches it to the dtype's precision; non-finite inputs stay non-finite
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    scale = want[finite].abs().max().item() if finite.any() else 1.0
+    assert torch.allclose(y.double()[finite], want[finite], atol=tol * max(1.0, scale) * math.log2(d + 1), rtol=0)
+    if poison is not None and x.numel():
+        assert not torch.isfinite(y).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(2, 30), bad=st.sampled_from([math.nan, math.inf]), seed=st.integers(0, 1000))
+def test_fuzz_non_finite_parameters_are_caught_where_it_matters(d, bad, seed):
+    params = torch.randn(d - 1, 2, 2, generator=torch.Generator().manual_seed(seed))
+    params[seed % (d - 1), 1, 0] = bad
+    with pytest.raises(goft.SingularBlockError):
+        F.unmerge_weight(torch.randn(3, d), params)
+    merged = F.merge_weight(torch.randn(3, d), params)
+    assert not torch.isfinite(merged).all()  # visible to safe_merge, never silently finite

@@ -9,37 +9,15 @@ import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
-from transformers import GPT2Config, GPT2Model
+from toys import PROMPTS, OneLinear, adapted_llama, make_mlp, tiny_gpt2
 
 import goft
 from goft import GOFTConfig, GOFTLayer
 from goft import functional as F
 
-
-class MLP(nn.Module):
-    def __init__(self, d_in=12, d_hidden=7, d_out=5):
-        super().__init__()
-        self.lin0 = nn.Linear(d_in, d_hidden)
-        self.act = nn.Tanh()
-        self.lin1 = nn.Linear(d_hidden, d_out)
-        self.head = nn.Linear(d_out, 2)
-        self.emb = nn.Embedding(4, d_in)
-
-    def forward(self, x):
-        return self.head(self.lin1(self.act(self.lin0(x))))
-
-
-def make_mlp(seed=0):
-    torch.manual_seed(seed)
-    return MLP()
-
-
-def tiny_gpt2(seed=0):
-    torch.manual_seed(seed)
-    return GPT2Model(GPT2Config(n_embd=12, n_layer=2, n_head=2, n_positions=16, vocab_size=50)).eval()
-
-
 X = torch.randn(6, 12, generator=torch.Generator().manual_seed(1))
+
+
 CONFIGS = {
     "goft": dict(),
     "qgoft": dict(quasi=True),
@@ -186,11 +164,6 @@ def test_targets_matching_nothing_list_what_exists():
         get_peft_model(make_mlp(), GOFTConfig(target_modules=["q_proj"]))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Several adapters
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def two_adapter_model(quasi=False):
     model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi))
     model.add_adapter("other", GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi, scaling=True))
@@ -270,11 +243,6 @@ def test_per_sample_adapters_refuse_unknown_names_training_and_merged():
         model(X, adapter_names=["default"] * 6)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Penalty and training
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def test_orthogonality_penalty_sums_active_quasi_adapters():
     model = get_peft_model(
         make_mlp(), GOFTConfig(target_modules=["lin0", "lin1"], quasi=True, init_weights=False, orth_reg_weight=0.05)
@@ -322,3 +290,75 @@ def test_bias_goft_only_trains_adapted_biases():
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert "base_model.model.lin0.base_layer.bias" in trainable
     assert "base_model.model.lin1.bias" not in trainable
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Half precision and long training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("quasi", [False, True])
+def test_half_precision_base_trains_and_merges_finite(dtype, quasi):
+    torch.manual_seed(0)
+    base = OneLinear(12).to(dtype)
+    model = get_peft_model(base, goft.GOFTConfig(target_modules=["lin0"], quasi=quasi, init_weights=False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in params)  # PEFT autocasts adapter weights to fp32
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    x = torch.randn(16, 12).to(dtype)
+    for _ in range(20):
+        loss = model(x).float().pow(2).mean() + goft.orthogonality_penalty(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = model(x)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    model.merge_adapter()
+    assert torch.isfinite(model.base_model.model.lin0.base_layer.weight).all()
+    assert torch.allclose(model(x).float(), out.float(), atol=0.05, rtol=0.05)
+
+
+def test_strict_goft_stays_orthogonal_after_many_large_steps():
+    torch.manual_seed(0)
+    model = get_peft_model(OneLinear(12), goft.GOFTConfig(target_modules=["lin0"]))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=5.0)
+    x = torch.randn(32, 12)
+    for _ in range(300):
+        loss = -model(x).pow(2).mean()  # pushes the angles far and fast
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    layer = model.base_model.model.lin0
+    assert layer.goft_theta["default"].abs().max() > 1.0
+    r = layer.rotation_matrix("default")
+    assert (r.T @ r - torch.eye(12)).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Decoder LMs: generation and gradient checkpointing with the adapter attached
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_generate_with_adapter_attached(tiny_llama):
+    model = adapted_llama(tiny_llama).eval()
+    out = model.generate(input_ids=PROMPTS, max_new_tokens=6, do_sample=False)
+    assert out.shape == (2, 11)
+    with model.disable_adapter():
+        base = model.generate(input_ids=PROMPTS, max_new_tokens=6, do_sample=False)
+    assert not torch.equal(out, base)  # the random adapter changes what is generated
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
+    grads = []
+    for checkpointing in (False, True):
+        model = adapted_llama(tiny_llama, quasi=True)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        loss = model(input_ids=PROMPTS, labels=PROMPTS).loss
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name

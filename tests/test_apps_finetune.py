@@ -1,0 +1,48 @@
+"""`goft finetune`'s training on a tiny local model and toy files, its outputs, and its option checks."""
+
+import json
+
+import pytest
+
+from goft.apps.errors import OptionError
+from goft.apps.finetune import FinetuneConfig, finetune
+
+
+@pytest.mark.parametrize("method", ["goft", "qgoft"])
+def test_training_loop_learns_and_writes_files(toy_config, tmp_path, method):
+    out = tmp_path / "run"
+    metrics = finetune(toy_config(method=method, lr=3e-2, output=str(out)))
+    loss = metrics["curve"]["loss"]
+    assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4  # the loss goes down
+    assert metrics["accuracy"] >= 0.9  # separable toy data
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"] and saved["config"]["method"] == method
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "curve.png").stat().st_size > 0
+    # the adapter holds d - 1 (or 4(d - 1)) numbers per adapted linear layer: hidden 16, intermediate 24
+    per = (lambda d: d - 1) if method == "goft" else (lambda d: 4 * (d - 1))
+    assert metrics["adapter_params"] == 4 * per(16) + per(16) + per(24) + per(16)  # q,k,v,o; fc1; fc2 (in 24); pooler
+
+
+def test_head_only_trains_only_the_classifier(toy_config):
+    metrics = finetune(toy_config(method="head", epochs=1))
+    assert metrics["trainable_params"] == 16 * 2 + 2 and metrics["adapter_params"] == 0
+
+
+def test_bad_finetune_options_are_refused():
+    # the library names the config field; the command line names the flag (below)
+    with pytest.raises(OptionError, match="^method must be one of goft, goft_scaling, qgoft, lora, .*, full, got 'x'"):
+        FinetuneConfig(method="x")
+    with pytest.raises(OptionError, match="^epochs must be a positive integer, got 0"):
+        FinetuneConfig(epochs=0)
+    with pytest.raises(OptionError, match="^train_file and --eval-file go together"):
+        FinetuneConfig(train_file="a.csv")
+
+
+@pytest.mark.slow
+def test_real_polarity_512_examples_one_epoch():
+    """The issue's bar: a 512-example, 1-epoch GOFT run on the real data beats 0.6 (its time, about 25 s here, is
+    reported by `goft finetune`, not asserted: timings belong in benchmarks)."""
+    metrics = finetune(FinetuneConfig(method="goft", task="polarity", train_size=512, epochs=1, progress=False))
+    assert metrics["accuracy"] > 0.6, metrics["accuracy"]

@@ -1,0 +1,76 @@
+"""`goft instruct`'s pieces: prompts and answer-only labels, answer parsing, forgetting, the resumable sweep."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from goft.apps import instruct
+from goft.apps.methods import METHODS
+
+
+def test_batches_train_only_on_the_answer(chat_tokenizer):
+    p = instruct.prompt_ids(chat_tokenizer, "a fine film")
+    a = instruct.answer_ids(chat_tokenizer, 1)
+    assert chat_tokenizer.decode(a) == "positive <|im_end|>"
+    batch = instruct.build_batch(chat_tokenizer, [(p, a), (p[:-2], instruct.answer_ids(chat_tokenizer, 0))])
+    labels = batch["labels"]
+    assert (labels[0, :len(p)] == -100).all() and labels[0, len(p):len(p) + 2].tolist() == a
+    assert batch["attention_mask"][1].sum() == len(p) - 2 + 2
+    assert (labels[1, len(p) - 2 + 2:] == -100).all()
+
+
+@pytest.mark.parametrize("reply, want", [(" Positive.", 1), ("negative, clearly", 0), ("This review is positive", 1),
+                                         ("I cannot tell", None), ("", None)])
+def test_parse_answer(reply, want):
+    assert instruct.parse_answer(reply) == want
+
+
+def test_forgetting_measures():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 10, 40)
+    base = torch.log_softmax(logits, -1)
+    passages = torch.randint(0, 40, (3, 10))
+    same = instruct.forgetting(base, base, passages)
+    assert same["kl_base_to_tuned"] == pytest.approx(0.0, abs=1e-7) and same["perplexity_change"] == 0.0
+    other = instruct.forgetting(base, torch.log_softmax(logits + torch.randn(3, 10, 40), -1), passages)
+    assert other["kl_base_to_tuned"] > 0.01
+    nll = -base[:, :-1].gather(-1, passages[:, 1:, None]).mean().item()
+    assert same["perplexity_base"] == pytest.approx(math.exp(nll), rel=1e-6)
+
+
+def test_generation_accuracy_runs_on_a_tiny_chat_model(chat_tokenizer):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=16, intermediate_size=24,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128))
+    acc = instruct.generation_accuracy(model, chat_tokenizer, ["a fine film", "a film"], [1, 0])
+    assert 0.0 <= acc <= 1.0
+
+
+def test_instruct_sweep_records_each_rate_once_and_resumes(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_instruct(cfg, base_logprobs_cache=None):
+        calls.append((cfg.method, cfg.seed, cfg.learning_rate))
+        return {"method": cfg.method, "seed": cfg.seed, "accuracy": 0.5 + cfg.learning_rate, "base_accuracy": 0.5,
+                "trainable_params": 10, "seconds": 1.0, "kl_base_to_tuned": cfg.learning_rate,
+                "perplexity_base": 10.0, "perplexity_tuned": 11.0, "perplexity_change": 1.0,
+                "loss": [1.0], "config": {"lr": cfg.learning_rate}}
+
+    monkeypatch.setattr(instruct, "instruct", fake_instruct)
+    path = tmp_path / "r.json"
+    base = instruct.InstructConfig(progress=False)
+    instruct.run_instruct_compare(["goft"], [0], base, path, progress=lambda *_: None)
+    assert calls == [("goft", 0, METHODS["goft"].instruct_lr)]
+    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
+                                  learning_rates=[METHODS["goft"].instruct_lr, 1e-3])
+    # the default-rate goft seed 0 run is recorded already and is not repeated; the other 7 pairs run once each
+    assert len(calls) == 1 + 7 and len(set(calls)) == 8
+    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
+                                  learning_rates=[METHODS["goft"].instruct_lr, 1e-3])
+    assert len(calls) == 8
+    table = path.with_suffix(".md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| goft") or line.startswith("| lora")]
+    assert len(rows) == 4 and all("| 2 |" in row for row in rows)  # each (method, rate) over both seeds
+    assert path.with_suffix(".png").is_file()

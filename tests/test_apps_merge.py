@@ -1,0 +1,40 @@
+"""`goft merge` writes a checkpoint that plain transformers loads, with the unmerged adapter's generations."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from toys import PROMPTS, adapted_llama
+
+from goft.apps.cli import main
+
+
+def test_goft_merge_writes_a_plain_checkpoint_with_equal_generations(tiny_llama, tmp_path):
+    model = adapted_llama(tiny_llama, quasi=True, scaling=True).eval()
+    want = model.generate(input_ids=PROMPTS, max_new_tokens=8, do_sample=False)
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save({"prompts": PROMPTS, "want": want}, tmp_path / "io.pt")
+    assert main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "merged")]) == 0
+    # a fresh interpreter that never imports goft
+    script = f"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "merged")!r}).eval()
+io = torch.load({str(tmp_path / "io.pt")!r})
+got = model.generate(input_ids=io["prompts"], max_new_tokens=8, do_sample=False)
+assert "goft" not in sys.modules
+assert torch.equal(got, io["want"]), (got, io["want"])
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_merge_refuses_to_overwrite(tiny_llama, tmp_path):
+    adapted_llama(tiny_llama).save_pretrained(tmp_path / "adapter")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "taken")])
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"

@@ -1,0 +1,77 @@
+"""The one method registry: every command reads it, and each entry builds the adapter its name promises."""
+
+import pytest
+from peft import BOFTConfig, LoraConfig, OFTConfig, get_peft_model
+from toys import make_mlp
+
+from goft import GOFTConfig
+from goft.apps import bench, methods
+from goft.apps.errors import OptionError
+from goft.apps.methods import METHODS
+
+# lin0 is 12 -> 7, lin1 is 7 -> 5 in the toy MLP
+TARGETS = ["lin0", "lin1"]
+EXPECTED = {
+    "goft": (GOFTConfig, 11 + 6),
+    "goft_scaling": (GOFTConfig, 11 + 6 + 12 + 7),
+    "qgoft": (GOFTConfig, 4 * (11 + 6)),
+    "lora": (LoraConfig, 3 * (12 + 7 + 7 + 5)),  # the plain lora entry takes its rank from lora_r (3 here)
+    "lora_r8": (LoraConfig, 8 * (12 + 7 + 7 + 5)),
+    "lora_r2": (LoraConfig, 2 * (12 + 7 + 7 + 5)),
+    "oft": (OFTConfig, None),  # PEFT's block sizes need wider layers than the toy's; their type is what is ours
+    "boft": (BOFTConfig, None),
+}
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.adapts])
+def test_each_adapter_entry_builds_its_config_and_parameter_count(name):
+    config_class, want_params = EXPECTED[name]
+    config = METHODS[name].peft_config(TARGETS, lora_r=3)
+    assert type(config) is config_class and set(config.target_modules) == set(TARGETS)
+    if want_params is not None:
+        assert methods.count_parameters(methods.wrap(make_mlp(), config)) == want_params
+
+
+def test_identity_init_is_the_default_and_can_be_turned_off():
+    x = make_mlp().lin0.weight.new_ones(2, 12)
+    for name in ("goft", "qgoft", "lora_r8"):
+        base = make_mlp()
+        assert (methods.wrap(make_mlp(), METHODS[name].peft_config(TARGETS))(x) == base(x)).all()
+        assert not (methods.wrap(make_mlp(), METHODS[name].peft_config(TARGETS, identity_init=False))(x)
+                    == base(x)).all()
+
+
+def test_every_command_names_registry_entries():
+    for names in (methods.FINETUNE_METHODS, methods.COMPARE_DEFAULT, methods.INSTRUCT_METHODS, bench.E2E_METHODS,
+                  [m for m in bench.LAYER_METHODS if m not in ("frozen", "authors_dense")]):
+        assert set(names) <= set(METHODS), names
+    assert all(METHODS[m].instruct_lr is not None for m in methods.INSTRUCT_METHODS)
+    assert all(m.lr > 0 for m in METHODS.values())
+
+
+def test_unknown_names_are_refused_with_the_allowed_ones():
+    with pytest.raises(OptionError, match=r"^method must be one of goft, qgoft, lora, oft, got 'lora_r8'$"):
+        methods.get_method("lora_r8", methods.INSTRUCT_METHODS)
+    with pytest.raises(OptionError, match=r"^methods has unknown \['x'\]; allowed: goft"):
+        methods.method_list("goft, x", tuple(METHODS))
+    with pytest.raises(OptionError, match="^methods needs at least one of"):
+        methods.method_list(" , ", tuple(METHODS))
+
+
+def test_head_parameters_are_recognised_under_peft_wrapping():
+    assert methods.is_head_parameter("classifier.weight")
+    assert methods.is_head_parameter("base_model.model.classifier.modules_to_save.default.bias")
+    assert methods.is_head_parameter("base_model.model.score.modules_to_save.default.weight")
+    assert not methods.is_head_parameter("base_model.model.bert.encoder.layer.0.attention.self.query.goft_theta")
+    assert not methods.is_head_parameter("base_model.model.scorer_proj.weight")
+
+
+def test_not_an_adapter():
+    with pytest.raises(ValueError, match="head is not a PEFT adapter"):
+        METHODS["head"].peft_config(TARGETS)
+
+
+def test_wrap_is_get_peft_model():
+    config = METHODS["goft"].peft_config(TARGETS)
+    a, b = methods.wrap(make_mlp(), config), get_peft_model(make_mlp(), METHODS["goft"].peft_config(TARGETS))
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
