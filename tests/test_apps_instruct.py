@@ -1,5 +1,6 @@
 """`goft instruct`'s pieces: prompts and answer-only labels, answer parsing, forgetting, the resumable sweep."""
 
+import json
 import math
 
 import pytest
@@ -74,3 +75,25 @@ def test_instruct_sweep_records_each_rate_once_and_resumes(monkeypatch, tmp_path
     rows = [line for line in table.splitlines() if line.startswith("| goft") or line.startswith("| lora")]
     assert len(rows) == 4 and all("| 2 |" in row for row in rows)  # each (method, rate) over both seeds
     assert path.with_suffix(".png").is_file()
+
+
+def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_path):
+    """A run without a recorded schedule was trained at a constant rate: a new run at the same method, seed and rate
+    is not skipped as a duplicate, and the table shows both, each with its schedule."""
+    def fake_instruct(cfg, base_logprobs_cache=None):
+        return {"method": cfg.method, "seed": cfg.seed, "accuracy": 0.9, "base_accuracy": 0.5,
+                "trainable_params": 10, "seconds": 1.0, "kl_base_to_tuned": 0.1, "perplexity_base": 10.0,
+                "perplexity_tuned": 11.0, "perplexity_change": 1.0, "loss": [1.0], "config": {"lr": cfg.learning_rate}}
+
+    monkeypatch.setattr(instruct, "instruct", fake_instruct)
+    path = tmp_path / "r.json"
+    legacy = {"method": "goft", "seed": 0, "lr": 0.003, "accuracy": 0.8, "base_accuracy": 0.5,
+              "trainable_params": 10, "seconds": 1.0, "kl_base_to_tuned": 0.2, "perplexity_base": 10.0,
+              "perplexity_tuned": 12.0, "perplexity_change": 2.0}
+    path.write_text(json.dumps({"task": "polarity-instruct", "runs": [legacy]}))
+    instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path,
+                                  progress=lambda *_: None, learning_rates=[0.003])
+    runs = json.loads(path.read_text())["runs"]
+    assert [r.get("schedule") for r in runs] == [None, instruct.SCHEDULE]
+    table = path.with_suffix(".md").read_text()
+    assert "| goft | 0.003 | constant | 1 |" in table and f"| goft | 0.003 | {instruct.SCHEDULE} | 1 |" in table

@@ -18,14 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
 
 from .. import functional as givens
 from ..ops import backends
 from ..tuner.layer import GOFTLayer
 from ..tuner.model import orthogonality_penalty
 from . import io
+from .errors import ModelUnavailableError
 from .methods import METHODS, count_parameters, wrap
+from .pretrained import load_sequence_classifier
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Machine, timing, saved-tensor accounting
@@ -224,16 +229,11 @@ E2E_TARGETS = ["query", "key", "value", "dense"]
 
 
 def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS) -> list[dict]:
-    from .errors import ModelUnavailableError
-    from .pretrained import load_sequence_classifier
-
     torch.manual_seed(0)
     try:
         base, _ = load_sequence_classifier()
         weights = "pretrained"
     except ModelUnavailableError:  # e.g. a GPU machine without the package: same architecture, random weights
-        from transformers import BertConfig, BertForSequenceClassification
-
         base = BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                                                         intermediate_size=1536, num_labels=2))
         weights = "random (MiniLM architecture; model package not installed)"
@@ -302,8 +302,6 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
         e2e_methods=E2E_METHODS) -> list[dict]:
     """Every measurement in one process, each row appended to ``out/bench.jsonl`` as it is made; then the tables
     and ``out/bench_layer.png``."""
-    from rich.console import Console
-
     console = Console()
     dev = torch.device(device)
     machine = machine_description(dev)
@@ -343,8 +341,6 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
 
 def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, e2e_shape: str) -> None:
     """Print the measurements as rich tables (the JSON lines hold everything)."""
-    from rich.table import Table
-
     ref_d = dims[min(1, len(dims) - 1)]
     for tokens in tokens_list:
         table = Table(title=f"one linear layer, {tokens} tokens, fp32, forward+backward (median of {reps})")

@@ -8,7 +8,6 @@ that needs them, so ``goft --help`` stays quick.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .errors import AppError, OptionError
@@ -258,7 +257,3 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"goft {args.command}: {err.as_flag()}") from None
     except (AppError, ValueError) as err:  # ValueError: the library's input errors (GivensError, AdapterFileError)
         raise SystemExit(f"goft {args.command}: {err}") from None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from safetensors.torch import load_file
 
 from .. import functional as givens
@@ -53,9 +55,6 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
 
 
 def inspect_adapter(adapter_dir: Path, plot: Path | None = None) -> list[dict]:
-    from rich.console import Console
-    from rich.table import Table
-
     rows = layer_statistics(adapter_dir)
     table = Table(title=f"GOFT adapter {adapter_dir}")
     for col in ("layer", "d", "|angle| mean", "|angle| max", "‖RᵀR−I‖_F", "col norm min", "col norm max"):

@@ -13,14 +13,14 @@ next-token distributions, and the change in perplexity.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from . import data, io
+from . import data, io, pretrained
 from .errors import OptionError
 from .loop import CHECKPOINT_NAME, LoopOptions, train
 from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
@@ -30,6 +30,10 @@ QUESTION = "Is this review positive or negative? Answer with one word.\n\n\"{tex
 ANSWERS = ("negative", "positive")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TASK = "polarity-instruct"
+# The learning-rate schedule of the shared loop, recorded with every run; runs recorded before instruct used that
+# loop trained at a constant rate, and are told apart by it.
+SCHEDULE = "warmup 6% + linear decay"
+KEY_DEFAULTS = {"schedule": "constant"}
 
 
 @dataclass
@@ -179,10 +183,8 @@ def build_instruct_model(cfg: InstructConfig, model):
 def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) -> dict:
     """Tune with the shared loop, then measure generation accuracy and forgetting.  Returns a metrics dict; with
     ``cfg.output`` the run's checkpoint and adapter are kept in ``cfg.run_dir``."""
-    from .pretrained import load_causal_lm
-
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_causal_lm(cfg.model)
+    model, tokenizer = pretrained.load_causal_lm(cfg.model)
     train_set, test_set = data.load_task("polarity")
     train_set = train_set.subset(cfg.train_size, cfg.seed)
     test_set = test_set.subset(cfg.eval_size, 0)  # the same evaluation sentences for every run
@@ -217,15 +219,13 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
     ``learning_rates`` None runs each method at its default; a list runs every method at each rate (a sweep).  A run
     is identified by (method, seed, learning rate), so a sweep adds to earlier results and a rerun skips what is
     recorded."""
-    from dataclasses import replace
-
-    results = RunsFile(results_path, key_fields=("method", "seed", "lr"))
+    results = RunsFile(results_path, key_fields=("method", "seed", "lr", "schedule"), key_defaults=KEY_DEFAULTS)
     cache: dict = {}
     for seed in seeds:
         for method in methods:
             for lr in (learning_rates or [None]):
                 cfg = replace(base, method=method, seed=seed, lr=lr)
-                if results.has(method, seed, cfg.learning_rate):
+                if results.has(method, seed, cfg.learning_rate, SCHEDULE):
                     progress(f"skip {method} seed {seed} lr {cfg.learning_rate:g}: already in {results.path}")
                     continue
                 _run_and_record(cfg, results, cache, progress)
@@ -239,6 +239,7 @@ def _run_and_record(cfg: InstructConfig, results: RunsFile, cache: dict, progres
     row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
     row["lr"] = metrics["config"]["lr"]
     row["train_examples"], row["eval_examples"] = cfg.train_size, cfg.eval_size
+    row["schedule"] = SCHEDULE
     results.add(row, TASK)
     progress(f"{cfg.method} seed {cfg.seed} lr {row['lr']:g}: accuracy {row['accuracy']:.3f} "
              f"(base {row['base_accuracy']:.3f}), KL {row['kl_base_to_tuned']:.4f}, perplexity "
@@ -246,25 +247,26 @@ def _run_and_record(cfg: InstructConfig, results: RunsFile, cache: dict, progres
 
 
 def summarize_instruct(results: dict) -> list[dict]:
-    """One row per (method, learning rate): means and sample standard deviations over the recorded seeds."""
-    groups = group_runs(results["runs"], ("method", "lr"))
-    return [{"method": method, "lr": lr, "seeds": len(runs), "params": runs[0]["trainable_params"],
+    """One row per (method, learning rate, schedule): means and sample standard deviations over the recorded seeds."""
+    groups = group_runs(results["runs"], ("method", "lr", "schedule"), KEY_DEFAULTS)
+    return [{"method": method, "lr": lr, "schedule": schedule, "seeds": len(runs),
+             "params": runs[0]["trainable_params"],
              "accuracy": mean_std(r["accuracy"] for r in runs),
              "kl": mean_std(r["kl_base_to_tuned"] for r in runs),
              "perplexity_change": mean_std(r["perplexity_change"] for r in runs)}
-            for (method, lr), runs in sorted(groups.items())]
+            for (method, lr, schedule), runs in sorted(groups.items())]
 
 
 def instruct_table(results: dict) -> str:
     """A markdown table of :func:`summarize_instruct` (accuracy in %, mean ± std over seeds)."""
-    header = ("method", "lr", "seeds", "trainable params", "generation accuracy (%)", "KL(base ‖ tuned)",
+    header = ("method", "lr", "schedule", "seeds", "trainable params", "generation accuracy (%)", "KL(base ‖ tuned)",
               "perplexity change")
     rows = []
     if results["runs"]:
-        rows.append(("base model", "–", "–", "0", f"{100 * results['runs'][0]['base_accuracy']:.1f}", "0", "0"))
+        rows.append(("base model", "–", "–", "–", "0", f"{100 * results['runs'][0]['base_accuracy']:.1f}", "0", "0"))
     for r in summarize_instruct(results):
         (acc, acc_sd), (kl, kl_sd), (dp, dp_sd) = r["accuracy"], r["kl"], r["perplexity_change"]
-        rows.append((r["method"], f"{r['lr']:g}", str(r["seeds"]), f"{r['params']:,}",
+        rows.append((r["method"], f"{r['lr']:g}", r["schedule"], str(r["seeds"]), f"{r['params']:,}",
                      f"{100 * acc:.1f} ± {100 * acc_sd:.1f}", f"{kl:.4f} ± {kl_sd:.4f}", f"{dp:+.2f} ± {dp_sd:.2f}"))
     return markdown_table(header, rows)
 
@@ -272,13 +274,16 @@ def instruct_table(results: dict) -> str:
 def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    # one colour per method: each seed faint, the mean over seeds at each learning rate joined in order of rate
-    for colour, (method, rows) in enumerate(_by_method(summarize_instruct(results))):
-        runs = [r for r in results["runs"] if r["method"] == method]
+    # one colour per (method, schedule): each seed faint, the means over seeds joined in order of learning rate
+    curves = _by_method_and_schedule(summarize_instruct(results))
+    several_schedules = len({schedule for _, schedule, _ in curves}) > 1
+    for colour, (method, schedule, rows) in enumerate(curves):
+        runs = group_runs(results["runs"], ("method", "schedule"), KEY_DEFAULTS)[(method, schedule)]
         ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs], s=14, alpha=0.35,
                    color=f"C{colour}")
         xs, ys = [r["kl"][0] for r in rows], [100 * r["accuracy"][0] for r in rows]
-        ax.plot(xs, ys, marker="o", color=f"C{colour}", label=method)
+        label = f"{method}, {schedule}" if several_schedules else method
+        ax.plot(xs, ys, marker="o", color=f"C{colour}", label=label)
         for r, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=f"C{colour}")
@@ -293,7 +298,8 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     io.save_figure(fig, path)
 
 
-def _by_method(summary: list[dict]) -> list[tuple[str, list[dict]]]:
-    """The summary rows of each method, in order of learning rate."""
-    methods = sorted({r["method"] for r in summary})
-    return [(m, sorted((r for r in summary if r["method"] == m), key=lambda r: r["lr"])) for m in methods]
+def _by_method_and_schedule(summary: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """The summary rows of each (method, schedule), in order of learning rate."""
+    curves = sorted({(r["method"], r["schedule"]) for r in summary})
+    return [(m, s, sorted((r for r in summary if (r["method"], r["schedule"]) == (m, s)), key=lambda r: r["lr"]))
+            for m, s in curves]

@@ -13,8 +13,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import safetensors.torch
+import torch
 
 
 def cache_dir() -> Path:
@@ -66,16 +70,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def write_torch(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` of ``obj``, atomically (checkpoints)."""
-    import torch
-
     return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
     """A safetensors file of ``tensors`` (made contiguous, detached), atomically."""
-    from safetensors.torch import save
-
-    data = save({name: t.detach().contiguous() for name, t in tensors.items()}, metadata=metadata)
+    data = safetensors.torch.save({name: t.detach().contiguous() for name, t in tensors.items()}, metadata=metadata)
     return write_bytes(path, data)
 
 
@@ -97,7 +97,8 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
 
 
 def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed); imported on first use, it is slow."""
+    """matplotlib's pyplot on the file-only Agg backend (no display needed); imported on first use: it takes a
+    second, which commands that draw nothing should not pay."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,9 +109,7 @@ def pyplot():
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write a figure atomically as PNG and close it."""
-    import io as _io
-
-    buffer = _io.BytesIO()
+    buffer = BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=dpi)
     pyplot().close(fig)

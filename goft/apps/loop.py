@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..tuner.model import orthogonality_penalty
@@ -193,8 +195,6 @@ class Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        import torch.distributed as tdist
-
         if not tdist.is_initialized():
             tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return cls(tdist.get_world_size(), tdist.get_rank())
@@ -202,8 +202,6 @@ class Distributed:
     def wrap(self, model):
         if self.world_size == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model)
 
     def shard(self, idx: list[int]) -> list[int]:
@@ -218,8 +216,6 @@ class Distributed:
         """Largest difference of any trainable parameter between rank 0 and the other ranks (None: one process)."""
         if self.world_size == 1:
             return None
-        import torch.distributed as tdist
-
         flat = torch.cat([p.detach().reshape(-1).float() for p in params])
         reference = flat.clone()
         tdist.broadcast(reference, src=0)
@@ -229,7 +225,5 @@ class Distributed:
 
     def close(self) -> None:
         if self.world_size > 1:
-            import torch.distributed as tdist
-
             tdist.barrier()
             tdist.destroy_process_group()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from peft import PeftModel
+from safetensors import safe_open
+
 from ..tuner.config import read_saved_config
 from . import io
 from .errors import DataError, OutputError
@@ -22,10 +25,6 @@ def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.
     The base is ``base`` or the adapter's ``base_model_name_or_path`` (a local directory, or 'minilm' / 'smollm2').
     The checkpoint is staged beside ``output`` and renamed into place.
     """
-    from peft import PeftModel
-
-    import goft  # noqa: F401  (registers GOFT with peft before PeftModel reads the adapter)
-
     adapter_dir, output = Path(adapter_dir), Path(output)
     saved = _read_adapter_config(adapter_dir)
     if output.exists() and any(output.iterdir()) and not overwrite:
@@ -61,8 +60,6 @@ def _load_base(base_dir: Path, adapter_dir: Path, task: str | None):
 
         if task != "SEQ_CLS":
             return AutoModelForCausalLM.from_pretrained(base_dir)
-        from safetensors import safe_open
-
         with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
             heads = [k for k in f.keys() if is_head_parameter(k) and k.endswith("weight")]
             num_labels = f.get_slice(heads[-1]).get_shape()[0] if heads else 2

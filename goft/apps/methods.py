@@ -36,6 +36,7 @@ class Method:
                     orth_reg_weight: float = 1e-2, lora_r: int = 8):
         """The PEFT config of this method.  ``identity_init=False`` asks for a random, non-identity adapter (bench);
         ``lora_r`` is the rank of the plain ``lora`` method (the ``lora_rN`` runs fix theirs)."""
+        # imported here, not at the top: the command line reads this table to build its --help
         from peft import BOFTConfig, LoraConfig, OFTConfig
 
         from ..tuner.config import GOFTConfig
@@ -94,7 +95,7 @@ def method_list(text: str, allowed, option: str = "methods") -> list[str]:
 
 def wrap(model, config):
     """``peft.get_peft_model`` without the warnings PEFT's baselines print on CPU (e.g. BOFT's missing CUDA kernel)."""
-    from peft import get_peft_model
+    from peft import get_peft_model  # lazily, as in Method.peft_config
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

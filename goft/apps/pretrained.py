@@ -42,7 +42,10 @@ def minilm_path() -> Path:
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Offline, without progress bars, and without the expected "newly initialized classifier" warnings."""
+    """Offline, without progress bars, and without the expected "newly initialized classifier" warnings.
+
+    Throughout this module the transformers classes are imported inside this block, after
+    :func:`goft.apps.io.offline` has set ``HF_HUB_OFFLINE``."""
     io.offline()
     from transformers.utils import logging as hf_logging
 

@@ -17,8 +17,11 @@ from .errors import OutputError
 
 
 class RunsFile:
-    def __init__(self, path: str | Path, key_fields: Sequence[str]):
+    """``key_defaults`` gives the value of a key field that older runs did not record (what they did implicitly)."""
+
+    def __init__(self, path: str | Path, key_fields: Sequence[str], key_defaults: dict | None = None):
         self.path, self.key_fields = Path(path), tuple(key_fields)
+        self.key_defaults = dict(key_defaults or {})
         self.data = {"runs": []}
         if self.path.is_file():
             try:
@@ -33,7 +36,7 @@ class RunsFile:
         return self.data["runs"]
 
     def key(self, run: dict) -> tuple:
-        return tuple(run[name] for name in self.key_fields)
+        return tuple(run[name] if name in run else self.key_defaults[name] for name in self.key_fields)
 
     def has(self, *key) -> bool:
         return any(self.key(run) == tuple(key) for run in self.runs)
@@ -51,11 +54,12 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def group_runs(runs: list[dict], fields: Sequence[str]) -> dict[tuple, list[dict]]:
-    """Runs grouped by the values of ``fields``, in order of first appearance."""
+def group_runs(runs: list[dict], fields: Sequence[str], defaults: dict | None = None) -> dict[tuple, list[dict]]:
+    """Runs grouped by the values of ``fields`` (``defaults`` for fields a run lacks), in order of first appearance."""
+    defaults = defaults or {}
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault(tuple(run[f] for f in fields), []).append(run)
+        groups.setdefault(tuple(run[f] if f in run else defaults[f] for f in fields), []).append(run)
     return groups
 
 

@@ -44,7 +44,8 @@ class RotateFunction(torch.autograd.Function):
         d = x.shape[-1]
         dtype = compute_dtype(x, blocks, scale)
         scale_c = None if scale is None else scale.to(dtype)
-        out = sweep_rows(x.reshape(-1, d), blocks.to(dtype), top_first=True, scale=scale_c)  # (N, d)
+        rows = x.reshape(-1, d)
+        out = backend_for(rows, dtype).rotate_rows(rows, blocks.to(dtype), scale_c, top_first=True)  # (N, d)
         ctx.save_for_backward(x, blocks, scale)
         return out.reshape(x.shape).to(x.dtype)
 

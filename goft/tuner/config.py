@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from peft.config import PeftConfig
+from safetensors import safe_open
 
 
 class _GOFTPeftType(str, enum.Enum):
@@ -175,8 +176,6 @@ def check_weights_file(path: Path) -> None:
     """Read every tensor of a saved adapter once: a truncated or corrupted file becomes an AdapterFileError."""
     if not path.is_file():
         return
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from peft import mapping
+
 from .config import GOFT_PEFT_TYPE, GOFTConfig
 from .model import GOFTModel
 
@@ -13,8 +15,6 @@ def register_with_peft() -> None:
     goft inserts its own str-enum member (:data:`goft.tuner.config.GOFT_PEFT_TYPE`) into the same dict objects that
     every peft module holds.  ``tests/test_registration.py`` fails loudly if a peft upgrade moves these tables.
     """
-    from peft import mapping
-
     tables = {
         "PEFT_TYPE_TO_CONFIG_MAPPING": GOFTConfig,
         "PEFT_TYPE_TO_TUNER_MAPPING": GOFTModel,
