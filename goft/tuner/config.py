@@ -56,7 +56,7 @@ class GOFTConfig(PeftConfig):
         exclude_modules: names or a regex of modules not to adapt.
         quasi: ``False`` for strict GOFT (angles, exactly orthogonal), ``True`` for qGOFT (free 2×2 blocks).
         scaling: learn a per-input-feature scale ``s`` too: ``R = P_L ⋯ P_1 · diag(s)`` (the paper's GOFT*).
-        orth_reg_weight: λ of qGOFT's soft orthogonality penalty ``λ Σ (a·b + c·d)²``; add
+        orth_reg_weight: λ of qGOFT's soft orthogonality penalty ``λ Σ (a·b + c·e)²``; add
             :func:`goft.orthogonality_penalty` to the loss.  Ignored by strict GOFT.  The paper used 1e-3 … 5e-2.
         init_weights: ``True`` starts at the identity (the adapted model equals the base model exactly); ``False``
             starts at a random, clearly non-identity rotation (for tests).

@@ -129,7 +129,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         )
 
     def orthogonality_penalty(self, adapter_name: str) -> torch.Tensor:
-        """λ Σ (a·b + c·d)² of this adapter's quasi blocks; 0 for strict GOFT."""
+        """λ Σ (a·b + c·e)² of this adapter's quasi blocks; 0 for strict GOFT."""
         params = self.rotation_params(adapter_name)
         return self.goft_orth_reg_weight[adapter_name] * givens.block_orthogonality_penalty(params)
 

@@ -150,7 +150,7 @@ def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], 
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
-    """qGOFT's soft orthogonality penalty, ``Σ over adapted layers and active adapters of λ Σ_blocks (a·b + c·d)²``.
+    """qGOFT's soft orthogonality penalty, ``Σ over adapted layers and active adapters of λ Σ_blocks (a·b + c·e)²``.
 
     Returns a differentiable 0-dim tensor, ready to add to the loss (``loss = loss + orthogonality_penalty(model)``);
     exactly 0 for strict GOFT.  λ is each adapter's ``orth_reg_weight``.
