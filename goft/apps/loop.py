@@ -103,7 +103,10 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
         for b, idx in enumerate(batch_order(n_examples, options.batch_size, generator)):
             if epoch == state.epoch and b < state.batch:
                 continue  # done before the resume
-            loss = _step(train_model, model, optimizer, schedule, make_batch(dist.shard(idx)), dist, idx)
+            local = dist.shard(idx)  # this process's share of the global batch (all of it without torchrun)
+            # weighting each share's mean by its size makes DDP's gradient average equal the global batch mean
+            loss = _step(train_model, model, optimizer, schedule, make_batch(local),
+                         weight=len(local) * dist.world_size / len(idx))
             state.curve["step"].append(len(state.curve["step"]) + 1)
             state.curve["loss"].append(loss)
             bar.update(1)
@@ -122,12 +125,9 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
     return LoopResult(state.curve, seconds, dist.is_main, distributed)
 
 
-def _step(train_model, model, optimizer, schedule, batch: dict, dist: Distributed, idx: list[int]) -> float:
-    """One optimizer step on this process's share of the global batch ``idx``; returns the loss."""
-    out = train_model(**batch)
-    # Weighting each shard's mean by its share makes DDP's gradient average equal the global batch mean.
-    share = len(dist.shard(idx)) * dist.world_size / len(idx)
-    loss = out.loss * share + orthogonality_penalty(model)
+def _step(train_model, model, optimizer, schedule, batch: dict, weight: float) -> float:
+    """One optimizer step on ``batch`` (the task loss times ``weight``, plus qGOFT's penalty); returns the loss."""
+    loss = train_model(**batch).loss * weight + orthogonality_penalty(model)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
