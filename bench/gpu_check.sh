@@ -15,7 +15,7 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, triton, peft, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
-timeout 240 python3 -m pytest -q tests/test_triton.py -p no:cacheprovider -p no:warnings 2>&1 | tee "$OUT/test_triton.log"
+timeout 240 python3 -m pytest -q tests/test_ops_cuda_triton.py -p no:cacheprovider -p no:warnings 2>&1 | tee "$OUT/test_ops_cuda_triton.log"
 timeout 180 python3 -m goft bench --device cuda --dims 768,4096 --tokens 4096 --reps 20 --dense-max-d 1024 \
   --methods goft,qgoft,goft_scaling,lora_r8,oft,authors_dense --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
 GOFT_KERNEL=torch timeout 90 python3 -m goft bench --device cuda --dims 768,4096 --tokens 4096 --reps 20 \
