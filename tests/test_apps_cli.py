@@ -24,3 +24,11 @@ def test_cli_finetune_and_inspect(tiny_checkpoint, toy_files, tmp_path, capsys):
     assert "attention.self.query" in printed and (out / "adapter" / "inspect.png").is_file()
     with pytest.raises(SystemExit, match="--train-file and --eval-file go together"):
         main(["finetune", "--train-file", str(train)])
+
+
+def test_counts_must_be_positive(capsys):
+    for argv in (["compare", "--seeds", "0"], ["instruct", "--seeds", "-1"], ["bench", "--reps", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "expected a positive integer" in capsys.readouterr().err

@@ -27,6 +27,16 @@ def _int_list(minimum: int):
     return parse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _positive_float_list(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -174,7 +184,7 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--methods", default=",".join(COMPARE_DEFAULT),
                    help=f"comma-separated runs from {', '.join(METHODS)} (default: {','.join(COMPARE_DEFAULT)}); "
                         "lora_r2 matches qGOFT's parameter count")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, 0..N-1 (default: 3)")
     p.add_argument("--results", default="results", help="results directory (default: results)")
     _add_training_args(p)
     p.set_defaults(func=cmd_compare)
@@ -186,7 +196,7 @@ def _add_instruct_parser(sub) -> None:
                                    "generation accuracy and KL forgetting on held-out text; append to --results.")
     p.add_argument("--methods", default=",".join(INSTRUCT_METHODS),
                    help=f"comma-separated (default: {','.join(INSTRUCT_METHODS)})")
-    p.add_argument("--seeds", type=int, default=2, help="number of seeds (default: 2)")
+    p.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds, 0..N-1 (default: 2)")
     p.add_argument("--model", default=None, help="local causal-LM directory, or smollm2 (default: embedded SmolLM2)")
     p.add_argument("--train-size", type=int, default=512, help="training sentences (default: 512)")
     p.add_argument("--eval-size", type=int, default=200, help="evaluation sentences (default: 200)")
@@ -225,7 +235,7 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--dims", type=_int_list(2), default=[384, 768, 1024, 2048, 4096],
                    help="layer sizes d_in = d_out, each >= 2 (default: 384,768,1024,2048,4096)")
     p.add_argument("--tokens", type=_int_list(1), default=[512, 4096], help="tokens per step (default: 512,4096)")
-    p.add_argument("--reps", type=int, default=7, help="timed repetitions per method (default: 7)")
+    p.add_argument("--reps", type=_positive_int, default=7, help="timed repetitions per method (default: 7)")
     p.add_argument("--methods", default="",
                    help="comma-separated subset of the layer methods, also used for the end-to-end step "
                         "(default: all)")
