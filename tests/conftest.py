@@ -42,18 +42,25 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture
 def toy_files(tmp_path):
+    """(train, test) toy files of 64 and 32 sentences."""
     return write_sentiment_csv(tmp_path / "train.csv", 64, 0), write_sentiment_csv(tmp_path / "eval.csv", 32, 1)
 
 
 @pytest.fixture
-def toy_config(tiny_checkpoint, toy_files):
-    """``toy_config(**overrides)``: a FinetuneConfig on the tiny BERT and the toy files (10 epochs, batch 16)."""
+def toy_val_file(tmp_path):
+    return write_sentiment_csv(tmp_path / "val.csv", 16, 2)
+
+
+@pytest.fixture
+def toy_config(tiny_checkpoint, toy_files, toy_val_file):
+    """``toy_config(**overrides)``: a FinetuneConfig on the tiny BERT and the toy files, with a validation file of its
+    own (10 epochs, batch 16)."""
     from goft.apps.finetune import FinetuneConfig
 
     def make(**overrides):
         train, evals = toy_files
-        values = dict(model=str(tiny_checkpoint), train_file=str(train), eval_file=str(evals), epochs=10,
-                      batch_size=16, progress=False)
+        values = dict(model=str(tiny_checkpoint), train_file=str(train), eval_file=str(evals),
+                      val_file=str(toy_val_file), epochs=10, batch_size=16, progress=False)
         return FinetuneConfig(**{**values, **overrides})
 
     return make

@@ -1,21 +1,48 @@
-"""`goft compare`: every (method, seed) once, recorded as it completes, skipped when already recorded."""
+"""`goft compare`: rates swept on validation, one chosen per method, final seeds scored on test; resumable."""
 
 import json
 
-from goft.apps.compare import run_compare
+import pytest
+
+from goft.apps import compare
+from goft.apps.compare import choose_lr, lr_grid, run_compare
 
 
-def test_compare_writes_results_and_resumes(toy_config, tmp_path):
+def test_the_protocol_sweeps_chooses_on_validation_and_runs_every_seed_at_the_choice(toy_config, tmp_path):
     base = toy_config(epochs=1)
     messages = []
-    results = run_compare("toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, progress=messages.append)
+    results = run_compare("toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, lr_factors=(0.5, 2.0),
+                          progress=messages.append)
     runs = results["runs"]
-    assert [(r["method"], r["seed"]) for r in runs] == [("goft", 0), ("lora_r2", 0), ("goft", 1), ("lora_r2", 1)]
-    for r in runs:
-        assert {"method", "seed", "accuracy", "trainable_params", "seconds"} <= set(r)
+    for method, default in (("goft", 1e-2), ("lora_r2", 2e-3)):
+        sweep = [r for r in runs if r["method"] == method and r["stage"] == "sweep"]
+        finals = [r for r in runs if r["method"] == method and r["stage"] == "final"]
+        assert [r["lr"] for r in sweep] == [default / 2, default * 2] and {r["seed"] for r in sweep} == {0}
+        assert all(r["accuracy"] is None and r["eval_examples"] == 0 for r in sweep)  # test split unread
+        best = max(r["val_accuracy"] for r in sweep)
+        chosen = min(r["lr"] for r in sweep if r["val_accuracy"] == best)
+        assert [(r["seed"], r["lr"]) for r in finals] == [(0, chosen), (1, chosen)]
+        assert all(0 <= r["accuracy"] <= 1 and r["eval_examples"] == 32 for r in finals)
+        assert all(len(r["val_accuracy_per_epoch"]) == 1 and r["val_examples"] == 16 for r in sweep + finals)
     assert json.loads((tmp_path / "toy.json").read_text()) == results
     table = (tmp_path / "toy.md").read_text()
-    assert "| goft |" in table and "| lora_r2 |" in table
+    assert "| GOFT |" in table and "| LoRA r=2 |" in table and "**" in table  # the chosen rate is marked
     assert (tmp_path / "toy.png").stat().st_size > 0
-    again = run_compare("toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, progress=messages.append)
-    assert again["runs"] == runs and sum("skip" in m for m in messages) == 4
+    again = run_compare("toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, lr_factors=(0.5, 2.0),
+                        progress=messages.append)
+    assert again["runs"] == runs and sum("skip" in m for m in messages) == len(runs)
+
+
+def test_the_choice_is_the_best_validation_score_and_ties_go_to_the_smaller_rate():
+    runs = [{"method": "goft", "stage": "sweep", "epochs": 3, "lr": lr, "val_accuracy": v}
+            for lr, v in ((0.001, 0.7), (0.003, 0.8), (0.01, 0.8), (0.03, 0.6))]
+    runs.append({"method": "goft", "stage": "sweep", "epochs": 1, "lr": 0.1, "val_accuracy": 0.99})  # other budget
+    runs.append({"method": "goft", "stage": "final", "epochs": 3, "lr": 0.03, "val_accuracy": 0.99})
+    assert choose_lr(runs, "goft", 3, [0.001, 0.003, 0.01, 0.03]) == 0.003
+
+
+def test_the_default_grid_spans_30x_around_the_default():
+    grid = lr_grid(1e-2)
+    assert len(grid) >= 4 and grid[-1] / grid[0] == pytest.approx(30.25, rel=0.01)
+    assert grid[0] * grid[-1] == pytest.approx(1e-2 ** 2, rel=0.01)  # centred (geometrically) on the default
+    assert compare.KEY_FIELDS == ("method", "stage", "seed", "lr", "epochs")

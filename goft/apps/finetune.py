@@ -21,7 +21,9 @@ class FinetuneConfig:
     task: str = "polarity"
     model: Optional[str] = None  # local transformers checkpoint dir or an embedded name; None = the embedded MiniLM
     train_file: Optional[str] = None
-    eval_file: Optional[str] = None
+    eval_file: Optional[str] = None  # the user's test data (with train_file)
+    val_file: Optional[str] = None  # the user's validation data; None = carve val_fraction from the training data
+    val_fraction: float = data.VAL_FRACTION
     target_modules: Optional[list[str]] = None  # None = all linear layers of the encoder
     epochs: int = 3
     lr: Optional[float] = None  # None = the method's default
@@ -35,6 +37,7 @@ class FinetuneConfig:
     progress: bool = True
     save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends); needs output
     resume: bool = False  # continue from output/checkpoint.pt if it exists
+    evaluate_test: bool = True  # False for runs that only choose a learning rate: the test split stays unread
 
     def __post_init__(self):
         get_method(self.method)
@@ -46,6 +49,10 @@ class FinetuneConfig:
             raise OptionError("train_size", f"must be at least 2, got {self.train_size}")
         if (self.train_file is None) != (self.eval_file is None):
             raise OptionError("train_file", "and --eval-file go together: give both or neither")
+        if self.val_file is not None and self.train_file is None:
+            raise OptionError("val_file", "goes with --train-file and --eval-file (embedded tasks carve their own)")
+        if not 0 < self.val_fraction < 1:
+            raise OptionError("val_fraction", f"must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
         if not isinstance(self.save_every, int) or self.save_every < 0:
             raise OptionError("save_every", f"must be an integer >= 0, got {self.save_every!r}")
         if (self.save_every or self.resume) and not self.output:
@@ -86,19 +93,26 @@ def evaluate(model, tokenizer, dataset: data.Dataset, batch_size: int = 64, max_
     return correct / len(dataset)
 
 
-def load_data(cfg: FinetuneConfig) -> tuple[data.Dataset, data.Dataset]:
-    if cfg.train_file is not None:
-        train_set, test_set = data.load_user_files(cfg.train_file, cfg.eval_file)
-    else:
+def load_data(cfg: FinetuneConfig) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
+    """(train, validation, test).  ``train_size`` subsamples what is left for training after the validation split is
+    set aside, so the validation split is the same whatever the training size."""
+    if cfg.train_file is None:
         train_set, test_set = data.load_task(cfg.task)
-    return train_set.subset(cfg.train_size, cfg.seed), test_set
+        train_set, val_set = data.split_validation(train_set, cfg.val_fraction)
+    elif cfg.val_file is not None:
+        train_set, test_set, val_set = data.load_user_files(cfg.train_file, cfg.eval_file, cfg.val_file)
+    else:
+        train_set, test_set = data.load_user_files(cfg.train_file, cfg.eval_file)
+        train_set, val_set = data.split_validation(train_set, cfg.val_fraction)
+    return train_set.subset(cfg.train_size, cfg.seed), val_set, test_set
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
-    """Train, evaluate after every epoch and (with ``cfg.output``) write metrics.json, the adapter and a curve PNG.
+    """Train, evaluate on the validation split after every epoch and on the test split at the end (unless
+    ``cfg.evaluate_test`` is False), and with ``cfg.output`` write metrics.json, the adapter and a curve PNG.
     Returns the metrics."""
     torch.manual_seed(cfg.seed)
-    train_set, test_set = load_data(cfg)
+    train_set, val_set, test_set = load_data(cfg)
     model, tokenizer = build_model(cfg, num_labels=len(train_set.label_names))
     n_trainable = count_parameters(model)
 
@@ -112,12 +126,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
         resume=cfg.resume, progress=cfg.progress, description=f"{cfg.method} {train_set.source}",
     )
     result = train(model, len(train_set), make_batch, options,
-                   evaluate=lambda: evaluate(model, tokenizer, test_set, max_length=cfg.max_length))
+                   evaluate=lambda: evaluate(model, tokenizer, val_set, max_length=cfg.max_length))
+    test_accuracy = evaluate(model, tokenizer, test_set, max_length=cfg.max_length) if cfg.evaluate_test else None
     metrics = {
         "method": cfg.method, "task": cfg.task if cfg.train_file is None else "user", "seed": cfg.seed,
-        "accuracy": result.curve["eval_accuracy"][-1], "trainable_params": n_trainable,
+        "accuracy": test_accuracy, "val_accuracy": result.curve["eval_accuracy"][-1],
+        "val_accuracy_per_epoch": result.curve["eval_accuracy"], "trainable_params": n_trainable,
         "adapter_params": adapter_parameters(model), "seconds": result.seconds,
-        "train_examples": len(train_set), "eval_examples": len(test_set),
+        "train_examples": len(train_set), "val_examples": len(val_set),
+        "eval_examples": len(test_set) if cfg.evaluate_test else 0,
         "config": {**asdict(cfg), "lr": cfg.learning_rate}, "curve": result.curve,
     }
     if result.distributed:
@@ -155,6 +172,6 @@ def plot_curve(metrics: dict, path: Path) -> None:
     ax1.legend()
     ax2.plot(curve["eval_epoch"], curve["eval_accuracy"], marker="o")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("test accuracy")
+    ax2.set_ylabel("validation accuracy")
     fig.suptitle(f"{metrics['method']} on {metrics['task']} (seed {metrics['seed']})")
     io.save_figure(fig, path)

@@ -44,8 +44,9 @@ class Method:
         common: dict[str, Any] = {"target_modules": target_modules}
         if task_type is not None:
             common["task_type"] = task_type
-        if self.family == "goft":
-            return GOFTConfig(orth_reg_weight=orth_reg_weight, init_weights=identity_init, **self.options, **common)
+        if self.family == "goft":  # an entry's own options (e.g. its λ) win over the caller's defaults
+            options = {"orth_reg_weight": orth_reg_weight, "init_weights": identity_init, **self.options}
+            return GOFTConfig(**options, **common)
         if self.family == "lora":
             r = self.options.get("r", lora_r)
             return LoraConfig(r=r, lora_alpha=2 * r, init_lora_weights=identity_init, **common)
@@ -60,6 +61,7 @@ METHODS = {m.name: m for m in (
     Method("goft", "GOFT", "goft", lr=1e-2, instruct_lr=3e-3),
     Method("goft_scaling", "GOFT* (scaling)", "goft", lr=1e-2, options={"scaling": True}),
     Method("qgoft", "qGOFT", "goft", lr=1e-2, instruct_lr=5e-3, options={"quasi": True}),
+    Method("qgoft_l3", "qGOFT λ=1e-3", "goft", lr=1e-2, options={"quasi": True, "orth_reg_weight": 1e-3}),
     Method("lora", "LoRA (rank --lora-r)", "lora", lr=2e-3, instruct_lr=1e-3),
     Method("lora_r8", "LoRA r=8", "lora", lr=2e-3, options={"r": 8}),
     Method("lora_r2", "LoRA r=2", "lora", lr=2e-3, options={"r": 2}, budget="qGOFT's parameter count"),
@@ -70,7 +72,7 @@ METHODS = {m.name: m for m in (
 )}
 
 FINETUNE_METHODS = ("goft", "qgoft", "lora", "oft", "boft", "head", "full")
-COMPARE_DEFAULT = ("goft", "qgoft", "lora_r8", "lora_r2", "oft", "boft", "head")
+COMPARE_DEFAULT = ("goft", "goft_scaling", "qgoft", "qgoft_l3", "lora_r8", "lora_r2", "oft", "boft", "head")
 INSTRUCT_METHODS = tuple(name for name, m in METHODS.items() if m.instruct_lr is not None)
 
 
