@@ -17,4 +17,4 @@ for method in methods:
     print(f"{method}: {rows[0]['seconds'] * 1e3:.2f} ms per step (median of 10), stage wall {wall:.1f} s", flush=True)
 print("interleaved:", flush=True)
 for row in bench.bench_e2e(device, reps=20, batch=16, seq_len=128, methods=methods):
-    print(f"  {row['method']}: {row['seconds'] * 1e3:.2f} ms, vs LoRA r=8 {row['ratio_to_lora_r8']}", flush=True)
+    print(f"  {row['method']}: {row['seconds'] * 1e3:.2f} ms, vs LoRA r=8 {row.get('ratio_to_lora_r8')}", flush=True)

@@ -1,7 +1,10 @@
 """The command line: a user's mistake is one line naming the flag; a run ends with its outputs inspectable."""
 
 
+import json
+
 import pytest
+import torch
 
 from goft.apps.cli import main
 
@@ -18,10 +21,11 @@ def test_cli_finetune_and_inspect(tiny_checkpoint, toy_files, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["finetune", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
                  "--epochs", "2", "--method", "goft", "--output", str(out), "--no-progress"]) == 0
-    assert "goft on user: test accuracy" in capsys.readouterr().out
+    assert f"goft on user:{train}: test accuracy" in capsys.readouterr().out
     assert main(["inspect", str(out / "adapter")]) == 0
     printed = capsys.readouterr().out
-    assert "attention.self.query" in printed and (out / "adapter" / "inspect.png").is_file()
+    assert "GOFT adapter" in printed and "attention.self.query" in printed
+    assert (out / "adapter-inspect.png").is_file() and not (out / "adapter" / "inspect.png").exists()
     with pytest.raises(SystemExit, match="--train-file and --eval-file go together"):
         main(["finetune", "--train-file", str(train)])
 
@@ -32,3 +36,168 @@ def test_counts_must_be_positive(capsys):
             main(argv)
         assert exit_info.value.code == 2
         assert "expected a positive integer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A user's work: never lost, never contradicted, named by what it came from
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def finetune_args(tiny_checkpoint, toy_files):
+    train, evals = toy_files
+    return ["finetune", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
+            "--epochs", "2", "--batch-size", "16", "--no-progress"]
+
+
+def test_a_target_that_matches_nothing_is_named(finetune_args, tmp_path):
+    with pytest.raises(SystemExit, match=r"target_modules \['qery'\] matched no module GOFT can adapt.*'bert"):
+        main([*finetune_args, "--target-modules", "qery", "--output", str(tmp_path / "run")])
+
+
+def test_resume_refuses_options_that_change_the_run(finetune_args, tmp_path, toy_val_file):
+    out = str(tmp_path / "run")
+    assert main([*finetune_args, "--output", out]) == 0
+    with pytest.raises(SystemExit, match=r"trained with other options \(--lr 0\.01 there, 0\.05 now; "
+                                         r"--val-file None there, '.*val\.csv' now\)"):
+        main([*finetune_args, "--output", out, "--resume", "--lr", "0.05", "--val-file", str(toy_val_file)])
+    assert main([*finetune_args[:-1], "--output", out, "--resume", "--save-every", "3"]) == 0  # progress: harmless
+
+
+def test_no_silent_overwrite_and_no_resume_from_nothing(finetune_args, tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(SystemExit, match=r"--resume finds no checkpoint at .*checkpoint\.pt: nothing to continue"):
+        main([*finetune_args, "--output", out, "--resume"])
+    assert main([*finetune_args, "--output", out]) == 0
+    with pytest.raises(SystemExit, match=r"holds a checkpoint of an earlier run; pass --resume to continue it, or "
+                                         r"--overwrite to start over"):
+        main([*finetune_args, "--output", out])
+    assert main([*finetune_args, "--output", out, "--overwrite"]) == 0
+
+
+def test_without_output_the_run_is_kept_in_a_new_directory(finetune_args, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(finetune_args) == 0
+    printed = capsys.readouterr().out
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("goft-train-") and f"output: runs/{run.name}" in printed
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "metrics.json").is_file()
+
+
+def test_ctrl_c_stops_after_a_step_keeps_a_checkpoint_and_prints_the_resume_command(finetune_args, tmp_path,
+                                                                                    monkeypatch, capsys):
+    import os
+    import shlex
+    import signal
+
+    import torch
+
+    out = str(tmp_path / "cut")
+    real_step, steps = torch.optim.AdamW.step, {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C: the handler asks the loop to stop
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*finetune_args, "--output", out])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert f"stopped after step 3; checkpoint written to {out}/checkpoint.pt" in err
+    command = shlex.split(err.split("to continue: ")[1].strip())
+    assert command[0] == "goft" and command[-1] == "--resume"
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert main(command[1:]) == 0
+    whole = str(tmp_path / "whole")
+    assert main([*finetune_args, "--output", whole]) == 0
+    resumed, uninterrupted = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("cut", "whole"))
+    assert resumed["curve"]["loss"] == uninterrupted["curve"]["loss"]
+
+
+def test_outputs_name_their_classes_data_and_model_and_have_normal_permissions(tiny_checkpoint, tmp_path):
+    import csv
+    import os
+    import stat
+
+    from safetensors import safe_open
+
+    names = {"fine": "positive", "good": "positive", "bad": "negative", "dull": "negative"}
+    for split, n in (("train", 40), ("eval", 12)):
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows([w, names[w]] for w in list(names) * (n // 4))
+    common = ["--model", str(tiny_checkpoint), "--train-file", str(tmp_path / "train.csv"),
+              "--eval-file", str(tmp_path / "eval.csv"), "--epochs", "1", "--no-progress"]
+    assert main(["finetune", *common, "--output", str(tmp_path / "goft")]) == 0
+    assert main(["finetune", *common, "--method", "head", "--output", str(tmp_path / "head")]) == 0
+    metrics = json.loads((tmp_path / "goft" / "metrics.json").read_text())
+    assert metrics["labels"] == ["negative", "positive"] and metrics["config"]["task"] is None
+    assert metrics["task"] == f"user:{tmp_path / 'train.csv'}" and metrics["model"] == str(tiny_checkpoint.resolve())
+    adapter_config = json.loads((tmp_path / "goft" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_checkpoint.resolve())
+    assert main(["merge", str(tmp_path / "goft" / "adapter"), "--output", str(tmp_path / "merged")]) == 0
+    merged_config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert merged_config["id2label"] == {"0": "negative", "1": "positive"}
+    with safe_open(str(tmp_path / "head" / "head.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["labels"]) == ["negative", "positive"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [tmp_path / "goft" / name for name in ("adapter/adapter_model.safetensors", "checkpoint.pt",
+                                                        "metrics.json", "curve.png", "adapter/labels.json")] + \
+                [tmp_path / "head" / "head.safetensors", tmp_path / "merged" / "model.safetensors"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_messages_say_what_was_written(finetune_args, tmp_path, capsys):
+    assert main([*finetune_args, "--method", "head", "--output", str(tmp_path / "head")]) == 0
+    printed = capsys.readouterr().out
+    assert "head.safetensors" in printed and "adapter" not in printed.split("wrote")[1]
+
+
+def test_bench_writes_a_new_directory_by_default_with_the_spread(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--dims", "8,16", "--tokens", "4", "--reps", "3", "--methods", "goft",
+                 "--no-e2e", "--no-merge"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("bench-") and not (tmp_path / "results").exists()
+    rows = [json.loads(line) for line in (run / "bench.jsonl").read_text().splitlines()]
+    layer = [r for r in rows if r["bench"] == "layer"]
+    assert all(r["ratio_to_frozen_range"][0] <= r["ratio_to_frozen"] <= r["ratio_to_frozen_range"][1]
+               or r["method"] == "frozen" for r in layer)
+
+
+def test_inspect_names_qgoft_and_separates_what_its_penalty_controls(tmp_path, capsys):
+    from peft import get_peft_model
+    from toys import make_mlp
+
+    from goft import GOFTConfig
+    from goft.apps.inspect import layer_statistics
+
+    model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0"], quasi=True, init_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    assert main(["inspect", str(tmp_path / "adapter")]) == 0
+    assert "qGOFT adapter" in capsys.readouterr().out and (tmp_path / "adapter-inspect.png").is_file()
+    (row,) = layer_statistics(tmp_path / "adapter")
+    r = model.base_model.model.lin0.rotation_matrix("default").double()
+    gram = r.T @ r
+    assert row["col_inner_max"] == pytest.approx((gram - torch.diag(torch.diagonal(gram))).abs().max().item())
+    assert row["col_norm_max"] == pytest.approx(r.norm(dim=0).max().item())
+
+
+def test_curve_of_a_short_run_has_no_one_step_mean_and_labels_its_single_epoch(tmp_path, monkeypatch):
+    from goft.apps import finetune as finetune_module
+    from goft.apps import io
+
+    drawn = []
+    monkeypatch.setattr(io, "save_figure", lambda fig, path, dpi=110: drawn.append(fig))
+    metrics = {"method": "goft", "task": "polarity", "model": "goft:minilm", "seed": 0,
+               "curve": {"step": [1, 2, 3], "loss": [0.7, 0.6, 0.5], "eval_epoch": [1], "eval_accuracy": [0.8]}}
+    finetune_module.plot_curve(metrics, tmp_path / "curve.png")
+    loss_axes, accuracy_axes = drawn[0].axes
+    assert [t.get_text() for t in loss_axes.get_legend().get_texts()] == ["per step"]
+    assert [t.get_text() for t in accuracy_axes.texts] == ["80.0"]

@@ -1,5 +1,6 @@
 """`goft merge` writes a checkpoint that plain transformers loads, with the unmerged adapter's generations."""
 
+import json
 import subprocess
 import sys
 
@@ -38,3 +39,20 @@ def test_merge_refuses_to_overwrite(tiny_llama, tmp_path):
     with pytest.raises(SystemExit, match="exists and is not empty"):
         main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "taken")])
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_merge_without_a_recorded_base_says_to_pass_base(tiny_llama, tmp_path):
+    adapted_llama(tiny_llama).save_pretrained(tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": None}))
+    with pytest.raises(SystemExit, match=r"records no base model \(base_model_name_or_path is None\); pass --base"):
+        main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "merged")])
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_base_without_a_tokenizer_gives_a_checkpoint_without_one_and_says_so(tiny_llama, tmp_path, capsys):
+    adapted_llama(tiny_llama).save_pretrained(tmp_path / "adapter")
+    assert main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "merged"),
+                 "--base", str(tiny_llama)]) == 0
+    assert "has no tokenizer, so the merged checkpoint has none either" in capsys.readouterr().out
+    assert not any("token" in p.name or p.name.startswith("vocab") for p in (tmp_path / "merged").iterdir())

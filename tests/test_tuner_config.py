@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -37,9 +38,20 @@ def test_bias_choices():
         GOFTConfig(target_modules=["q"], bias="lora_only")
 
 
-def test_unknown_option_is_refused():
-    with pytest.raises(TypeError, match="unexpected keyword argument 'rank'"):
-        GOFTConfig(target_modules=["q"], rank=4)
+def test_unknown_option_is_refused_naming_the_closest_field():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'quassi' \(did you mean 'quasi'\?\)"):
+        GOFTConfig(quassi=True)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'rank'; its options are \[.*'quasi'"):
+        GOFTConfig(rank=4)
+
+
+def test_a_penalty_weight_on_strict_goft_is_warned_about():
+    with pytest.warns(UserWarning, match="orth_reg_weight=0.05 has no effect with quasi=False"):
+        GOFTConfig(orth_reg_weight=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GOFTConfig(orth_reg_weight=0.05, quasi=True)
+        GOFTConfig()
 
 
 def test_defaults():

@@ -159,9 +159,10 @@ def test_unsupported_target_type_names_module_and_type():
         get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0", "emb"]))
 
 
-def test_targets_matching_nothing_list_what_exists():
-    with pytest.raises(ValueError, match=r"not found in the base model.*'lin0', 'lin1', 'head'"):
-        get_peft_model(make_mlp(), GOFTConfig(target_modules=["q_proj"]))
+@pytest.mark.parametrize("task_type", [None, "SEQ_CLS"])  # peft words the two cases differently
+def test_targets_matching_nothing_name_the_targets_and_list_what_exists(task_type):
+    with pytest.raises(ValueError, match=r"target_modules \['q_proj'\] matched no module .*'lin0', 'lin1', 'head'"):
+        get_peft_model(make_mlp(), GOFTConfig(target_modules=["q_proj"], task_type=task_type))
 
 
 def two_adapter_model(quasi=False):

@@ -57,9 +57,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(steps: dict[str, Callable[[], None]], reps: int, device: torch.device,
-                        warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each step, timing the steps round-robin so that machine noise hits all of them alike."""
+def interleaved_times(steps: dict[str, Callable[[], None]], reps: int, device: torch.device,
+                      warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each step in each repetition, timing the steps round-robin so that machine noise hits all of them
+    alike (repetition i of every step ran back to back)."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -72,7 +73,18 @@ def interleaved_medians(steps: dict[str, Callable[[], None]], reps: int, device:
             step()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def timing_fields(times: dict[str, list[float]], name: str, reference: str | None) -> dict:
+    """Median seconds of ``name`` with its range, and its ratio to ``reference`` (median of the medians) with the
+    range of the per-repetition ratios, so that a noisy run shows as noisy."""
+    fields = {"seconds": statistics.median(times[name]), "seconds_range": [min(times[name]), max(times[name])]}
+    if reference is not None and reference in times:
+        ratios = [t / r for t, r in zip(times[name], times[reference], strict=True)]
+        fields[f"ratio_to_{reference}"] = fields["seconds"] / statistics.median(times[reference])
+        fields[f"ratio_to_{reference}_range"] = [min(ratios), max(ratios)]
+    return fields
 
 
 def saved_bytes(step: Callable[[], None], exclude: torch.Tensor) -> int:
@@ -162,16 +174,10 @@ def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LA
         return step
 
     steps = {name: make_step(model) for name, model in models.items()}
-    medians = interleaved_medians(steps, reps, device)
-    rows = []
-    for name, model in models.items():
-        trainable = count_parameters(model)
-        rows.append({
-            "bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": "float32",
-            "seconds": medians[name], "ratio_to_frozen": medians[name] / medians["frozen"],
-            "saved_bytes": saved_bytes(steps[name], exclude=x), "trainable_params": trainable, "reps": reps,
-        })
-    return rows
+    times = interleaved_times(steps, reps, device)
+    return [{"bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": "float32",
+             **timing_fields(times, name, "frozen"), "saved_bytes": saved_bytes(steps[name], exclude=x),
+             "trainable_params": count_parameters(model), "reps": reps} for name, model in models.items()]
 
 
 def bench_rotation_scaling(dims, tokens: int, device: torch.device, reps: int) -> dict:
@@ -183,7 +189,7 @@ def bench_rotation_scaling(dims, tokens: int, device: torch.device, reps: int) -
         theta = torch.randn(d - 1, device=device, requires_grad=True)
         inputs[d] = (x, theta)
         steps[str(d)] = (lambda x=x, theta=theta: givens.rotate(x, theta).sum().backward())
-    medians = interleaved_medians(steps, reps, device)
+    medians = {name: statistics.median(ts) for name, ts in interleaved_times(steps, reps, device).items()}
     xs = [math.log(d) for d in dims]
     ys = [math.log(medians[str(d)]) for d in dims]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
@@ -257,13 +263,10 @@ def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods
             optimizer.step()
 
         steps[method] = step
-    medians = interleaved_medians(steps, reps, device, warmup=1)
-    fastest = min(medians.values())
-    return [{"bench": "e2e_minilm", "method": m, "batch": batch, "seq_len": seq_len, "seconds": medians[m],
-             "weights": weights,
-             "ratio_to_lora_r8": medians[m] / medians["lora_r8"] if "lora_r8" in medians else None,
-             "ratio_to_fastest": medians[m] / fastest,
-             "trainable_params": count_parameters(models[m]), "reps": reps}
+    times = interleaved_times(steps, reps, device, warmup=1)
+    reference = "lora_r8" if "lora_r8" in times else None
+    return [{"bench": "e2e_minilm", "method": m, "batch": batch, "seq_len": seq_len, "weights": weights,
+             **timing_fields(times, m, reference), "trainable_params": count_parameters(models[m]), "reps": reps}
             for m in methods]
 
 
@@ -339,17 +342,23 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
     return rows
 
 
+def _ratio_cell(row: dict, reference: str) -> str:
+    low, high = row[f"ratio_to_{reference}_range"]
+    return f"{row[f'ratio_to_{reference}']:.2f} [{low:.2f}–{high:.2f}]"
+
+
 def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, e2e_shape: str) -> None:
     """Print the measurements as rich tables (the JSON lines hold everything)."""
     ref_d = dims[min(1, len(dims) - 1)]
     for tokens in tokens_list:
-        table = Table(title=f"one linear layer, {tokens} tokens, fp32, forward+backward (median of {reps})")
+        table = Table(title=f"one linear layer, {tokens} tokens, fp32, forward+backward: time / frozen layer, median "
+                            f"[range of the {reps} interleaved repetitions]")
         for col in ("method", *(f"d={d} ratio" for d in dims), f"saved MiB d={ref_d}"):
             table.add_column(col, justify="left" if col == "method" else "right")
         for method in methods:
             hits = {r["d"]: r for r in rows
                     if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens}
-            cells = [f"{hits[d]['ratio_to_frozen']:.2f}" if d in hits else "—" for d in dims]
+            cells = [_ratio_cell(hits[d], "frozen") if d in hits else "—" for d in dims]
             table.add_row(method, *cells, _mib(hits[ref_d]["saved_bytes"]) if ref_d in hits else "—")
         console.print(table)
     for row in rows:
@@ -362,10 +371,11 @@ def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, e2e
                           f"one round trip, {row['unmerge_restore_max_rel_after_all_reps']:.1e} after {row['reps']}")
     e2e_rows = [r for r in rows if r["bench"] == "e2e_minilm"]
     if e2e_rows:
-        table = Table(title=f"MiniLM training step ({e2e_shape}, all linear layers adapted), median of {reps}")
+        table = Table(title=f"MiniLM training step ({e2e_shape}, all linear layers adapted), median of {reps} "
+                            "[range of the per-repetition ratios]")
         for col in ("method", "seconds", "vs LoRA r=8", "trainable params"):
             table.add_column(col, justify="right")
         for r in e2e_rows:
-            ratio = "—" if r["ratio_to_lora_r8"] is None else f"{r['ratio_to_lora_r8']:.2f}"
+            ratio = _ratio_cell(r, "lora_r8") if "ratio_to_lora_r8" in r else "—"
             table.add_row(r["method"], f"{r['seconds']:.3f}", ratio, f"{r['trainable_params']:,}")
         console.print(table)

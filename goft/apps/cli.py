@@ -8,9 +8,12 @@ that needs them, so ``goft --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+import time
 from pathlib import Path
 
-from .errors import AppError, OptionError
+from .errors import AppError, Interrupted, OptionError
 from .methods import COMPARE_DEFAULT, FINETUNE_METHODS, INSTRUCT_METHODS, METHODS
 
 
@@ -67,13 +70,23 @@ def _finetune_config(args: argparse.Namespace, **overrides):
         train_size=args.train_size, orth_reg_weight=args.orth_reg_weight, lora_r=args.lora_r,
         output=getattr(args, "output", None), progress=not args.no_progress,
         save_every=getattr(args, "save_every", 0), resume=getattr(args, "resume", False),
+        overwrite=getattr(args, "overwrite", False),
     )
     return FinetuneConfig(**{**values, **overrides})
+
+
+def default_output(args: argparse.Namespace) -> str:
+    """Where ``goft finetune`` keeps a run when ``--output`` is not given: a new directory under ./runs."""
+    data = Path(args.train_file).stem if args.train_file else args.task
+    return f"runs/{args.method}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import finetune
 
+    if args.output is None and not args.resume:
+        args.output = default_output(args)
+        print(f"output: {args.output} (pass --output to choose)")
     cfg = _finetune_config(args)
     metrics = finetune(cfg)
     print(f"{cfg.method} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
@@ -82,7 +95,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
           + f" ({metrics['val_examples']} examples); {metrics['trainable_params']:,} trainable parameters "
           f"({metrics['adapter_params']:,} in the adapter), {metrics['seconds']:.1f} s")
     if cfg.output:
-        print(f"wrote {cfg.output}/metrics.json, curve.png" + (" and the adapter" if cfg.method != "full" else ""))
+        print(f"wrote {', '.join(f'{cfg.output}/{name}' for name in metrics['outputs'])}")
     return 0
 
 
@@ -106,8 +119,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_adapter_to_directory
 
-    out = merge_adapter_to_directory(args.adapter_dir, args.output, base=args.base, overwrite=args.overwrite)
-    print(f"wrote a merged checkpoint to {out}; load it with transformers alone (no goft needed)")
+    result = merge_adapter_to_directory(args.adapter_dir, args.output, base=args.base, overwrite=args.overwrite)
+    print(f"wrote a merged checkpoint to {result.output} (base: {result.base_dir}); load it with transformers alone "
+          "(no goft needed)")
+    if not result.tokenizer:
+        print(f"note: {result.base_dir} has no tokenizer, so the merged checkpoint has none either")
     return 0
 
 
@@ -118,7 +134,8 @@ def cmd_instruct(args: argparse.Namespace) -> int:
     methods = method_list(args.methods, INSTRUCT_METHODS)
     base = InstructConfig(method=methods[0], model=args.model, train_size=args.train_size, eval_size=args.eval_size,
                           epochs=args.epochs, batch_size=args.batch_size, output=args.output,
-                          save_every=args.save_every, resume=args.resume, progress=not args.no_progress)
+                          save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.no_progress)
     run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr)
     return 0
 
@@ -130,7 +147,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = method_list(args.methods, bench.LAYER_METHODS) if args.methods else list(bench.LAYER_METHODS)
     if "frozen" not in methods:
         methods = ["frozen", *methods]
-    bench.run(Path(args.out), args.dims, args.tokens, args.reps, device=args.device, e2e=not args.no_e2e,
+    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    bench.run(out, args.dims, args.tokens, args.reps, device=args.device, e2e=not args.no_e2e,
               merge=not args.no_merge, methods=methods, dense_max_d=args.dense_max_d,
               e2e_methods=[m for m in bench.E2E_METHODS if m in methods])
     return 0
@@ -182,8 +200,12 @@ def _add_finetune_parser(sub) -> None:
                         "goft compare (default: goft)")
     _add_training_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--output", default=None, help="directory for metrics.json, the adapter and curve.png")
+    p.add_argument("--output", default=None,
+                   help="directory for the adapter (or head, or model), metrics.json, curve.png and checkpoint.pt "
+                        "(default: a new runs/METHOD-TASK-YYYYmmdd-HHMMSS)")
     _add_checkpoint_args(p, "OUTPUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --output that holds an earlier run's checkpoint, replacing it")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -221,6 +243,8 @@ def _add_instruct_parser(sub) -> None:
     p.add_argument("--output", default=None,
                    help="keep each run's checkpoint and adapter in OUTPUT/<method>-seed<N>-lr<rate>/ (default: none)")
     _add_checkpoint_args(p, "OUTPUT/<run>/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a run over when OUTPUT/<run>/ holds an unfinished run's checkpoint, replacing it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_instruct)
 
@@ -228,7 +252,8 @@ def _add_instruct_parser(sub) -> None:
 def _add_inspect_and_merge_parsers(sub) -> None:
     p = sub.add_parser("inspect", help="per-layer statistics of a saved GOFT adapter (and a PNG)")
     p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
-    p.add_argument("--plot", default=None, help="write a per-layer PNG here (default: ADAPTER_DIR/inspect.png)")
+    p.add_argument("--plot", default=None,
+                   help="write the per-layer PNG here (default: ADAPTER_DIR-inspect.png, beside the adapter)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("merge", help="fold a saved adapter into its base model and save a plain checkpoint")
@@ -256,7 +281,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end MiniLM training step")
     p.add_argument("--no-merge", action="store_true", help="skip the 4096x4096 merge timing")
-    p.add_argument("--out", default="results", help="directory for bench.jsonl and bench_layer.png (default: results)")
+    p.add_argument("--out", default=None,
+                   help="directory for bench.jsonl and bench_layer.png (default: a new runs/bench-YYYYmmdd-HHMMSS; "
+                        "the committed results/ are written only when named)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -269,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: list[str] | None, output: str | None) -> str:
+    """The command that continues an interrupted run: this one with ``--resume``, its output named, no
+    ``--overwrite``."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--overwrite"]
+    if output is not None and "--output" not in args:
+        args += ["--output", output]
+    return shlex.join(["goft", *args, *([] if "--resume" in args else ["--resume"])])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command.  A user's mistake (a bad option, file, model or adapter) ends in one line on stderr and exit
     status 1, never a traceback; anything else is a bug and keeps its traceback."""
@@ -277,5 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except OptionError as err:
         raise SystemExit(f"goft {args.command}: {err.as_flag()}") from None
+    except Interrupted as err:
+        if err.checkpoint is not None:
+            resume = f"\nto continue: {resume_command(argv, args.output)}"
+        else:  # compare keeps what it finished in its results file
+            resume = "\nruns already in the results file are kept: the same command continues from there"
+        print(f"goft {args.command}: {err}{resume}", file=sys.stderr)
+        raise SystemExit(130) from None
     except (AppError, ValueError) as err:  # ValueError: the library's input errors (GivensError, AdapterFileError)
         raise SystemExit(f"goft {args.command}: {err}") from None

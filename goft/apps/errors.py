@@ -32,3 +32,12 @@ class ModelUnavailableError(AppError, RuntimeError):
 
 class OutputError(AppError, ValueError):
     """An output or results location that cannot be used as asked (exists, not empty, wrong kind of file)."""
+
+
+class Interrupted(AppError):
+    """Training stopped at the user's request (Ctrl-C) after a step; ``checkpoint`` holds it, if the run has one."""
+
+    def __init__(self, checkpoint, step: int):
+        self.checkpoint, self.step = checkpoint, step
+        where = f"checkpoint written to {checkpoint}" if checkpoint is not None else "nothing saved (no --output)"
+        super().__init__(f"stopped after step {step}; {where}")

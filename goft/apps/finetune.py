@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -11,8 +12,9 @@ import torch
 from . import data, io
 from .errors import OptionError
 from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, train
+from .merge import LABELS_FILE
 from .methods import METHODS, adapter_parameters, count_parameters, get_method, is_head_parameter, wrap
-from .pretrained import load_sequence_classifier
+from .pretrained import MINILM_NAME, load_sequence_classifier, model_reference
 
 
 @dataclass
@@ -36,11 +38,14 @@ class FinetuneConfig:
     output: Optional[str] = None
     progress: bool = True
     save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends); needs output
-    resume: bool = False  # continue from output/checkpoint.pt if it exists
+    resume: bool = False  # continue from output/checkpoint.pt (which must exist)
+    overwrite: bool = False  # replace an earlier run's checkpoint in output instead of refusing
     evaluate_test: bool = True  # False for runs that only choose a learning rate: the test split stays unread
 
     def __post_init__(self):
         get_method(self.method)
+        if self.train_file is not None:
+            self.task = None  # the data are the user's files: no embedded task is involved
         for name in ("epochs", "batch_size", "max_length", "lora_r"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -64,10 +69,22 @@ class FinetuneConfig:
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else METHODS[self.method].lr
 
+    @property
+    def data_name(self) -> str:
+        """What the run learns from: the embedded task's name, or ``user:<training file>``."""
+        return self.task if self.train_file is None else f"user:{self.train_file}"
 
-def build_model(cfg: FinetuneConfig, num_labels: int):
-    """The base classifier wrapped for ``cfg.method``; returns (model, tokenizer)."""
-    model, tokenizer = load_sequence_classifier(cfg.model, num_labels=num_labels)
+    def run_identity(self) -> dict:
+        """The options that decide what is trained (a checkpoint is resumed only under the same ones)."""
+        excluded = {"progress", "resume", "overwrite", "save_every", "output", "evaluate_test"}
+        return {**{k: v for k, v in asdict(self).items() if k not in excluded}, "lr": self.learning_rate}
+
+
+def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
+    """The base classifier wrapped for ``cfg.method``, its classes named; returns (model, tokenizer)."""
+    model, tokenizer = load_sequence_classifier(cfg.model, num_labels=len(label_names))
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
     method = METHODS[cfg.method]
     if not method.adapts:
         for name, param in model.named_parameters():
@@ -75,7 +92,9 @@ def build_model(cfg: FinetuneConfig, num_labels: int):
         return model, tokenizer
     config = method.peft_config(cfg.target_modules or "all-linear", task_type="SEQ_CLS",
                                 orth_reg_weight=cfg.orth_reg_weight, lora_r=cfg.lora_r)
-    return wrap(model, config), tokenizer
+    model = wrap(model, config)
+    config.base_model_name_or_path = model_reference(cfg.model, MINILM_NAME)  # resolvable on another machine
+    return model, tokenizer
 
 
 def encode(tokenizer, dataset: data.Dataset, idx: list[int], max_length: int) -> dict:
@@ -111,9 +130,13 @@ def finetune(cfg: FinetuneConfig) -> dict:
     """Train, evaluate on the validation split after every epoch and on the test split at the end (unless
     ``cfg.evaluate_test`` is False), and with ``cfg.output`` write metrics.json, the adapter and a curve PNG.
     Returns the metrics."""
+    checkpoint = Path(cfg.output) / CHECKPOINT_NAME if cfg.output else None
+    if cfg.resume and not checkpoint.is_file():
+        raise OptionError("resume", f"finds no checkpoint at {checkpoint}: nothing to continue (drop --resume to "
+                                    "start this run)")
     torch.manual_seed(cfg.seed)
     train_set, val_set, test_set = load_data(cfg)
-    model, tokenizer = build_model(cfg, num_labels=len(train_set.label_names))
+    model, tokenizer = build_model(cfg, train_set.label_names)
     n_trainable = count_parameters(model)
 
     def make_batch(idx: list[int]) -> dict:
@@ -122,14 +145,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     options = LoopOptions(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
-        checkpoint=Path(cfg.output) / CHECKPOINT_NAME if cfg.output else None, save_every=cfg.save_every,
-        resume=cfg.resume, progress=cfg.progress, description=f"{cfg.method} {train_set.source}",
+        checkpoint=checkpoint, save_every=cfg.save_every, resume=cfg.resume, overwrite=cfg.overwrite,
+        run_identity=cfg.run_identity(), progress=cfg.progress, description=f"{cfg.method} {train_set.source}",
     )
     result = train(model, len(train_set), make_batch, options,
                    evaluate=lambda: evaluate(model, tokenizer, val_set, max_length=cfg.max_length))
     test_accuracy = evaluate(model, tokenizer, test_set, max_length=cfg.max_length) if cfg.evaluate_test else None
+    data_sources = {"train": train_set.source, "validation": val_set.source,
+                    "test": test_set.source if cfg.evaluate_test else None}
     metrics = {
-        "method": cfg.method, "task": cfg.task if cfg.train_file is None else "user", "seed": cfg.seed,
+        "method": cfg.method, "task": cfg.data_name, "seed": cfg.seed,
+        "model": model_reference(cfg.model, MINILM_NAME), "labels": list(train_set.label_names), "data": data_sources,
         "accuracy": test_accuracy, "val_accuracy": result.curve["eval_accuracy"][-1],
         "val_accuracy_per_epoch": result.curve["eval_accuracy"], "trainable_params": n_trainable,
         "adapter_params": adapter_parameters(model), "seconds": result.seconds,
@@ -139,20 +165,29 @@ def finetune(cfg: FinetuneConfig) -> dict:
     }
     if result.distributed:
         metrics["distributed"] = result.distributed
+    metrics["outputs"] = []
     if cfg.output and result.is_main:
         write_outputs(Path(cfg.output), model, metrics)
     return metrics
 
 
 def write_outputs(out: Path, model, metrics: dict) -> None:
-    """The adapter (PEFT methods) or the trained head (head-only), curve.png, and metrics.json last."""
+    """What was trained (the adapter with its class names, the head, or the whole model), curve.png, and
+    metrics.json last; ``metrics["outputs"]`` lists them."""
     method = METHODS[metrics["method"]]
     out.mkdir(parents=True, exist_ok=True)
     if method.adapts:
-        model.save_pretrained(out / "adapter")
+        io.save_pretrained(model, out / "adapter")
+        io.write_json(out / "adapter" / LABELS_FILE, {"id2label": dict(enumerate(metrics["labels"]))})
+        written = ["adapter/"]
     elif method.family == "head":
-        io.write_tensors(out / "head.safetensors",
-                         {n: p for n, p in model.named_parameters() if p.requires_grad})
+        io.write_tensors(out / "head.safetensors", {n: p for n, p in model.named_parameters() if p.requires_grad},
+                         metadata={"base_model": metrics["model"], "labels": json.dumps(metrics["labels"])})
+        written = ["head.safetensors"]
+    else:
+        io.save_pretrained(model, out / "model")
+        written = ["model/"]
+    metrics["outputs"] = [*written, "curve.png", "metrics.json"]
     plot_curve(metrics, out / "curve.png")
     io.write_json(out / "metrics.json", metrics)
 
@@ -163,15 +198,19 @@ def plot_curve(metrics: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss = curve["loss"]
     window = max(1, len(loss) // 25)
-    smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1])
-              for i in range(len(loss))]
-    ax1.plot(curve["step"], loss, alpha=0.3, label="step")
-    ax1.plot(curve["step"], smooth, label=f"mean of {window}")
+    ax1.plot(curve["step"], loss, alpha=0.3 if window > 1 else 1.0, label="per step")
+    if window > 1:  # a running mean only where there are enough steps to smooth
+        smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1])
+                  for i in range(len(loss))]
+        ax1.plot(curve["step"], smooth, label=f"running mean of {window} steps")
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss")
     ax1.legend()
-    ax2.plot(curve["eval_epoch"], curve["eval_accuracy"], marker="o")
+    ax2.plot(curve["eval_epoch"], [100 * a for a in curve["eval_accuracy"]], marker="o")
+    for epoch, acc in zip(curve["eval_epoch"], curve["eval_accuracy"], strict=True):
+        ax2.annotate(f"{100 * acc:.1f}", (epoch, 100 * acc), textcoords="offset points", xytext=(0, 6), ha="center")
+    ax2.set_xticks(curve["eval_epoch"])
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation accuracy")
-    fig.suptitle(f"{metrics['method']} on {metrics['task']} (seed {metrics['seed']})")
+    ax2.set_ylabel("validation accuracy (%)")
+    fig.suptitle(f"{metrics['method']} on {metrics['task']}, {metrics['model']} (seed {metrics['seed']})")
     io.save_figure(fig, path)

@@ -17,8 +17,9 @@ from .errors import DataError
 
 
 def layer_statistics(adapter_dir: Path) -> list[dict]:
-    """One dict per adapted layer: d, angle statistics (strict), and for qGOFT the deviation from orthogonality
-    ‖RᵀR − I‖_F and the column norms of R."""
+    """One dict per adapted layer: d, angle statistics (strict GOFT), and how far R is from orthogonal, split into
+    what qGOFT's penalty controls (the inner products of R's columns, off the diagonal of RᵀR) and what it leaves
+    free on purpose (the column norms, also moved by GOFT*'s scale)."""
     config = read_saved_config(adapter_dir)
     if config.get("peft_type") != "GOFT":
         raise DataError(f"{adapter_dir / 'adapter_config.json'}: peft_type is {config.get('peft_type')!r}, not 'GOFT'")
@@ -46,6 +47,8 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
         r = givens.rotation_matrix(params, d, scale)
         gram = r.T @ r
         row["orth_deviation_fro"] = (gram - torch.eye(d, dtype=gram.dtype)).norm().item()
+        off_diagonal = gram - torch.diag(torch.diagonal(gram))
+        row["col_inner_max"] = off_diagonal.abs().max().item()
         norms = r.norm(dim=0)
         row.update(col_norm_min=norms.min().item(), col_norm_max=norms.max().item())
         if scale is not None:
@@ -54,18 +57,28 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
     return rows
 
 
+def adapter_kind(config: dict) -> str:
+    kind = "qGOFT" if config.get("quasi") else "GOFT"
+    return kind + (" with scaling (GOFT*)" if config.get("scaling") else "")
+
+
 def inspect_adapter(adapter_dir: Path, plot: Path | None = None) -> list[dict]:
+    """Print per-layer statistics and draw them; the plot goes to ``plot``, by default beside the adapter directory
+    (``<adapter_dir>-inspect.png``), never into it."""
     rows = layer_statistics(adapter_dir)
-    table = Table(title=f"GOFT adapter {adapter_dir}")
-    for col in ("layer", "d", "|angle| mean", "|angle| max", "‖RᵀR−I‖_F", "col norm min", "col norm max"):
+    kind = adapter_kind(read_saved_config(adapter_dir))
+    table = Table(title=f"{kind} adapter {adapter_dir}")
+    for col in ("layer", "d", "|angle| mean", "|angle| max", "max |rᵢ·rⱼ|, i≠j", "column norm min", "column norm max"):
         table.add_column(col, justify="right" if col != "layer" else "left")
     for r in rows:
         table.add_row(r["layer"].removeprefix("base_model.model."), str(r["d"]),
                       f"{r['angle_abs_mean']:.4f}" if "angle_abs_mean" in r else "—",
                       f"{r['angle_abs_max']:.4f}" if "angle_abs_max" in r else "—",
-                      f"{r['orth_deviation_fro']:.2e}", f"{r['col_norm_min']:.4f}", f"{r['col_norm_max']:.4f}")
+                      f"{r['col_inner_max']:.2e}", f"{r['col_norm_min']:.4f}", f"{r['col_norm_max']:.4f}")
     Console(width=200).print(table)
-    plot_path = plot or adapter_dir / "inspect.png"
+    print("columns of R: inner products are what qGOFT's penalty drives to 0; norms are left free by qGOFT and "
+          "GOFT* (strict GOFT keeps both exact)")
+    plot_path = plot or adapter_dir.parent / f"{adapter_dir.name}-inspect.png"
     _plot(rows, plot_path)
     print(f"wrote {plot_path}")
     return rows
@@ -82,7 +95,10 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax1.plot(idx, [r["col_norm_max"] - 1 for r in rows], marker=".", label="max column norm − 1")
     ax1.set_xlabel("adapted layer (file order)")
     ax1.legend(fontsize=8)
-    ax2.semilogy(idx, [max(r["orth_deviation_fro"], 1e-16) for r in rows], marker="o")
+    ax2.semilogy(idx, [max(r["col_inner_max"], 1e-16) for r in rows], marker="o", label="max |rᵢ·rⱼ|, i≠j")
+    ax2.semilogy(idx, [max(abs(r["col_norm_max"] - 1), abs(r["col_norm_min"] - 1), 1e-16) for r in rows],
+                 marker="x", label="max |column norm − 1|")
     ax2.set_xlabel("adapted layer (file order)")
-    ax2.set_ylabel("‖RᵀR − I‖_F")
+    ax2.set_ylabel("distance from orthogonal")
+    ax2.legend(fontsize=8)
     io.save_figure(fig, path)

@@ -53,7 +53,8 @@ class InstructConfig:
     forget_tokens: int = 128
     output: Optional[str] = None  # root of the per-run directories (checkpoint, adapter); None = keep nothing
     save_every: int = 0
-    resume: bool = False
+    resume: bool = False  # continue each run from its checkpoint where it has one
+    overwrite: bool = False  # replace an unfinished run's checkpoint instead of refusing
     progress: bool = True
 
     def __post_init__(self):
@@ -194,16 +195,20 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
         cache["base"] = next_token_logprobs(model, passages)
         cache["base_accuracy"] = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
     model = build_instruct_model(cfg, model)
+    model.peft_config["default"].base_model_name_or_path = pretrained.model_reference(cfg.model,
+                                                                                      pretrained.SMOLLM2_NAME)
     examples = [(prompt_ids(tokenizer, t), answer_ids(tokenizer, y))
                 for t, y in zip(train_set.texts, train_set.labels, strict=True)]
     options = LoopOptions(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
         checkpoint=cfg.run_dir / CHECKPOINT_NAME if cfg.run_dir else None, save_every=cfg.save_every,
-        resume=cfg.resume, progress=cfg.progress, description=f"{cfg.method} instruct",
+        resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress, description=f"{cfg.method} instruct",
+        run_identity={k: v for k, v in asdict(cfg).items()
+                      if k not in ("progress", "resume", "overwrite", "save_every", "output")},
     )
     result = train(model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx]), options)
     if cfg.run_dir is not None and result.is_main:
-        model.save_pretrained(cfg.run_dir / "adapter")
+        io.save_pretrained(model, cfg.run_dir / "adapter")
     accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)
     return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy, "base_accuracy": cache["base_accuracy"],

@@ -96,6 +96,24 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(staged, target)
 
 
+def give_normal_permissions(directory: Path) -> None:
+    """Files that other writers created (safetensors writes 0600) get the mode a plain ``open()`` gives."""
+    mode = _default_file_mode()
+    for path in Path(directory).rglob("*"):
+        if path.is_file():
+            os.chmod(path, mode)
+
+
+def save_pretrained(model, directory: str | os.PathLike, *extras) -> Path:
+    """``model.save_pretrained`` (and ``extra.save_pretrained`` for each extra, e.g. a tokenizer) into a staged
+    directory that replaces ``directory`` whole, with normal file permissions."""
+    with staged_directory(directory) as staged:
+        for item in (model, *extras):
+            item.save_pretrained(staged)
+        give_normal_permissions(staged)
+    return Path(directory)
+
+
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed); imported on first use: it takes a
     second, which commands that draw nothing should not pay."""

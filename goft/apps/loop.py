@@ -8,8 +8,11 @@ model, the number of examples, a function that turns example indices into the mo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..tuner.model import orthogonality_penalty
 from . import io
-from .errors import OptionError, OutputError
+from .errors import Interrupted, OptionError, OutputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -38,6 +41,8 @@ class LoopOptions:
     checkpoint: Optional[Path] = None  # file to checkpoint to (None: no checkpoints)
     save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
     resume: bool = False  # continue from ``checkpoint`` if it exists
+    overwrite: bool = False  # start over even if ``checkpoint`` holds an earlier run
+    run_identity: Optional[dict] = None  # the options that define the run: saved, and compared on --resume
     progress: bool = True
     description: str = ""
 
@@ -83,9 +88,7 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
     dist = Distributed.from_environment()
     train_model = dist.wrap(model)
     generator = torch.Generator().manual_seed(options.seed)
-    state = LoopState(epoch_generator=generator.get_state())
-    if options.resume and options.checkpoint is not None and options.checkpoint.is_file():
-        state = load_checkpoint(options.checkpoint, model, optimizer, schedule)
+    state = _starting_state(options, model, optimizer, schedule, generator)
     checkpoint = options.checkpoint if dist.is_main else None  # rank 0 writes; the others hold the same state
     start = time.perf_counter() - state.elapsed
     bar = tqdm(total=total_steps, initial=len(state.curve["step"]), disable=not (options.progress and dist.is_main),
@@ -94,35 +97,81 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
     def save(epoch: int, batch: int, epoch_generator: torch.Tensor) -> None:
         if checkpoint is not None:
             at = LoopState(epoch, batch, epoch_generator, time.perf_counter() - start, state.curve)
-            save_checkpoint(checkpoint, model, optimizer, schedule, at)
+            save_checkpoint(checkpoint, model, optimizer, schedule, at, options.run_identity)
 
-    for epoch in range(state.epoch, options.epochs):
-        model.train()
-        generator.set_state(state.epoch_generator)  # the data order of this epoch, also after a resume
-        epoch_generator = generator.get_state()
-        for b, idx in enumerate(batch_order(n_examples, options.batch_size, generator)):
-            if epoch == state.epoch and b < state.batch:
-                continue  # done before the resume
-            local = dist.shard(idx)  # this process's share of the global batch (all of it without torchrun)
-            # weighting each share's mean by its size makes DDP's gradient average equal the global batch mean
-            loss = _step(train_model, model, optimizer, schedule, make_batch(local),
-                         weight=len(local) * dist.world_size / len(idx))
-            state.curve["step"].append(len(state.curve["step"]) + 1)
-            state.curve["loss"].append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if options.save_every and len(state.curve["step"]) % options.save_every == 0:
-                save(epoch, b + 1, epoch_generator)
-        if evaluate is not None:
-            state.curve["eval_epoch"].append(epoch + 1)
-            state.curve["eval_accuracy"].append(evaluate())
-        state.epoch_generator = generator.get_state()
-        save(epoch + 1, 0, state.epoch_generator)
+    with stop_on_ctrl_c(enabled=dist.world_size == 1) as stop:
+        for epoch in range(state.epoch, options.epochs):
+            model.train()
+            generator.set_state(state.epoch_generator)  # the data order of this epoch, also after a resume
+            epoch_generator = generator.get_state()
+            for b, idx in enumerate(batch_order(n_examples, options.batch_size, generator)):
+                if epoch == state.epoch and b < state.batch:
+                    continue  # done before the resume
+                local = dist.shard(idx)  # this process's share of the global batch (all of it without torchrun)
+                # weighting each share's mean by its size makes DDP's gradient average equal the global batch mean
+                loss = _step(train_model, model, optimizer, schedule, make_batch(local),
+                             weight=len(local) * dist.world_size / len(idx))
+                _record(state.curve, bar, loss)
+                if stop.requested or (options.save_every and len(state.curve["step"]) % options.save_every == 0):
+                    save(epoch, b + 1, epoch_generator)
+                if stop.requested:
+                    raise Interrupted(checkpoint, len(state.curve["step"]))
+            if evaluate is not None:
+                state.curve["eval_epoch"].append(epoch + 1)
+                state.curve["eval_accuracy"].append(evaluate())
+            state.epoch_generator = generator.get_state()
+            save(epoch + 1, 0, state.epoch_generator)
+            if stop.requested:
+                raise Interrupted(checkpoint, len(state.curve["step"]))
     bar.close()
     seconds = time.perf_counter() - start
     distributed = dist.check_identical(params)
     dist.close()
     return LoopResult(state.curve, seconds, dist.is_main, distributed)
+
+
+def _starting_state(options: LoopOptions, model, optimizer, schedule, generator) -> LoopState:
+    """A fresh start, or the checkpoint's state with ``--resume``; refuses to overwrite a checkpoint unasked."""
+    if options.checkpoint is not None and options.checkpoint.is_file():
+        if options.resume:
+            return load_checkpoint(options.checkpoint, model, optimizer, schedule, options.run_identity)
+        if not options.overwrite:
+            raise OutputError(f"{options.checkpoint} holds a checkpoint of an earlier run; pass --resume to continue "
+                              "it, or --overwrite to start over and replace it")
+    return LoopState(epoch_generator=generator.get_state())
+
+
+def _record(curve: dict, bar, loss: float) -> None:
+    curve["step"].append(len(curve["step"]) + 1)
+    curve["loss"].append(loss)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}")
+
+
+class _StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(enabled: bool = True):
+    """While training: the first Ctrl-C asks the loop to stop after the current step (it then checkpoints and raises
+    :class:`Interrupted`); a second one interrupts at once.  Off under torchrun (ranks must stop at the same step)
+    and outside the main thread (signals go to the main thread only)."""
+    stop = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum, frame):
+        stop.requested = True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+        print("\nstopping after this step (Ctrl-C again to stop at once) ...", flush=True)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _step(train_model, model, optimizer, schedule, batch: dict, weight: float) -> float:
@@ -145,18 +194,20 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: t for n, t in model.state_dict().items() if n in names}
 
 
-def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState) -> None:
+def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState, run_identity: Optional[dict]) -> None:
     """Everything needed to continue bit-for-bit, written atomically (a kill leaves the old or the new file)."""
     io.write_torch(path, {
         "model": trainable_state(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "torch_rng": torch.get_rng_state(), "run": run_identity,
         "state": {"epoch": state.epoch, "batch": state.batch, "epoch_generator": state.epoch_generator,
                   "elapsed": state.elapsed, "curve": state.curve},
     })
 
 
-def load_checkpoint(path: Path, model, optimizer, schedule) -> LoopState:
+def load_checkpoint(path: Path, model, optimizer, schedule, run_identity: Optional[dict] = None) -> LoopState:
+    """Restore a run from ``path``; refuses one written with other options than ``run_identity``, naming them."""
     payload = torch.load(path, weights_only=False)
+    _check_same_run(path, payload.get("run"), run_identity)
     missing = set(trainable_state(model)) - set(payload["model"])
     if missing:
         raise OutputError(f"{path} does not match this run (e.g. {sorted(missing)[0]!r} is missing); "
@@ -167,6 +218,19 @@ def load_checkpoint(path: Path, model, optimizer, schedule) -> LoopState:
     torch.set_rng_state(payload["torch_rng"])
     saved = payload["state"]
     return LoopState(saved["epoch"], saved["batch"], saved["epoch_generator"], saved["elapsed"], saved["curve"])
+
+
+def _check_same_run(path: Path, saved: Optional[dict], now: Optional[dict]) -> None:
+    if now is None:
+        return
+    if saved is None:
+        raise OutputError(f"{path} does not record the options it was trained with, so resuming it could mix two "
+                          "runs; start over with --overwrite")
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        listed = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {now.get(k)!r} now" for k in changed)
+        raise OutputError(f"{path} was trained with other options ({listed}); resume with the checkpoint's options, "
+                          "or start over with --overwrite")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from peft import PeftModel
 from safetensors import safe_open
@@ -15,6 +17,14 @@ from .methods import is_head_parameter
 from .pretrained import MINILM_NAME, quiet_transformers, resolve_model_dir
 
 SUPPORTED_TASKS = ("CAUSAL_LM", "SEQ_CLS")
+LABELS_FILE = "labels.json"  # written beside the adapter by goft finetune: the class names
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+
+
+class MergeResult(NamedTuple):
+    output: Path
+    base_dir: Path
+    tokenizer: bool  # whether the base had a tokenizer to copy
 
 
 def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.PathLike,
@@ -28,20 +38,24 @@ def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.
     adapter_dir, output = Path(adapter_dir), Path(output)
     saved = _read_adapter_config(adapter_dir)
     if output.exists() and any(output.iterdir()) and not overwrite:
-        raise OutputError(f"--output {str(output)!r} exists and is not empty; choose a new directory or --overwrite")
-    base_dir = resolve_model_dir(base if base is not None else saved.get("base_model_name_or_path"), MINILM_NAME)
+        raise OutputError(f"--output {str(output)!r} exists and is not empty; choose a new directory, or pass "
+                          "--overwrite to replace it")
+    recorded = saved.get("base_model_name_or_path")
+    if base is None and not recorded:
+        raise DataError(f"{adapter_dir / 'adapter_config.json'} records no base model (base_model_name_or_path is "
+                        f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2")
+    base_dir = resolve_model_dir(base if base is not None else recorded, MINILM_NAME)
     model = _load_base(base_dir, adapter_dir, saved.get("task_type"))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(safe_merge=True)
-    with io.staged_directory(output) as staged:
-        merged.save_pretrained(staged)
-        try:
-            with quiet_transformers():
-                from transformers import AutoTokenizer
+    has_tokenizer = any((base_dir / name).is_file() for name in TOKENIZER_FILES)
+    tokenizer = []
+    if has_tokenizer:
+        with quiet_transformers():
+            from transformers import AutoTokenizer
 
-                AutoTokenizer.from_pretrained(base_dir).save_pretrained(staged)
-        except (OSError, ValueError):
-            pass  # a base without a tokenizer: the merged weights are still complete
-    return output
+            tokenizer = [AutoTokenizer.from_pretrained(base_dir)]
+    io.save_pretrained(merged, output, *tokenizer)
+    return MergeResult(output, base_dir, has_tokenizer)
 
 
 def _read_adapter_config(adapter_dir: Path) -> dict:
@@ -54,7 +68,7 @@ def _read_adapter_config(adapter_dir: Path) -> dict:
 
 
 def _load_base(base_dir: Path, adapter_dir: Path, task: str | None):
-    """The base model for ``task``; a classifier gets as many labels as the saved head has rows."""
+    """The base model for ``task``; a classifier gets the saved head's number of classes, named as in training."""
     with quiet_transformers():
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -63,4 +77,15 @@ def _load_base(base_dir: Path, adapter_dir: Path, task: str | None):
         with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
             heads = [k for k in f.keys() if is_head_parameter(k) and k.endswith("weight")]
             num_labels = f.get_slice(heads[-1]).get_shape()[0] if heads else 2
-        return AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels)
+        names = {}
+        if (adapter_dir / LABELS_FILE).is_file():
+            names = {"id2label": {int(i): n for i, n in read_json(adapter_dir / LABELS_FILE)["id2label"].items()}}
+            names["label2id"] = {n: i for i, n in names["id2label"].items()}
+        return AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, **names)
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err}") from None

@@ -83,15 +83,26 @@ def smollm2_path(cache: Path | None = None) -> Path:
     model.config.quantization_config = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with io.staged_directory(target) as staged:  # the cache holds a whole checkpoint or none
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
+    io.save_pretrained(model, target, tokenizer)  # the cache holds a whole checkpoint or none
     return target
 
 
+EMBEDDED_PREFIX = "goft:"  # how saved files name an embedded model, e.g. "goft:minilm"
+
+
+def model_reference(model: str | os.PathLike | None, default: str) -> str:
+    """How outputs name the base model so that it resolves on another machine: ``goft:<name>`` for an embedded model,
+    else the checkpoint directory's absolute path."""
+    name = default if model is None else str(model).removeprefix(EMBEDDED_PREFIX)
+    if name in (MINILM_NAME, SMOLLM2_NAME):
+        return EMBEDDED_PREFIX + name
+    return str(Path(name).resolve())
+
+
 def resolve_model_dir(model: str | os.PathLike | None, default: str) -> Path:
-    """``None`` (use ``default``), an embedded name ('minilm', 'smollm2'), or a local checkpoint directory."""
-    name = default if model is None else str(model)
+    """``None`` (use ``default``), an embedded name ('minilm', 'smollm2', or as saved: 'goft:minilm'), or a local
+    checkpoint directory."""
+    name = default if model is None else str(model).removeprefix(EMBEDDED_PREFIX)
     if name == MINILM_NAME:
         return minilm_path()
     if name == SMOLLM2_NAME:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import enum
 import json
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Union
@@ -32,6 +34,8 @@ BIAS_CHOICES = ("none", "all", "goft_only")
 # Version of what goft writes into adapter_config.json / adapter_model.safetensors.  A newer version on disk is
 # refused rather than half-understood.
 FORMAT_VERSION = 1
+
+DEFAULT_ORTH_REG_WEIGHT = 1e-2
 
 # Keys a goft adapter_config.json must have (the rest have safe defaults).
 REQUIRED_SAVED_FIELDS = ("peft_type", "goft_format_version", "quasi", "scaling", "target_modules")
@@ -77,7 +81,8 @@ class GOFTConfig(PeftConfig):
     quasi: bool = field(default=False, metadata={"help": "qGOFT: free 2x2 blocks instead of rotation angles."})
     scaling: bool = field(default=False, metadata={"help": "GOFT*: also learn a per-feature scale (d parameters)."})
     orth_reg_weight: float = field(
-        default=1e-2, metadata={"help": "Weight of qGOFT's soft orthogonality penalty (paper: 1e-3 to 5e-2)."}
+        default=DEFAULT_ORTH_REG_WEIGHT,
+        metadata={"help": "Weight of qGOFT's soft orthogonality penalty (paper: 1e-3 to 5e-2)."},
     )
     init_weights: bool = field(
         default=True, metadata={"help": "True: identity at init. False: random non-identity rotation (tests)."}
@@ -98,6 +103,16 @@ class GOFTConfig(PeftConfig):
     goft_format_version: int = field(
         default=FORMAT_VERSION, metadata={"help": "Version of goft's saved adapter format (set by goft)."}
     )
+
+    def __new__(cls, *args, **kwargs):
+        # the dataclass __init__ would say only "unexpected keyword argument": name the closest field instead
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, 1))
+                     else repr(name) for name in unknown]
+            raise TypeError(f"GOFTConfig got unknown option(s) {', '.join(hints)}; its options are {sorted(known)}")
+        return super().__new__(cls)
 
     def __post_init__(self):
         super().__post_init__()
@@ -120,6 +135,10 @@ class GOFTConfig(PeftConfig):
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"GOFTConfig.orth_reg_weight must be a finite number >= 0, got {weight!r}")
         self.orth_reg_weight = float(weight)
+        if not self.quasi and self.orth_reg_weight != DEFAULT_ORTH_REG_WEIGHT:
+            warnings.warn(f"GOFTConfig.orth_reg_weight={weight!r} has no effect with quasi=False: strict GOFT's "
+                          "blocks are rotations, orthogonal by construction, and its penalty is always 0",
+                          stacklevel=3)
         if self.bias not in BIAS_CHOICES:
             raise ValueError(f"GOFTConfig.bias must be one of {BIAS_CHOICES}, got {self.bias!r}")
         if isinstance(self.target_modules, list):

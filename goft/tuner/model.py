@@ -73,15 +73,22 @@ class GOFTModel(BaseTuner):
         try:
             super().inject_adapter(model, adapter_name, *args, **kwargs)
         except ValueError as err:
-            if "not found in the base model" not in str(err):
+            # peft words this two ways: "... not found in the base model" (no task type) and "No modules were
+            # targeted for adaptation" (with a task type); neither names the targets or what exists
+            if "not found in the base model" not in str(err) and "No modules were targeted" not in str(err):
                 raise
+            config = self.peft_config[adapter_name]
             linear_names = [
                 name for name, module in model.named_modules() if name and supported_base_layer(module)
             ]
             shown = ", ".join(repr(n) for n in linear_names[:12])
             more = f" (and {len(linear_names) - 12} more)" if len(linear_names) > 12 else ""
+            targets = config.target_modules
+            targets = sorted(targets) if isinstance(targets, set) else targets
+            excluded = f", exclude_modules {config.exclude_modules!r}" if config.exclude_modules else ""
             raise type(err)(
-                f"{err} GOFT can adapt these modules of the model: {shown or 'none'}{more}."
+                f"target_modules {targets!r}{excluded} matched no module GOFT can adapt. GOFT can adapt these "
+                f"modules of the model: {shown or 'none'}{more}."
             ) from err
 
     @classmethod
