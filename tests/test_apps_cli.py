@@ -201,3 +201,20 @@ def test_curve_of_a_short_run_has_no_one_step_mean_and_labels_its_single_epoch(t
     loss_axes, accuracy_axes = drawn[0].axes
     assert [t.get_text() for t in loss_axes.get_legend().get_texts()] == ["per step"]
     assert [t.get_text() for t in accuracy_axes.texts] == ["80.0"]
+
+
+def test_file_system_refusals_and_interrupts_are_one_line(finetune_args, tmp_path, monkeypatch, capsys):
+    from goft.apps import finetune as finetune_module
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(SystemExit, match=r"^goft finetune: .*Not a directory"):
+        main([*finetune_args, "--output", str(blocked / "run")])
+
+    def interrupted_loading(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_module, "load_data", interrupted_loading)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*finetune_args, "--output", str(tmp_path / "run")])
+    assert exit_info.value.code == 130 and capsys.readouterr().err.strip() == "goft finetune: interrupted"

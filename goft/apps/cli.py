@@ -306,8 +306,9 @@ def resume_command(argv: list[str] | None, output: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command.  A user's mistake (a bad option, file, model or adapter) ends in one line on stderr and exit
-    status 1, never a traceback; anything else is a bug and keeps its traceback."""
+    """Run one command.  A user's mistake (a bad option, file, model or adapter) or the file system's refusal ends in
+    one line on stderr and exit status 1, Ctrl-C in exit status 130, never a traceback; anything else is a bug and
+    keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -322,3 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(130) from None
     except (AppError, ValueError) as err:  # ValueError: the library's input errors (GivensError, AdapterFileError)
         raise SystemExit(f"goft {args.command}: {err}") from None
+    except OSError as err:  # the file system's answer (permission denied, disk full): the user's to fix
+        raise SystemExit(f"goft {args.command}: {err}") from None
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, evaluating): nothing half-written is kept
+        print(f"goft {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
