@@ -46,3 +46,13 @@ def test_the_default_grid_spans_30x_around_the_default():
     assert len(grid) >= 4 and grid[-1] / grid[0] == pytest.approx(30.25, rel=0.01)
     assert grid[0] * grid[-1] == pytest.approx(1e-2 ** 2, rel=0.01)  # centred (geometrically) on the default
     assert compare.KEY_FIELDS == ("method", "stage", "seed", "lr", "epochs")
+
+
+def test_without_a_sweep_every_seed_runs_at_the_default_and_the_table_says_so(toy_config, tmp_path):
+    results = run_compare("toy", ["goft", "head"], [0], toy_config(epochs=1), tmp_path, sweep=False,
+                          progress=lambda *_: None)
+    assert [(r["method"], r["stage"], r["lr"]) for r in results["runs"]] == [("goft", "final", 1e-2),
+                                                                            ("head", "final", 5e-3)]
+    text = compare.report_text(results)
+    assert "64 training / 16 validation / 32 test examples, 1 epoch(s), batch 16" in text
+    assert "| GOFT |" in text and "0.01 (not swept)" in text and "validation accuracy at each rate" not in text

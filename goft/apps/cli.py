@@ -100,12 +100,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import results_table, run_compare
+    from .compare import report_text, run_compare
     from .methods import method_list
 
     methods = method_list(args.methods, tuple(METHODS))
-    results = run_compare(args.task, methods, list(range(args.seeds)), _finetune_config(args), Path(args.results))
-    print(results_table(results))
+    results = run_compare(args.task, methods, list(range(args.seeds)), _finetune_config(args), Path(args.results),
+                          sweep=not args.no_sweep)
+    print(report_text(results))
     return 0
 
 
@@ -220,6 +221,9 @@ def _add_compare_parser(sub) -> None:
                         "lora_r2 matches qGOFT's parameter count")
     p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, 0..N-1 (default: 3)")
     p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the validation sweep: every seed at the method's default rate (or --lr); for quick "
+                        "looks, not for verdicts")
     _add_training_args(p)
     p.set_defaults(func=cmd_compare)
 

@@ -34,18 +34,22 @@ def lr_grid(default_lr: float, factors=LR_FACTORS) -> list[float]:
 
 
 def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Path, lr_factors=LR_FACTORS,
-                progress=print) -> dict:
+                sweep: bool = True, progress=print) -> dict:
     """Sweep, choose and run finals for every method (see the module docstring); returns the results (all runs).
 
-    ``base.lr``, when set, replaces the grid by that one rate for every method."""
+    ``sweep=False`` skips the sweep and runs the finals at each method's default rate, or at ``base.lr`` when set
+    (quick looks and demos; the table then says the rate was not chosen on validation)."""
     method_list(",".join(methods), tuple(METHODS))
     results = RunsFile(Path(results_dir) / f"{task}.json", key_fields=KEY_FIELDS)
     for method in methods:
-        grid = [base.lr] if base.lr is not None else lr_grid(METHODS[method].lr, lr_factors)
-        for lr in grid:
-            _run_once(results, task, base, method, "sweep", seeds[0], lr, progress)
-        chosen = choose_lr(results.runs, method, base.epochs, grid)
-        progress(f"{method}: chose lr {chosen:g} of {[f'{lr:g}' for lr in grid]} by validation accuracy")
+        if sweep:
+            grid = [base.lr] if base.lr is not None else lr_grid(METHODS[method].lr, lr_factors)
+            for lr in grid:
+                _run_once(results, task, base, method, "sweep", seeds[0], lr, progress)
+            chosen = choose_lr(results.runs, method, base.epochs, grid)
+            progress(f"{method}: chose lr {chosen:g} of {[f'{lr:g}' for lr in grid]} by validation accuracy")
+        else:
+            chosen = base.lr if base.lr is not None else METHODS[method].lr
         for seed in seeds:
             _run_once(results, task, base, method, "final", seed, chosen, progress)
     write_report(results.data, Path(results_dir) / f"{task}.md", Path(results_dir) / f"{task}.png")
@@ -103,27 +107,47 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
+def setup_line(results: dict) -> str:
+    """Model, data, sizes and budget of the final runs, from the runs themselves."""
+    finals = [r for r in results["runs"] if r["stage"] == "final"]
+    if not finals:
+        return ""
+    first = finals[0]
+    return (f"Model {first['model']}, task {results.get('task', '?')}: {first['train_examples']} training / "
+            f"{first['val_examples']} validation / {first['eval_examples']} test examples, {first['epochs']} "
+            f"epoch(s), batch {first['batch_size']}, targets {first['target_modules']}.\n\n")
+
+
 def results_table(results: dict) -> str:
-    header = ("method", "test accuracy (mean ± std)", "seeds", "chosen lr", "validation accuracy per epoch",
+    header = ("method", "test accuracy (mean ± std)", "seeds", "lr (how chosen)", "validation accuracy per epoch",
               "adapter params", "trainable (with head)", "seconds per run (median)")
-    rows = [(r["label"], f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r["n"]), f"{r['lr']:g}",
+    rows = [(r["label"], f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r["n"]),
+             f"{r['lr']:g} ({'best of ' + str(len(r['sweep'])) + ' on validation' if r['sweep'] else 'not swept'})",
              " → ".join(f"{100 * v:.1f}" for v in r["val_per_epoch"]), f"{r['adapter_params']:,}",
              f"{r['trainable_params']:,}", f"{r['seconds']:.0f}") for r in summarize(results)]
-    return markdown_table(header, rows)
+    return setup_line(results) + markdown_table(header, rows)
 
 
 def sweep_table(results: dict) -> str:
     """Validation accuracy (first seed, final epoch) of every rate tried, per method; the chosen one in bold."""
-    header = ("method", "validation accuracy at each rate tried (chosen in bold)")
     rows = []
     for r in summarize(results):
-        cells = [f"**{lr:g}: {100 * v:.1f}**" if lr == r["lr"] else f"{lr:g}: {100 * v:.1f}" for lr, v in r["sweep"]]
-        rows.append((r["label"], ", ".join(cells)))
-    return markdown_table(header, rows, align="ll")
+        if r["sweep"]:
+            cells = [f"**{lr:g}: {100 * v:.1f}**" if lr == r["lr"] else f"{lr:g}: {100 * v:.1f}"
+                     for lr, v in r["sweep"]]
+            rows.append((r["label"], ", ".join(cells)))
+    if not rows:
+        return ""
+    return markdown_table(("method", "validation accuracy at each rate tried (chosen in bold)"), rows, align="ll")
+
+
+def report_text(results: dict) -> str:
+    sweeps = sweep_table(results)
+    return results_table(results) + ("\n" + sweeps if sweeps else "")
 
 
 def write_report(results: dict, md_path: Path, png_path: Path) -> None:
-    io.write_text(md_path, results_table(results) + "\n" + sweep_table(results))
+    io.write_text(md_path, report_text(results))
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in summarize(results):
