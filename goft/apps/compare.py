@@ -70,7 +70,7 @@ def _run_once(results: RunsFile, task: str, base: FinetuneConfig, method: str, s
            "trainable_params": metrics["trainable_params"], "adapter_params": metrics["adapter_params"],
            "seconds": metrics["seconds"], "batch_size": cfg.batch_size, "train_examples": metrics["train_examples"],
            "val_examples": metrics["val_examples"], "eval_examples": metrics["eval_examples"],
-           "model": cfg.model or "minilm", "target_modules": cfg.target_modules or "all-linear"}
+           "model": metrics["model"], "target_modules": cfg.target_modules or "all-linear"}
     results.add(row, task)
     test = "" if row["accuracy"] is None else f", test {row['accuracy']:.4f}"
     progress(f"{method} {stage} seed {seed} lr {lr:g}: validation {row['val_accuracy']:.4f}{test}, "
