@@ -28,12 +28,13 @@ class MergeResult(NamedTuple):
 
 
 def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.PathLike,
-                               base: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+                               base: str | os.PathLike | None = None, overwrite: bool = False) -> MergeResult:
     """Load the base model and a saved GOFT adapter, fold the adapter into the weights (``safe_merge``), and save a
     plain transformers checkpoint (plus the base's tokenizer) that loads without goft.
 
-    The base is ``base`` or the adapter's ``base_model_name_or_path`` (a local directory, or 'minilm' / 'smollm2').
-    The checkpoint is staged beside ``output`` and renamed into place.
+    The base is ``base`` or the adapter's ``base_model_name_or_path`` (a local directory, or an embedded model's
+    name: 'minilm', 'smollm2', 'mpnet', as saved 'goft:minilm').  The checkpoint is staged beside ``output`` and
+    renamed into place; the result says where it went, from which base, and whether a tokenizer was copied.
     """
     adapter_dir, output = Path(adapter_dir), Path(output)
     saved = _read_adapter_config(adapter_dir)
@@ -43,7 +44,7 @@ def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.
     recorded = saved.get("base_model_name_or_path")
     if base is None and not recorded:
         raise DataError(f"{adapter_dir / 'adapter_config.json'} records no base model (base_model_name_or_path is "
-                        f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2")
+                        f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2 / mpnet")
     base_dir = resolve_model_dir(base if base is not None else recorded, MINILM_NAME)
     model = _load_base(base_dir, adapter_dir, saved.get("task_type"))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(safe_merge=True)
