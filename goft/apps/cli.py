@@ -59,7 +59,7 @@ def _comma_list(text: str | None) -> list[str] | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _finetune_config(args: argparse.Namespace, **overrides):
+def _finetune_config(args: argparse.Namespace):
     from .finetune import FinetuneConfig
 
     values = dict(
@@ -72,7 +72,7 @@ def _finetune_config(args: argparse.Namespace, **overrides):
         save_every=getattr(args, "save_every", 0), resume=getattr(args, "resume", False),
         overwrite=getattr(args, "overwrite", False),
     )
-    return FinetuneConfig(**{**values, **overrides})
+    return FinetuneConfig(**values)
 
 
 def default_output(args: argparse.Namespace) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from . import data, io
 from .errors import OptionError
-from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, train
+from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, run_identity, train
 from .merge import LABELS_FILE
 from .methods import METHODS, adapter_parameters, count_parameters, get_method, is_head_parameter, wrap
 from .pretrained import MINILM_NAME, load_sequence_classifier, model_reference
@@ -73,11 +73,6 @@ class FinetuneConfig:
     def data_name(self) -> str:
         """What the run learns from: the embedded task's name, or ``user:<training file>``."""
         return self.task if self.train_file is None else f"user:{self.train_file}"
-
-    def run_identity(self) -> dict:
-        """The options that decide what is trained (a checkpoint is resumed only under the same ones)."""
-        excluded = {"progress", "resume", "overwrite", "save_every", "output", "evaluate_test"}
-        return {**{k: v for k, v in asdict(self).items() if k not in excluded}, "lr": self.learning_rate}
 
 
 def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
@@ -146,7 +141,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     options = LoopOptions(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
         checkpoint=checkpoint, save_every=cfg.save_every, resume=cfg.resume, overwrite=cfg.overwrite,
-        run_identity=cfg.run_identity(), progress=cfg.progress, description=f"{cfg.method} {train_set.source}",
+        run_identity=run_identity(cfg, cfg.learning_rate), progress=cfg.progress,
+        description=f"{cfg.method} {train_set.source}",
     )
     result = train(model, len(train_set), make_batch, options,
                    evaluate=lambda: evaluate(model, tokenizer, val_set, max_length=cfg.max_length))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import data, io, pretrained
 from .errors import OptionError
-from .loop import CHECKPOINT_NAME, LoopOptions, train
+from .loop import CHECKPOINT_NAME, LoopOptions, run_identity, train
 from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
 from .results import RunsFile, group_runs, markdown_table, mean_std
 
@@ -203,8 +203,7 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
         checkpoint=cfg.run_dir / CHECKPOINT_NAME if cfg.run_dir else None, save_every=cfg.save_every,
         resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress, description=f"{cfg.method} instruct",
-        run_identity={k: v for k, v in asdict(cfg).items()
-                      if k not in ("progress", "resume", "overwrite", "save_every", "output")},
+        run_identity=run_identity(cfg, cfg.learning_rate),
     )
     result = train(model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx]), options)
     if cfg.run_dir is not None and result.is_main:

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +64,16 @@ class LoopResult:
     seconds: float
     is_main: bool  # this process writes the outputs (always, without torchrun)
     distributed: Optional[dict]  # world size and largest parameter difference across ranks, under torchrun
+
+
+# Options of a run that cannot change what it trains: a checkpoint may be resumed with these changed.
+RUN_NEUTRAL_OPTIONS = frozenset({"progress", "resume", "overwrite", "save_every", "output", "evaluate_test"})
+
+
+def run_identity(config, lr: float) -> dict:
+    """The options of a dataclass ``config`` that decide what is trained, with the effective learning rate ``lr``
+    (a default of None and the same rate given explicitly are one run)."""
+    return {**{k: v for k, v in asdict(config).items() if k not in RUN_NEUTRAL_OPTIONS}, "lr": lr}
 
 
 def warmup_linear_schedule(optimizer, total_steps: int, warmup_fraction: float):
