@@ -1,7 +1,11 @@
 """The entry points of the math: ``rotate`` (differentiable), its inverse, merge and unmerge.
 
-Each validates its arguments, picks one backend with :func:`goft.ops.backends.backend_for` and sweeps rows through it.
-The convention is in :mod:`goft.ops.pairing`; :mod:`goft.functional` is the public face of these functions.
+Each validates its arguments and sweeps rows through two registered operators, ``goft::rotate_rows`` and its backward
+``goft::rotate_rows_backward``; inside them :func:`goft.ops.backends.backend_for` picks the backend (numba, Triton or
+torch).  Being ``torch.library`` custom operators with fake (shape-only) kernels and a registered autograd formula,
+they are single nodes to ``torch.compile``: a GOFT model compiles without graph breaks and the compiled kernels still
+run inside.  The convention is in :mod:`goft.ops.pairing`; :mod:`goft.functional` is the public face of these
+functions.
 """
 
 from __future__ import annotations
@@ -22,49 +26,69 @@ from .blocks import (
 )
 
 
+@torch.library.custom_op("goft::rotate_rows", mutates_args=())
+def rotate_rows_op(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor],
+                   top_first: bool) -> torch.Tensor:
+    """A new (N, d) tensor in ``rows``' dtype: every row right-multiplied by all level matrices (P_L first when
+    ``top_first``), then by ``diag(scale)``.  ``blocks`` (d - 1, 2, 2) and ``scale`` (d,) are in the compute dtype,
+    in which the backend computes.  Differentiable for ``top_first=True`` (the layer's direction) only."""
+    return backend_for(rows, blocks.dtype).rotate_rows(rows, blocks, scale, top_first).to(rows.dtype)
+
+
+@rotate_rows_op.register_fake
+def _(rows, blocks, scale, top_first):
+    return torch.empty_like(rows, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("goft::rotate_rows_backward", mutates_args=())
+def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, blocks: torch.Tensor,
+                            scale: Optional[torch.Tensor], need_blocks: bool,
+                            need_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of ``rotate_rows_op(rows, blocks, scale, top_first=True)`` for the output gradient ``grad``:
+    (grad_rows in ``rows``' dtype, grad_blocks like ``blocks``, grad_scale like ``scale``); a gradient not asked for
+    (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing but the
+    layer input and the parameters is kept between forward and backward."""
+    grad_rows, grad_blocks, grad_scale = backend_for(rows, blocks.dtype).rotate_rows_backward(
+        rows, grad, blocks, scale, need_blocks, need_scale and scale is not None
+    )
+    return (grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty
+            blocks.new_empty(0) if grad_blocks is None else grad_blocks.to(blocks.dtype),
+            blocks.new_empty(0) if grad_scale is None else grad_scale.to(blocks.dtype))
+
+
+@rotate_rows_backward_op.register_fake
+def _(rows, grad, blocks, scale, need_blocks, need_scale):
+    return (torch.empty_like(rows, memory_format=torch.contiguous_format),
+            torch.empty_like(blocks) if need_blocks else blocks.new_empty(0),
+            torch.empty_like(scale) if need_scale and scale is not None else blocks.new_empty(0))
+
+
+def _save_rotate_inputs(ctx, inputs, output):
+    rows, blocks, scale, top_first = inputs
+    if not top_first:
+        raise RuntimeError("goft::rotate_rows is differentiable only with top_first=True")
+    ctx.save_for_backward(rows, blocks, scale)
+
+
+def _rotate_rows_backward(ctx, grad_out):
+    rows, blocks, scale = ctx.saved_tensors
+    need_rows, need_blocks, need_scale = ctx.needs_input_grad[:3]
+    grad_rows, grad_blocks, grad_scale = rotate_rows_backward_op(rows, grad_out, blocks, scale, need_blocks,
+                                                                 need_scale)
+    return (grad_rows if need_rows else None, grad_blocks if need_blocks else None,
+            grad_scale if need_scale else None, None)
+
+
+rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rotate_inputs)
+
+
 def sweep_rows(rows: torch.Tensor, blocks: torch.Tensor, top_first: bool,
                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """A new (N, d) tensor: every row right-multiplied by all level matrices, then by ``diag(scale)`` (no autograd).
+    """A new (N, d) tensor in ``rows``' dtype: every row times all level matrices, then ``diag(scale)``.
 
-    ``blocks`` and ``scale`` are in the compute dtype; the result is in the compute dtype, or in ``rows``' dtype when
-    the Triton backend read fp16/bf16 rows as they are.
+    ``blocks`` and ``scale`` are in the compute dtype.
     """
-    return backend_for(rows, blocks.dtype).rotate_rows(rows, blocks, scale, top_first)
-
-
-class RotateFunction(torch.autograd.Function):
-    """``x @ (P_L ⋯ P_1 · diag(scale))`` over the last dim.
-
-    Saves only ``x`` (the layer input, already alive in a network), the blocks and the scale; backward recomputes the
-    level inputs from ``x`` rather than keeping per-level activations alive between forward and backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
-        d = x.shape[-1]
-        dtype = compute_dtype(x, blocks, scale)
-        scale_c = None if scale is None else scale.to(dtype)
-        rows = x.reshape(-1, d)
-        out = backend_for(rows, dtype).rotate_rows(rows, blocks.to(dtype), scale_c, top_first=True)  # (N, d)
-        ctx.save_for_backward(x, blocks, scale)
-        return out.reshape(x.shape).to(x.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
-        x, blocks, scale = ctx.saved_tensors
-        d = x.shape[-1]
-        dtype = compute_dtype(x, blocks, scale)
-        rows, grad = x.reshape(-1, d), grad_out.reshape(-1, d)
-        scale_c = None if scale is None else scale.to(dtype)
-        need_blocks, need_scale = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_rows, grad_blocks, grad_scale = backend_for(rows, dtype).rotate_rows_backward(
-            rows, grad, blocks.to(dtype), scale_c, need_blocks, need_scale
-        )
-        grad_x = grad_rows.reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
-        grad_blocks = None if grad_blocks is None else grad_blocks.to(blocks.dtype)
-        grad_scale = None if grad_scale is None else grad_scale.to(scale.dtype)
-        return grad_x, grad_blocks, grad_scale
+    return rotate_rows_op(rows, blocks, scale, top_first)
 
 
 def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor]):
@@ -88,7 +112,9 @@ def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] 
     d = check_rows(x)
     blocks = as_blocks(params, d)
     check_scale(scale, d)
-    return RotateFunction.apply(x, blocks, scale)
+    dtype = compute_dtype(x, blocks, scale)
+    scale = None if scale is None else scale.to(dtype)
+    return rotate_rows_op(x.reshape(-1, d), blocks.to(dtype), scale, True).reshape(x.shape)
 
 
 @torch.no_grad()

@@ -52,14 +52,18 @@ class SingularBlockError(GivensError):
     """A qGOFT 2×2 block is (nearly) singular, so the rotation cannot be inverted reliably."""
 
 
+def _check_dimension(d) -> None:
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise GivensError(f"d must be an integer >= 1, got {d!r}")
+
+
 @functools.cache
 def givens_levels(d: int) -> tuple[tuple[int, int, int], ...]:
     """The level table of dimension ``d``: one ``(step, npairs, offset)`` triple per level, level 1 first.
 
     ``offset`` is where the level's blocks start in the ``(d - 1,)`` parameter vector.  ``d = 1`` has no levels.
     """
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise GivensError(f"d must be an integer >= 1, got {d!r}")
+    _check_dimension(d)
     levels = []
     cnt, step, offset = d, 1, 0
     while cnt > 1:
@@ -73,7 +77,7 @@ def givens_levels(d: int) -> tuple[tuple[int, int, int], ...]:
 
 def num_blocks(d: int) -> int:
     """Number of 2×2 blocks (strict GOFT parameters) of a d×d rotation: ``d - 1``."""
-    givens_levels(d)  # validates d
+    _check_dimension(d)
     return d - 1
 
 
