@@ -46,6 +46,14 @@ GOFT_TEST_CASES = '''
         GOFTConfig,
         {"target_modules": ["conv1d"], "quasi": True, "scaling": True},
     ),
+    # torch convolutions (groups=1): R acts on the input channels
+    ("Conv1d bigger GOFT", "Conv1dBigger", GOFTConfig, {"target_modules": ["conv1d"]}),
+    ("Conv2d 1 GOFT", "Conv2d", GOFTConfig, {"target_modules": ["conv2d"]}),
+    ("Conv2d 2 GOFT", "Conv2d", GOFTConfig, {"target_modules": ["conv2d", "lin0"]}),
+    ("Conv2d 3 qGOFT", "Conv2d", GOFTConfig, {"target_modules": ["conv2d"], "quasi": True, "scaling": True}),
+    ("Conv2d2 GOFT", "Conv2d2", GOFTConfig, {"target_modules": ["conv2d", "lin0"]}),
+    ("Conv3d 1 GOFT", "Conv3d", GOFTConfig, {"target_modules": ["conv3d"]}),
+    ("Conv3d 2 qGOFT", "Conv3d", GOFTConfig, {"target_modules": ["conv3d", "lin0"], "quasi": True}),
 '''
 
 GOFT_MULTI_ADAPTER_CASES = '''

@@ -1,7 +1,10 @@
 """The GOFT adapter layer: owns the per-adapter parameters, calls :mod:`goft.functional` for all math.
 
-One class serves both ``nn.Linear`` (weight ``(out, in)``) and transformers' GPT-2-style ``Conv1D`` (weight
-``(in, out)``): the rotation acts on the input either way, only the merge sees the weight's layout.
+One class serves ``nn.Linear`` (weight ``(out, in)``), transformers' GPT-2-style ``Conv1D`` (weight ``(in, out)``)
+and ``nn.Conv1d/2d/3d`` with ``groups=1`` (weight ``(out, in, *kernel)``).  The rotation acts on the input features
+(for a convolution, on the channels at every position: x is (N, C, *spatial) and R acts on C), so the forward only
+needs to know which input axis holds the features; the merge is ``W <- W @ R.T`` along the weight's input axis,
+exact for convolutions too because rotating the channels commutes with padding and with sliding the kernel.
 """
 
 from __future__ import annotations
@@ -34,9 +37,31 @@ def in_features_from_shape(kind: str, shape) -> int:
     return shape[0] if kind == "goft_scale" else shape[0] + 1
 
 
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SUPPORTED_LAYERS = "torch.nn.Linear, torch.nn.Conv1d/Conv2d/Conv3d (groups=1) and transformers.pytorch_utils.Conv1D"
+
+
 def supported_base_layer(module: nn.Module) -> bool:
-    """True for the layer types GOFT can adapt: ``nn.Linear`` and transformers' ``Conv1D``."""
-    return isinstance(module, nn.Linear) or (Conv1D is not None and isinstance(module, Conv1D))
+    """True for the layer types GOFT can adapt (see ``SUPPORTED_LAYERS``; a grouped convolution is refused later,
+    with its own message)."""
+    return isinstance(module, (nn.Linear, *CONVOLUTIONS)) or (Conv1D is not None and isinstance(module, Conv1D))
+
+
+def _feature_layout(base: nn.Module) -> tuple[int, int, int]:
+    """(in_features, out_features, the weight's input axis) of a supported base layer."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features, 1
+    if isinstance(base, CONVOLUTIONS):
+        if base.groups != 1:
+            raise ValueError(
+                f"a {type(base).__name__} with groups={base.groups} mixes channels only within each of its groups, "
+                "while GOFT rotates all input channels together, which no grouped weight can absorb on merge; "
+                "GOFT adapts convolutions with groups=1"
+            )
+        return base.in_channels, base.out_channels, 1
+    if Conv1D is not None and isinstance(base, Conv1D):
+        return base.weight.shape[0], base.weight.shape[1], 0
+    raise TypeError(f"GOFT can adapt {SUPPORTED_LAYERS}, got {type(base).__name__}")
 
 
 class GOFTLayer(nn.Module, BaseTunerLayer):
@@ -63,16 +88,10 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         self.kwargs = kwargs
 
         base = self.get_base_layer()
-        if isinstance(base, nn.Linear):
-            self.in_features, self.out_features = base.in_features, base.out_features
-            self.weight_is_in_out = False
-        elif Conv1D is not None and isinstance(base, Conv1D):
-            self.in_features, self.out_features = base.weight.shape
-            self.weight_is_in_out = True
-        else:
-            raise TypeError(
-                f"GOFT can adapt torch.nn.Linear and transformers Conv1D layers, got {type(base).__name__}"
-            )
+        self.in_features, self.out_features, self.weight_input_axis = _feature_layout(base)
+        # where the features are in the input: last for linear layers; dim 1 of a batched convolution input
+        # (N, C, *spatial), dim 0 of an unbatched one (C, *spatial)
+        self.spatial_dims = len(base.kernel_size) if isinstance(base, CONVOLUTIONS) else 0
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -134,7 +153,12 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         return self.goft_orth_reg_weight[adapter_name] * givens.block_orthogonality_penalty(params)
 
     def rotate_input(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        return givens.rotate(x, self.rotation_params(adapter_name), self.rotation_scale(adapter_name))
+        """``x @ R`` over the input features (a convolution's channels, wherever they are)."""
+        params, scale = self.rotation_params(adapter_name), self.rotation_scale(adapter_name)
+        if not self.spatial_dims:
+            return givens.rotate(x, params, scale)
+        channel_dim = x.dim() - self.spatial_dims - 1  # 1 for (N, C, *spatial), 0 for unbatched (C, *spatial)
+        return givens.rotate(x.movedim(channel_dim, -1), params, scale).movedim(-1, channel_dim)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Forward
@@ -178,16 +202,15 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     # Merge / unmerge: explicit, idempotent, all-or-nothing
     # ---------------------------------------------------------------------------------------------------------------
 
-    def _weight_out_in(self) -> torch.Tensor:
-        """The base weight in torch layout (out, in), in at least fp32 (a view when it already is)."""
-        weight = self.get_base_layer().weight.data
-        weight = weight.T if self.weight_is_in_out else weight
+    def _weight_rows(self) -> torch.Tensor:
+        """The base weight with its input axis last, (out, in) or (out, *kernel, in), in at least fp32 (a view when
+        it already is)."""
+        weight = self.get_base_layer().weight.data.movedim(self.weight_input_axis, -1)
         return weight.to(torch.promote_types(weight.dtype, torch.float32))
 
-    def _store_weight_out_in(self, new_out_in: torch.Tensor) -> None:
+    def _store_weight_rows(self, rows: torch.Tensor) -> None:
         weight = self.get_base_layer().weight
-        new = new_out_in.T if self.weight_is_in_out else new_out_in
-        weight.data = new.to(weight.dtype).contiguous()
+        weight.data = rows.movedim(-1, self.weight_input_axis).to(weight.dtype).contiguous()
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Fold the (active, or named) adapters into the base weight: ``W <- W @ R.T`` per adapter, in order.
@@ -198,7 +221,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
-        merged = self._weight_out_in()
+        merged = self._weight_rows()
         for name in adapter_names:
             merged = givens.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name))
         if safe_merge and not bool(torch.isfinite(merged).all()):
@@ -206,7 +229,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
                 f"safe_merge refused: merging adapter(s) {adapter_names} gives NaN/inf weights; "
                 "the base weights were left untouched"
             )
-        self._store_weight_out_in(merged)
+        self._store_weight_rows(merged)
         self.merged_adapters.extend(adapter_names)
 
     def unmerge(self) -> None:
@@ -218,7 +241,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
-        restored = self._weight_out_in()
+        restored = self._weight_rows()
         for name in reversed(self.merged_adapters):
             try:
                 restored = givens.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name))
@@ -226,7 +249,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
                 raise givens.SingularBlockError(
                     f"cannot unmerge adapter {name!r} from this layer: {err}; the weights were left merged"
                 ) from err
-        self._store_weight_out_in(restored)
+        self._store_weight_rows(restored)
         self.merged_adapters.clear()
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from .config import AdapterFileError, GOFTConfig
-from .layer import BASE_ADAPTER_NAME, GOFTLayer, in_features_from_shape, supported_base_layer
+from .layer import BASE_ADAPTER_NAME, SUPPORTED_LAYERS, Conv1D, GOFTLayer, in_features_from_shape, supported_base_layer
 
 
 def _inject_adapter_names(module, args, kwargs, adapter_names):
@@ -48,11 +48,15 @@ class GOFTModel(BaseTuner):
         if not supported_base_layer(target):
             raise TypeError(
                 f"GOFT cannot adapt module {current_key!r} of type {type(target).__module__}.{type(target).__name__}; "
-                "supported types are torch.nn.Linear and transformers.pytorch_utils.Conv1D. "
-                "Remove it from target_modules (or add it to exclude_modules)."
+                f"supported types are {SUPPORTED_LAYERS}. Remove it from target_modules (or add it to "
+                "exclude_modules)."
             )
         self._check_fan_in_fan_out(goft_config, target, current_key)
-        new_module = GOFTLayer(target, adapter_name, goft_config)
+        try:
+            new_module = GOFTLayer(target, adapter_name, goft_config)
+        except ValueError as err:  # a layer of a supported type that GOFT still cannot adapt (a grouped convolution)
+            raise ValueError(f"GOFT cannot adapt module {current_key!r}: {err}. Remove it from target_modules (or "
+                             "add it to exclude_modules).") from None
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -60,7 +64,7 @@ class GOFTModel(BaseTuner):
     @staticmethod
     def _check_fan_in_fan_out(config: GOFTConfig, target: nn.Module, key: str) -> None:
         """The layer type decides the weight layout; warn (as PEFT's LoRA does) when the config says otherwise."""
-        is_in_out = not isinstance(target, nn.Linear)
+        is_in_out = Conv1D is not None and isinstance(target, Conv1D)
         if config.fan_in_fan_out != is_in_out:
             warnings.warn(
                 f"fan_in_fan_out={config.fan_in_fan_out} but {key!r} is a {type(target).__name__}, whose weight is "
