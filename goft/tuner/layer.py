@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.utils import resolve_quantization_backend
+from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend, QuantizationBackend
 from torch import nn
 
 from .. import functional as givens
@@ -38,19 +40,37 @@ def in_features_from_shape(kind: str, shape) -> int:
 
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-SUPPORTED_LAYERS = "torch.nn.Linear, torch.nn.Conv1d/Conv2d/Conv3d (groups=1) and transformers.pytorch_utils.Conv1D"
+SUPPORTED_LAYERS = ("torch.nn.Linear, torch.nn.Conv1d/Conv2d/Conv3d (groups=1), transformers.pytorch_utils.Conv1D "
+                    "and the quantized linear layers of PEFT's quantization backends (bitsandbytes, HQQ, torchao, "
+                    "GPTQ, AWQ, ...)")
+
+
+def quantization_backend(base: nn.Module, get_apply_tensor_subclass=None) -> Optional[QuantizationBackend]:
+    """PEFT's backend for a quantized base layer (None when it is not quantized): it de-quantizes the weight for a
+    merge and re-quantizes the result, or says that it cannot (``supports_merge``).
+
+    The rotation acts on the layer's input, so training needs nothing from the backend; only merge and unmerge do.
+    """
+    try:
+        return resolve_quantization_backend(base, get_apply_tensor_subclass=get_apply_tensor_subclass)
+    except ValueError:  # a torchao weight quantized outside transformers: its re-quantization recipe is unknown
+        return ForwardOnlyQuantizationBackend(
+            "torchao (quantized outside transformers, so the recipe to re-quantize a merged weight is unknown; "
+            "load the base with transformers' TorchAoConfig to merge)"
+        )
 
 
 def supported_base_layer(module: nn.Module) -> bool:
     """True for the layer types GOFT can adapt (see ``SUPPORTED_LAYERS``; a grouped convolution is refused later,
     with its own message)."""
-    return isinstance(module, (nn.Linear, *CONVOLUTIONS)) or (Conv1D is not None and isinstance(module, Conv1D))
+    if isinstance(module, (nn.Linear, *CONVOLUTIONS)) or (Conv1D is not None and isinstance(module, Conv1D)):
+        return True
+    backend = quantization_backend(module)
+    return backend is not None and backend.layer_type == "linear"
 
 
 def _feature_layout(base: nn.Module) -> tuple[int, int, int]:
     """(in_features, out_features, the weight's input axis) of a supported base layer."""
-    if isinstance(base, nn.Linear):
-        return base.in_features, base.out_features, 1
     if isinstance(base, CONVOLUTIONS):
         if base.groups != 1:
             raise ValueError(
@@ -61,6 +81,8 @@ def _feature_layout(base: nn.Module) -> tuple[int, int, int]:
         return base.in_channels, base.out_channels, 1
     if Conv1D is not None and isinstance(base, Conv1D):
         return base.weight.shape[0], base.weight.shape[1], 0
+    if supported_base_layer(base):  # nn.Linear or a quantized linear layer: its logical sizes, not its packed weight's
+        return base.in_features, base.out_features, 1
     raise TypeError(f"GOFT can adapt {SUPPORTED_LAYERS}, got {type(base).__name__}")
 
 
@@ -89,6 +111,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
 
         base = self.get_base_layer()
         self.in_features, self.out_features, self.weight_input_axis = _feature_layout(base)
+        self.quantization_backend = quantization_backend(base, kwargs.get("get_apply_tensor_subclass"))
+        self.layer_key = kwargs.get("layer_key", "")  # the module's name in the model, for messages
         # where the features are in the input: last for linear layers; dim 1 of a batched convolution input
         # (N, C, *spatial), dim 0 of an unbatched one (C, *spatial)
         self.spatial_dims = len(base.kernel_size) if isinstance(base, CONVOLUTIONS) else 0
@@ -202,15 +226,25 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     # Merge / unmerge: explicit, idempotent, all-or-nothing
     # ---------------------------------------------------------------------------------------------------------------
 
-    def _weight_rows(self) -> torch.Tensor:
-        """The base weight with its input axis last, (out, in) or (out, *kernel, in), in at least fp32 (a view when
-        it already is)."""
-        weight = self.get_base_layer().weight.data.movedim(self.weight_input_axis, -1)
-        return weight.to(torch.promote_types(weight.dtype, torch.float32))
+    def _check_mergeable(self) -> None:
+        backend = self.quantization_backend
+        if backend is not None and not backend.supports_merge:
+            raise ValueError(
+                f"cannot merge GOFT into layer {self.layer_key!r}: its weight is quantized by {backend.backend_name}, "
+                "which PEFT cannot de-quantize and re-quantize; use the adapter unmerged, or load the base model "
+                "unquantized and merge the adapter into that"
+            )
 
-    def _store_weight_rows(self, rows: torch.Tensor) -> None:
-        weight = self.get_base_layer().weight
-        weight.data = rows.movedim(-1, self.weight_input_axis).to(weight.dtype).contiguous()
+    def _weight_rows(self) -> tuple[torch.Tensor, torch.dtype]:
+        """The base weight with its input axis last, (out, in) or (out, *kernel, in), in at least fp32 (a view when
+        it already is; de-quantized by PEFT's backend for a quantized layer), and the dtype to store it back in."""
+        self._check_mergeable()
+        weight = self.get_base_weight().movedim(self.weight_input_axis, -1)
+        return weight.to(torch.promote_types(weight.dtype, torch.float32)), weight.dtype
+
+    def _store_weight_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> None:
+        """Write the weight back (re-quantized by PEFT's backend for a quantized layer)."""
+        self.set_base_weight(rows.movedim(-1, self.weight_input_axis).to(dtype).contiguous())
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Fold the (active, or named) adapters into the base weight: ``W <- W @ R.T`` per adapter, in order.
@@ -221,7 +255,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
-        merged = self._weight_rows()
+        merged, dtype = self._weight_rows()
         for name in adapter_names:
             merged = givens.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name))
         if safe_merge and not bool(torch.isfinite(merged).all()):
@@ -229,7 +263,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
                 f"safe_merge refused: merging adapter(s) {adapter_names} gives NaN/inf weights; "
                 "the base weights were left untouched"
             )
-        self._store_weight_rows(merged)
+        self._store_weight_rows(merged, dtype)
         self.merged_adapters.extend(adapter_names)
 
     def unmerge(self) -> None:
@@ -241,7 +275,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
-        restored = self._weight_rows()
+        restored, dtype = self._weight_rows()
         for name in reversed(self.merged_adapters):
             try:
                 restored = givens.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name))
@@ -249,7 +283,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
                 raise givens.SingularBlockError(
                     f"cannot unmerge adapter {name!r} from this layer: {err}; the weights were left merged"
                 ) from err
-        self._store_weight_rows(restored)
+        self._store_weight_rows(restored, dtype)
         self.merged_adapters.clear()
 
     def __repr__(self) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, get_quantization_kwargs
 from torch import nn
 
 from .config import AdapterFileError, GOFTConfig
@@ -53,7 +53,8 @@ class GOFTModel(BaseTuner):
             )
         self._check_fan_in_fan_out(goft_config, target, current_key)
         try:
-            new_module = GOFTLayer(target, adapter_name, goft_config)
+            new_module = GOFTLayer(target, adapter_name, goft_config, layer_key=current_key,
+                                   **get_quantization_kwargs(self.model))
         except ValueError as err:  # a layer of a supported type that GOFT still cannot adapt (a grouped convolution)
             raise ValueError(f"GOFT cannot adapt module {current_key!r}: {err}. Remove it from target_modules (or "
                              "add it to exclude_modules).") from None
