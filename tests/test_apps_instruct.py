@@ -2,12 +2,14 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from goft.apps import instruct
+from goft.apps import instruct, pretrained
+from goft.apps.errors import OptionError
 from goft.apps.methods import METHODS
 
 
@@ -97,3 +99,44 @@ def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_pa
     assert [r.get("schedule") for r in runs] == [None, instruct.SCHEDULE]
     table = path.with_suffix(".md").read_text()
     assert "| goft | 0.003 | constant | 1 |" in table and f"| goft | 0.003 | {instruct.SCHEDULE} | 1 |" in table
+
+
+def test_runs_on_an_int8_base_are_recorded_and_labelled_apart(monkeypatch, tmp_path):
+    def fake_instruct(cfg, base_logprobs_cache=None):
+        quantized = cfg.base_weights == "int8"
+        return {"method": cfg.method, "seed": cfg.seed, "accuracy": 0.8 if quantized else 0.9,
+                "base_accuracy": 0.4 if quantized else 0.5, "trainable_params": 10, "seconds": 1.0,
+                "kl_base_to_tuned": 0.1, "perplexity_base": 10.0, "perplexity_tuned": 11.0, "perplexity_change": 1.0,
+                "base_weights": cfg.base_weights, "base_weight_mib": 150.0 if quantized else 513.0,
+                "loss": [1.0], "config": {"lr": cfg.learning_rate}}
+
+    monkeypatch.setattr(instruct, "instruct", fake_instruct)
+    path = tmp_path / "r.json"
+    for weights in ("fp32", "int8", "int8"):  # the second int8 sweep finds its run recorded
+        instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False, base_weights=weights),
+                                      path, progress=lambda *_: None)
+    runs = json.loads(path.read_text())["runs"]
+    assert [r["base_weights"] for r in runs] == ["fp32", "int8"]
+    table = path.with_suffix(".md").read_text()
+    assert "| base model | – | – | – | 0 | 50.0 |" in table
+    assert "| base model, int8 (150 MiB) | – | – | – | 0 | 40.0 |" in table
+    assert "| goft on int8 | " in table and "| goft | " in table
+    with pytest.raises(OptionError, match="base_weights must be one of fp32, int8, got 'int4'"):
+        instruct.InstructConfig(base_weights="int4")
+
+
+def test_an_int8_base_loads_quantized_and_smaller(tiny_llama, chat_tokenizer, tmp_path):
+    pytest.importorskip("torchao")
+    checkpoint = tmp_path / "llama"
+    shutil.copytree(tiny_llama, checkpoint)
+    chat_tokenizer.save_pretrained(checkpoint)
+    fp32, _ = pretrained.load_causal_lm(str(checkpoint))
+    int8, _ = pretrained.load_causal_lm(str(checkpoint), "int8")
+    assert type(int8.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    quantized = [m for m in int8.modules() if type(getattr(m, "weight", None)).__name__ == "Int8Tensor"]
+    assert len(quantized) == 7 * fp32.config.num_hidden_layers  # q, k, v, o, gate, up, down of every layer
+    weights = sum(m.weight.numel() for m in quantized)
+    rows = sum(m.out_features for m in quantized)
+    saved = pretrained.weight_bytes(fp32) - pretrained.weight_bytes(int8)
+    # 4 bytes -> 1 a weight, and each row gains a scale and zero point (fp32 + int8 in torchao 0.18: 5 bytes)
+    assert 3 * weights - 8 * rows <= saved <= 3 * weights - rows

@@ -134,7 +134,8 @@ def cmd_instruct(args: argparse.Namespace) -> int:
     from .methods import method_list
 
     methods = method_list(args.methods, INSTRUCT_METHODS)
-    base = InstructConfig(method=methods[0], model=args.model, train_size=args.train_size, eval_size=args.eval_size,
+    base = InstructConfig(method=methods[0], model=args.model, base_weights=args.base_weights,
+                          train_size=args.train_size, eval_size=args.eval_size,
                           epochs=args.epochs, batch_size=args.batch_size, output=args.output,
                           save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.no_progress)
@@ -237,6 +238,9 @@ def _add_instruct_parser(sub) -> None:
                    help=f"comma-separated (default: {','.join(INSTRUCT_METHODS)})")
     p.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds, 0..N-1 (default: 2)")
     p.add_argument("--model", default=None, help="local causal-LM directory, or smollm2 (default: embedded SmolLM2)")
+    p.add_argument("--base-weights", default="fp32",
+                   help="fp32, or int8: quantize the base's linear layers on load (torchao int8 weight-only, through "
+                        "transformers) and tune on that; the results name it (default: fp32)")
     p.add_argument("--train-size", type=int, default=512, help="training sentences (default: 512)")
     p.add_argument("--eval-size", type=int, default=200, help="evaluation sentences (default: 200)")
     p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")

