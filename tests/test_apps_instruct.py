@@ -118,8 +118,8 @@ def test_runs_on_an_int8_base_are_recorded_and_labelled_apart(monkeypatch, tmp_p
     runs = json.loads(path.read_text())["runs"]
     assert [r["base_weights"] for r in runs] == ["fp32", "int8"]
     table = path.with_suffix(".md").read_text()
-    assert "| base model | – | – | – | 0 | 50.0 |" in table
-    assert "| base model, int8 (150 MiB) | – | – | – | 0 | 40.0 |" in table
+    assert "| base model, fp32 (513 MiB of weights) | – | – | – | 0 | 50.0 |" in table
+    assert "| base model, int8 (150 MiB of weights) | – | – | – | 0 | 40.0 |" in table
     assert "| goft on int8 | " in table and "| goft | " in table
     with pytest.raises(OptionError, match="base_weights must be one of fp32, int8, got 'int4'"):
         instruct.InstructConfig(base_weights="int4")

@@ -278,7 +278,8 @@ def instruct_table(results: dict) -> str:
               "perplexity change")
     rows = []
     for (weights,), runs in group_runs(results["runs"], ("base_weights",), KEY_DEFAULTS).items():
-        name = "base model" if weights == "fp32" else f"base model, {weights} ({runs[0]['base_weight_mib']:.0f} MiB)"
+        sizes = [r["base_weight_mib"] for r in runs if "base_weight_mib" in r]  # recorded since --base-weights
+        name = "base model" if not sizes else f"base model, {weights} ({sizes[0]:.0f} MiB of weights)"
         rows.append((name, "–", "–", "–", "0", f"{100 * runs[0]['base_accuracy']:.1f}", "0", "0"))
     for r in summarize_instruct(results):
         (acc, acc_sd), (kl, kl_sd), (dp, dp_sd) = r["accuracy"], r["kl"], r["perplexity_change"]

@@ -227,11 +227,5 @@ def weight_bytes(model) -> int:
             return sum(nbytes(getattr(t, name)) for name in names)
         return t.numel() * t.element_size()
 
-    seen, total = set(), 0
-    for t in [*model.parameters(), *model.buffers()]:
-        data = t.data if isinstance(t, torch.nn.Parameter) else t
-        key = (type(data), data.data_ptr() if type(data) is torch.Tensor else id(data))
-        if key not in seen:
-            seen.add(key)
-            total += nbytes(data)
-    return total
+    # parameters() and buffers() yield a shared (tied) tensor once
+    return sum(nbytes(t) for t in [*model.parameters(), *model.buffers()])
