@@ -126,7 +126,8 @@ def tiny_instruct(monkeypatch, tiny_llama, chat_tokenizer):
     monkeypatch.setattr(data, "load_task", lambda task: (toy, toy))
     monkeypatch.setattr(data, "load_corpus", lambda name: toy)
     monkeypatch.setattr(pretrained, "load_causal_lm",
-                        lambda model=None: (LlamaForCausalLM.from_pretrained(tiny_llama), chat_tokenizer))
+                        lambda model=None, base_weights="fp32": (LlamaForCausalLM.from_pretrained(tiny_llama),
+                                                                 chat_tokenizer))
     return instruct
 
 
