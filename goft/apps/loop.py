@@ -9,6 +9,7 @@ model, the number of examples, a function that turns example indices into the mo
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -136,6 +137,10 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
     bar.close()
     seconds = time.perf_counter() - start
     distributed = dist.check_identical(params)
+    # DDP's reducer holds a reference to the process group: let it go while every rank is still connected, or the
+    # group's last reference dies with the wrapper after close(), and gloo's destructor can wait forever on threads
+    # talking to a rank that has already exited
+    del train_model
     dist.close()
     return LoopResult(state.curve, seconds, dist.is_main, distributed)
 
@@ -299,5 +304,6 @@ class Distributed:
 
     def close(self) -> None:
         if self.world_size > 1:
+            gc.collect()  # the DDP wrapper sits in reference cycles (hooks): collect it before the group goes
             tdist.barrier()
             tdist.destroy_process_group()
