@@ -1,21 +1,35 @@
 """The public face of goft's Givens-rotation math: pure functions, no ``nn.Module``.
 
-The convention (pairing, parameter order, ``R = P_L ⋯ P_1``, what the method cannot express) is stated once, in
+The convention (pairings, parameter order, ``R = P_M ⋯ P_1``, what the method cannot express) is stated once, in
 :mod:`goft.ops.pairing`; the functions below are defined in :mod:`goft.ops` and gathered here.
 """
 
 from .ops.autograd import merge_weight, rotate, rotate_inverse, unmerge_weight
 from .ops.blocks import angles_to_blocks, block_orthogonality_penalty
-from .ops.pairing import GivensError, SingularBlockError, givens_levels, givens_pairs, num_blocks
+from .ops.pairing import (
+    STRUCTURES,
+    GivensError,
+    SingularBlockError,
+    check_structure,
+    givens_levels,
+    givens_pairs,
+    in_features_for_blocks,
+    level_table,
+    num_blocks,
+)
 from .ops.reference import rotation_matrix
 
 __all__ = [
+    "STRUCTURES",
     "GivensError",
     "SingularBlockError",
     "angles_to_blocks",
     "block_orthogonality_penalty",
+    "check_structure",
     "givens_levels",
     "givens_pairs",
+    "in_features_for_blocks",
+    "level_table",
     "merge_weight",
     "num_blocks",
     "rotate",

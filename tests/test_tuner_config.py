@@ -11,7 +11,7 @@ from toys import OneLinear
 
 import goft
 from goft import GOFTConfig
-from goft.tuner.config import AdapterFileError
+from goft.tuner.config import FORMAT_VERSION, AdapterFileError
 
 
 @pytest.mark.parametrize("field", ["quasi", "scaling", "init_weights", "fan_in_fan_out"])
@@ -93,14 +93,19 @@ def edited_copy(src, dst, edit_config=None, edit_weights=None):
 
 def test_shape_mismatch_names_layer_and_both_shapes(saved):
     with pytest.raises(AdapterFileError, match=r"layer 'lin0': .*shape \(11,\) but this model needs \(6,\) "
-                                               r"\(in_features 12 saved vs 7 here\)"):
+                                               r"\(in_features 12 saved vs 7 here, tree at depth 1\)"):
         PeftModel.from_pretrained(OneLinear(7), saved)
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c.update(goft_format_version=2), "saved in goft format 2, newer than the format 1"),
+        (lambda c: c.update(goft_format_version=FORMAT_VERSION + 1),
+         f"saved in goft format {FORMAT_VERSION + 1}, newer than the format {FORMAT_VERSION}"),
+        (lambda c: c.pop("structure"), r"lacks required field\(s\) \['structure'\]"),
+        (lambda c: c.update(structure="star"), "structure must be one of 'tree', 'butterfly', got 'star'"),
+        (lambda c: c.update(depth=0), "depth must be an integer >= 1, got 0"),
+        (lambda c: c.update(structure="butterfly"), r"shape \(11,\) but this model needs \(20,\)"),
         (lambda c: c.update(rank=4), r"unknown field\(s\) \['rank'\]"),
         (lambda c: c.pop("quasi"), r"lacks required field\(s\) \['quasi'\]"),
         (lambda c: c.update(quasi=True), "GOFT and qGOFT mixed up"),
@@ -112,6 +117,22 @@ def test_bad_adapter_config(saved, tmp_path, edit, message):
     bad = edited_copy(saved, tmp_path / "bad", edit_config=edit)
     with pytest.raises((ValueError, TypeError), match=message):
         PeftModel.from_pretrained(OneLinear(12), bad)
+
+
+def test_format_1_adapters_load_as_the_tree_at_depth_1(saved, tmp_path):
+    def as_format_1(config):
+        config.update(goft_format_version=1)
+        del config["structure"], config["depth"]
+
+    old = edited_copy(saved, tmp_path / "old", edit_config=as_format_1)
+    x = torch.randn(3, 12)
+    torch.manual_seed(1)
+    expected = PeftModel.from_pretrained(OneLinear(12), saved)(x)
+    torch.manual_seed(1)
+    loaded = PeftModel.from_pretrained(OneLinear(12), old)
+    config = loaded.peft_config["default"]
+    assert (config.structure, config.depth) == ("tree", 1)
+    torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"\x00" * 8 + b[8:], lambda b: b""])

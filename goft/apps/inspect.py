@@ -31,20 +31,28 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
         layer, _, kind = key.rpartition(".")
         if kind in ADAPTER_PARAM_KINDS:
             layers.setdefault(layer, {})[kind] = value.double()
+    pairing = {"structure": config.get("structure", "tree"), "depth": config.get("depth", 1)}
+    try:
+        givens.check_structure(**pairing)
+    except givens.GivensError as err:
+        raise DataError(f"{adapter_dir / 'adapter_config.json'}: {err}") from None
     rows = []
     for name, parts in layers.items():
         kind = "goft_theta" if "goft_theta" in parts else "goft_blocks"
         params = parts.get(kind)
         if params is None:
             continue
-        d = in_features_from_shape(kind, params.shape)
+        d = in_features_from_shape(kind, params.shape, **pairing)
+        if d is None:
+            raise DataError(f"{weights_path}: layer {name!r} has {params.shape[0]} blocks, which no in_features gives "
+                            f"for a {pairing['structure']} pairing at depth {pairing['depth']}")
         scale = parts.get("goft_scale")
         row = {"layer": name, "d": d, "quasi": "goft_blocks" in parts}
         if not row["quasi"]:
             angles = params.abs()
             row.update(angle_abs_mean=angles.mean().item() if d > 1 else 0.0,
                        angle_abs_max=angles.max().item() if d > 1 else 0.0)
-        r = givens.rotation_matrix(params, d, scale)
+        r = givens.rotation_matrix(params, d, scale, **pairing)
         gram = r.T @ r
         row["orth_deviation_fro"] = (gram - torch.eye(d, dtype=gram.dtype)).norm().item()
         off_diagonal = gram - torch.diag(torch.diagonal(gram))
@@ -59,6 +67,9 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
 
 def adapter_kind(config: dict) -> str:
     kind = "qGOFT" if config.get("quasi") else "GOFT"
+    structure, depth = config.get("structure", "tree"), config.get("depth", 1)
+    if (structure, depth) != ("tree", 1):
+        kind += f" ({structure}" + (f", depth {depth})" if depth != 1 else ")")
     return kind + (" with scaling (GOFT*)" if config.get("scaling") else "")
 
 

@@ -27,29 +27,31 @@ from .blocks import (
 
 
 @torch.library.custom_op("goft::rotate_rows", mutates_args=())
-def rotate_rows_op(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor],
-                   top_first: bool) -> torch.Tensor:
-    """A new (N, d) tensor in ``rows``' dtype: every row right-multiplied by all level matrices (P_L first when
-    ``top_first``), then by ``diag(scale)``.  ``blocks`` (d - 1, 2, 2) and ``scale`` (d,) are in the compute dtype,
-    in which the backend computes.  Differentiable for ``top_first=True`` (the layer's direction) only."""
-    return backend_for(rows, blocks.dtype).rotate_rows(rows, blocks, scale, top_first).to(rows.dtype)
+def rotate_rows_op(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor], top_first: bool,
+                   structure: str, depth: int) -> torch.Tensor:
+    """A new (N, d) tensor in ``rows``' dtype: every row right-multiplied by all level matrices of the ``structure``
+    pairing stacked ``depth`` times (P_M first when ``top_first``), then by ``diag(scale)``.  ``blocks`` (n, 2, 2)
+    and ``scale`` (d,) are in the compute dtype, in which the backend computes.  Differentiable for
+    ``top_first=True`` (the layer's direction) only."""
+    backend = backend_for(rows, blocks.dtype, structure, depth)
+    return backend.rotate_rows(rows, blocks, scale, top_first, structure, depth).to(rows.dtype)
 
 
 @rotate_rows_op.register_fake
-def _(rows, blocks, scale, top_first):
+def _(rows, blocks, scale, top_first, structure, depth):
     return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("goft::rotate_rows_backward", mutates_args=())
 def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, blocks: torch.Tensor,
-                            scale: Optional[torch.Tensor], need_blocks: bool,
-                            need_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of ``rotate_rows_op(rows, blocks, scale, top_first=True)`` for the output gradient ``grad``:
-    (grad_rows in ``rows``' dtype, grad_blocks like ``blocks``, grad_scale like ``scale``); a gradient not asked for
-    (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing but the
-    layer input and the parameters is kept between forward and backward."""
-    grad_rows, grad_blocks, grad_scale = backend_for(rows, blocks.dtype).rotate_rows_backward(
-        rows, grad, blocks, scale, need_blocks, need_scale and scale is not None
+                            scale: Optional[torch.Tensor], need_blocks: bool, need_scale: bool, structure: str,
+                            depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of ``rotate_rows_op(rows, blocks, scale, True, structure, depth)`` for the output gradient
+    ``grad``: (grad_rows in ``rows``' dtype, grad_blocks like ``blocks``, grad_scale like ``scale``); a gradient not
+    asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing
+    but the layer input and the parameters is kept between forward and backward."""
+    grad_rows, grad_blocks, grad_scale = backend_for(rows, blocks.dtype, structure, depth).rotate_rows_backward(
+        rows, grad, blocks, scale, need_blocks, need_scale and scale is not None, structure, depth
     )
     return (grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty
             blocks.new_empty(0) if grad_blocks is None else grad_blocks.to(blocks.dtype),
@@ -57,14 +59,14 @@ def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, blocks: torc
 
 
 @rotate_rows_backward_op.register_fake
-def _(rows, grad, blocks, scale, need_blocks, need_scale):
+def _(rows, grad, blocks, scale, need_blocks, need_scale, structure, depth):
     return (torch.empty_like(rows, memory_format=torch.contiguous_format),
             torch.empty_like(blocks) if need_blocks else blocks.new_empty(0),
             torch.empty_like(scale) if need_scale and scale is not None else blocks.new_empty(0))
 
 
 def _save_rotate_inputs(ctx, inputs, output):
-    rows, blocks, scale, top_first = inputs
+    rows, blocks, scale, top_first, ctx.structure, ctx.depth = inputs
     if not top_first:
         raise RuntimeError("goft::rotate_rows is differentiable only with top_first=True")
     ctx.save_for_backward(rows, blocks, scale)
@@ -74,91 +76,85 @@ def _rotate_rows_backward(ctx, grad_out):
     rows, blocks, scale = ctx.saved_tensors
     need_rows, need_blocks, need_scale = ctx.needs_input_grad[:3]
     grad_rows, grad_blocks, grad_scale = rotate_rows_backward_op(rows, grad_out, blocks, scale, need_blocks,
-                                                                 need_scale)
+                                                                 need_scale, ctx.structure, ctx.depth)
     return (grad_rows if need_rows else None, grad_blocks if need_blocks else None,
-            grad_scale if need_scale else None, None)
+            grad_scale if need_scale else None, None, None, None)
 
 
 rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rotate_inputs)
 
 
-def sweep_rows(rows: torch.Tensor, blocks: torch.Tensor, top_first: bool,
-               scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """A new (N, d) tensor in ``rows``' dtype: every row times all level matrices, then ``diag(scale)``.
-
-    ``blocks`` and ``scale`` are in the compute dtype.
-    """
-    return rotate_rows_op(rows, blocks, scale, top_first)
-
-
-def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor]):
+def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor], structure: str,
+             depth: int):
     """Validate the arguments of a no-grad op; returns (d, blocks, compute dtype)."""
     d = check_rows(rows, name)
-    blocks = as_blocks(params, d)
+    blocks = as_blocks(params, d, structure, depth)
     check_scale(scale, d)
     return d, blocks, compute_dtype(rows, blocks, scale)
 
 
-def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *, structure: str = "tree",
+           depth: int = 1) -> torch.Tensor:
     """``x @ R`` over the last dimension of ``x`` (any leading shape), without forming R.
 
     Args:
         x: (..., d) input; fp16/bf16 inputs are computed in fp32 and returned in their own dtype.
-        params: (d - 1,) angles in radians (strict GOFT) or (d - 1, 2, 2) blocks ``[[a, b], [c, e]]`` (qGOFT).
-        scale: optional (d,) GOFT* scaling, ``R = P_L ⋯ P_1 · diag(scale)``.
+        params: (n,) angles in radians (strict GOFT) or (n, 2, 2) blocks ``[[a, b], [c, e]]`` (qGOFT), n =
+            ``num_blocks(d, structure, depth)`` (the tree: d - 1).
+        scale: optional (d,) GOFT* scaling, ``R = P_M ⋯ P_1 · diag(scale)``.
+        structure, depth: the pairing (see :mod:`goft.ops.pairing`): ``"tree"`` or ``"butterfly"``, stacked
+            ``depth`` times.
 
     Differentiable in ``x``, ``params`` and ``scale`` (first order).
     """
-    d = check_rows(x)
-    blocks = as_blocks(params, d)
-    check_scale(scale, d)
-    dtype = compute_dtype(x, blocks, scale)
+    d, blocks, dtype = _checked(x, "x", params, scale, structure, depth)
     scale = None if scale is None else scale.to(dtype)
-    return rotate_rows_op(x.reshape(-1, d), blocks.to(dtype), scale, True).reshape(x.shape)
+    return rotate_rows_op(x.reshape(-1, d), blocks.to(dtype), scale, True, structure, depth).reshape(x.shape)
 
 
 @torch.no_grad()
-def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
+                   structure: str = "tree", depth: int = 1) -> torch.Tensor:
     """``y @ R^{-1}``, the exact inverse of :func:`rotate` (not differentiable).
 
-    ``R^{-1} = diag(1/scale) · P_1^{-1} ⋯ P_L^{-1}``: strict levels invert by transposition (negated angles), quasi
+    ``R^{-1} = diag(1/scale) · P_1^{-1} ⋯ P_M^{-1}``: strict levels invert by transposition (negated angles), quasi
     blocks by their closed-form 2×2 inverse.  Raises :class:`SingularBlockError` for a (near-)singular block and
     :class:`GivensError` for a zero or non-finite scale.
     """
-    d, blocks, dtype = _checked(y, "y", params, scale)
+    d, blocks, dtype = _checked(y, "y", params, scale, structure, depth)
     buf = y.reshape(-1, d).to(dtype)
     if scale is not None:
         buf = buf / invertible_scale(scale, dtype)
     inverse = inverse_blocks(params, blocks.to(dtype))
-    return sweep_rows(buf, inverse, top_first=False).reshape(y.shape).to(y.dtype)
+    return rotate_rows_op(buf, inverse, None, False, structure, depth).reshape(y.shape).to(y.dtype)
 
 
 @torch.no_grad()
-def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
+                 structure: str = "tree", depth: int = 1) -> torch.Tensor:
     """``W @ R.T`` for a torch-layout weight W (out, d): the weight that computes ``base(x @ R)`` in one matmul.
 
-    ``W @ R.T = W · diag(s) · P_1^T ⋯ P_L^T``, applied as level updates on W's columns (no d×d product).
+    ``W @ R.T = W · diag(s) · P_1^T ⋯ P_M^T``, applied as level updates on W's columns (no d×d product).
     Returns a new tensor in W's dtype (computed in at least fp32); W itself is not modified.
     """
-    d, blocks, dtype = _checked(weight, "weight", params, scale)
+    d, blocks, dtype = _checked(weight, "weight", params, scale, structure, depth)
     buf = weight.reshape(-1, d).to(dtype)
     if scale is not None:
         buf = buf * scale.to(dtype)
-    out = sweep_rows(buf, transpose_blocks(blocks.to(dtype)), top_first=False)
+    out = rotate_rows_op(buf, transpose_blocks(blocks.to(dtype)), None, False, structure, depth)
     return out.reshape(weight.shape).to(weight.dtype)
 
 
 @torch.no_grad()
-def unmerge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The exact inverse of :func:`merge_weight`: ``W @ R^{-T} = W · P_L^{-T} ⋯ P_1^{-T} · diag(1/s)``.
+def unmerge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
+                   structure: str = "tree", depth: int = 1) -> torch.Tensor:
+    """The exact inverse of :func:`merge_weight`: ``W @ R^{-T} = W · P_M^{-T} ⋯ P_1^{-T} · diag(1/s)``.
 
     Raises :class:`SingularBlockError` (a ``ValueError``) before computing anything if a block or scale entry cannot
     be inverted.  Returns a new tensor; W is not modified.
     """
-    d, blocks, dtype = _checked(weight, "weight", params, scale)
+    d, blocks, dtype = _checked(weight, "weight", params, scale, structure, depth)
     inv_scale = None if scale is None else 1.0 / invertible_scale(scale, dtype)
     inverse = inverse_blocks(params, blocks.to(dtype))
-    out = sweep_rows(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), top_first=True)
-    if inv_scale is not None:
-        out.mul_(inv_scale)
+    out = rotate_rows_op(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), inv_scale, True, structure, depth)
     return out.reshape(weight.shape).to(weight.dtype)

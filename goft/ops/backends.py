@@ -4,7 +4,8 @@ Backends (each a module with ``rotate_rows`` and ``rotate_rows_backward`` of one
 :mod:`goft.ops.reference`):
 
 - ``numba`` (:mod:`goft.ops.cpu_numba`): CPU rows computed in fp32 or fp64;
-- ``triton`` (:mod:`goft.ops.cuda_triton`): CUDA rows in fp32, fp16 or bf16 computed in fp32, ``2 <= d <= MAX_D``;
+- ``triton`` (:mod:`goft.ops.cuda_triton`): CUDA rows in fp32, fp16 or bf16 computed in fp32, ``2 <= d <= MAX_D``,
+  the tree at depth 1;
 - ``torch`` (:mod:`goft.ops.reference`): everything else.
 
 ``GOFT_KERNEL``: ``auto`` (default) takes the compiled backend for the device when its compiler works; ``torch``
@@ -63,9 +64,9 @@ def kernel_choice(device_type: str = "cpu") -> str:
     return "torch"
 
 
-def backend_for(rows: torch.Tensor, compute_dtype: torch.dtype) -> ModuleType:
-    """The backend that rotates ``rows`` (N, d) in ``compute_dtype``; forward, backward, merge and unmerge all ask
-    here, so they always agree."""
+def backend_for(rows: torch.Tensor, compute_dtype: torch.dtype, structure: str = "tree", depth: int = 1) -> ModuleType:
+    """The backend that rotates ``rows`` (N, d) in ``compute_dtype`` with a ``structure`` pairing stacked ``depth``
+    times; forward, backward, merge and unmerge all ask here, so they always agree."""
     kind = kernel_choice(rows.device.type)
     if kind == "numba" and compute_dtype in (torch.float32, torch.float64):
         return numba_backend()
@@ -74,6 +75,7 @@ def backend_for(rows: torch.Tensor, compute_dtype: torch.dtype) -> ModuleType:
         and compute_dtype == torch.float32
         and rows.dtype in (torch.float32, torch.float16, torch.bfloat16)
         and 2 <= rows.shape[-1] <= triton_backend().MAX_D
+        and (structure, depth) in triton_backend().SUPPORTS
     ):
         return triton_backend()
     return reference

@@ -29,19 +29,20 @@ def check_rows(x: torch.Tensor, name: str = "x") -> int:
     return x.shape[-1]
 
 
-def as_blocks(params: torch.Tensor, d: int) -> torch.Tensor:
-    """Validate ``params`` for dimension ``d`` and return (d - 1, 2, 2) blocks."""
+def as_blocks(params: torch.Tensor, d: int, structure: str = "tree", depth: int = 1) -> torch.Tensor:
+    """Validate ``params`` for dimension ``d`` and a pairing, and return (n, 2, 2) blocks (n = ``num_blocks``)."""
     if not isinstance(params, torch.Tensor):
         raise GivensError(f"params must be a torch.Tensor, got {type(params).__name__}")
     if not params.dtype.is_floating_point:
         raise GivensError(f"params must be a floating-point tensor, got dtype {params.dtype}")
-    n = num_blocks(d)
+    n = num_blocks(d, structure, depth)
     if params.shape == (n,):
         return angles_to_blocks(params)
     if params.shape == (n, 2, 2):
         return params
     raise GivensError(
-        f"params for d={d} must have shape ({n},) (strict angles in radians) or ({n}, 2, 2) (quasi blocks), "
+        f"params for d={d} ({structure}, depth {depth}) must have shape ({n},) (strict angles in radians) or "
+        f"({n}, 2, 2) (quasi blocks), "
         f"got {tuple(params.shape)}"
     )
 

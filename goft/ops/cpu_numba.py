@@ -3,12 +3,14 @@
 Why a per-row loop: a row of a d=768 activation is 3 KiB, so all ``ceil(log2 d)`` levels of one row can run in L1
 cache in one pass over memory, with rows in parallel.  The torch path instead makes one or more passes over the whole
 activation per level.  Forward: read x, write y.  Backward: recompute the level inputs of a row into a small scratch
-(``2 (d - 1)`` values), walk the levels back, accumulate the block gradients in per-chunk float64 partial sums.
+(2 values per block), walk the levels back, accumulate the block gradients in per-chunk float64 partial sums.
 
-The compiled functions take C-contiguous numpy views of CPU tensors: ``x, y, grad`` (N, d); ``blocks`` (d - 1, 4)
-holding ``a, b, c, e`` of each 2×2 block in parameter order; ``steps, npairs, offsets`` (L,) the level table, level 1
-first.  :func:`rotate_rows` and :func:`rotate_rows_backward` at the bottom wrap them with the torch signature shared
-by every backend (see :mod:`goft.ops.reference`); they need fp32 or fp64 rows.
+The pairing is data, so one kernel serves every structure and depth: ``left, right`` (n,) hold block q's coordinates
+in parameter order and ``bounds`` (M + 1,) the level boundaries (level m is blocks ``bounds[m] … bounds[m+1] - 1``).
+The compiled functions take C-contiguous numpy views of CPU tensors: ``x, y, grad`` (N, d); ``blocks`` (n, 4)
+holding ``a, b, c, e`` of each 2×2 block in parameter order; the pairing arrays.  :func:`rotate_rows` and
+:func:`rotate_rows_backward` at the bottom wrap them with the torch signature shared by every backend (see
+:mod:`goft.ops.reference`); they need fp32 or fp64 rows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .pairing import givens_levels
+from .pairing import level_table
 
 try:
     from numba import njit, prange
@@ -73,14 +75,13 @@ if AVAILABLE:
                     dst[n0 + r, t] = src[t, r]
 
     @njit(inline="always", fastmath=_FASTMATH)
-    def _apply_level(buf, blocks, step, npairs, offset, saved, save):  # pragma: no cover - compiled
-        """One level on a (d, tile) scratch: each pair's lanes <- [left, right] @ block; with ``save``, first copy
-        the pair's input lanes to ``saved[2q], saved[2q + 1]`` (the backward needs them)."""
+    def _apply_level(buf, blocks, left, right, first, last, saved, save):  # pragma: no cover - compiled
+        """Blocks ``first … last - 1`` (one level) on a (d, tile) scratch: each pair's lanes <- [left, right] @ block;
+        with ``save``, first copy the pair's input lanes to ``saved[2q], saved[2q + 1]`` (the backward needs them)."""
         tile = buf.shape[1]
-        for k in range(npairs):
-            i = 2 * k * step
-            j = i + step
-            q = offset + k
+        for q in range(first, last):
+            i = left[q]
+            j = right[q]
             a, b, c, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
             if save:
                 for r in range(tile):
@@ -93,10 +94,10 @@ if AVAILABLE:
                 buf[j, r] = b * xl + e * xr
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def _rotate_rows(x, y, blocks, scale, has_scale, steps, npairs, offsets, tile, top_first):  # pragma: no cover
-        """y[n] = x[n] @ P_L ⋯ P_1 (· diag(scale)) for every row n (``top_first``), or x[n] @ P_1 ⋯ P_L (· diag)."""
+    def _rotate_rows(x, y, blocks, scale, has_scale, left, right, bounds, tile, top_first):  # pragma: no cover
+        """y[n] = x[n] @ P_M ⋯ P_1 (· diag(scale)) for every row n (``top_first``), or x[n] @ P_1 ⋯ P_M (· diag)."""
         n_rows, d = x.shape
-        n_levels = steps.shape[0]
+        n_levels = bounds.shape[0] - 1
         n_tiles = (n_rows + tile - 1) // tile
         for tile_index in prange(n_tiles):
             n0 = tile_index * tile
@@ -106,7 +107,7 @@ if AVAILABLE:
             no_save = np.empty((0, tile), dtype=x.dtype)
             for li in range(n_levels):
                 lev = n_levels - 1 - li if top_first else li
-                _apply_level(buf, blocks, steps[lev], npairs[lev], offsets[lev], no_save, False)
+                _apply_level(buf, blocks, left, right, bounds[lev], bounds[lev + 1], no_save, False)
             if has_scale:
                 for t in range(d):
                     for r in range(tile):
@@ -114,8 +115,7 @@ if AVAILABLE:
             _store_tile(buf, y, n0, rows)
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def _rotate_rows_backward(x, grad, grad_x, blocks, scale, has_scale, steps, npairs, offsets, n_chunks, zero,
-                              tile):
+    def _rotate_rows_backward(x, grad, grad_x, blocks, scale, has_scale, left, right, bounds, n_chunks, zero, tile):
         """grad_x = grad @ R^T row by row, and per-chunk partial sums of the block and scale gradients.
 
         ``zero`` is 0 in x's dtype: the per-tile sums run in that dtype (float32 sums of `tile` products, no
@@ -123,7 +123,7 @@ if AVAILABLE:
         (n_chunks, d) float64 arrays; the caller sums over chunks.
         """  # pragma: no cover - compiled
         n_rows, d = x.shape
-        n_levels = steps.shape[0]
+        n_levels = bounds.shape[0] - 1
         n_blocks = blocks.shape[0]
         part_blocks = np.zeros((n_chunks, n_blocks, 4))
         part_scale = np.zeros((n_chunks, d))
@@ -142,7 +142,7 @@ if AVAILABLE:
                 _load_tile(grad, n0, rows, g)
                 # recompute the forward, keeping each level's input pairs
                 for lev in range(n_levels - 1, -1, -1):
-                    _apply_level(buf, blocks, steps[lev], npairs[lev], offsets[lev], saved, True)
+                    _apply_level(buf, blocks, left, right, bounds[lev], bounds[lev + 1], saved, True)
                 if has_scale:
                     for t in range(d):
                         sg = zero
@@ -152,12 +152,9 @@ if AVAILABLE:
                         acc_scale[t] += sg
                 # walk back: P_1 was applied last
                 for lev in range(n_levels):
-                    s = steps[lev]
-                    off = offsets[lev]
-                    for k in range(npairs[lev]):
-                        i = 2 * k * s
-                        j = i + s
-                        q = off + k
+                    for q in range(bounds[lev], bounds[lev + 1]):
+                        i = left[q]
+                        j = right[q]
                         a, b, c, e = blocks[q, 0], blocks[q, 1], blocks[q, 2], blocks[q, 3]
                         s00 = zero
                         s01 = zero
@@ -187,10 +184,13 @@ BACKWARD_CHUNKS = 16
 
 
 @functools.cache
-def _level_arrays(d: int):
-    """The level table of ``d`` as three int64 numpy arrays (steps, npairs, offsets)."""
-    levels = givens_levels(d)
-    return tuple(np.array([level[i] for level in levels], dtype=np.int64) for i in range(3))
+def _pairing_arrays(d: int, structure: str, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairing as int64 numpy arrays: left (n,), right (n,), bounds (M + 1,); see the module docstring."""
+    levels = level_table(d, structure, depth)
+    left = np.array([i for level in levels for i in level.left], dtype=np.int64)
+    right = np.array([j for level in levels for j in level.right], dtype=np.int64)
+    bounds = np.array([level.offset for level in levels] + [len(left)], dtype=np.int64)
+    return left, right, bounds
 
 
 def _as_numpy(t: Optional[torch.Tensor], dtype: torch.dtype, shape=None) -> np.ndarray:
@@ -204,16 +204,17 @@ def _as_numpy(t: Optional[torch.Tensor], dtype: torch.dtype, shape=None) -> np.n
 
 
 def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor],
-                top_first: bool) -> torch.Tensor:
+                top_first: bool, structure: str = "tree", depth: int = 1) -> torch.Tensor:
     dtype = blocks.dtype
     rows = rows.to(dtype).contiguous()
     out = torch.empty_like(rows)
     _rotate_rows(_as_numpy(rows, dtype), out.numpy(), _as_numpy(blocks, dtype, (-1, 4)), _as_numpy(scale, dtype),
-                 scale is not None, *_level_arrays(rows.shape[-1]), TILE, top_first)
+                 scale is not None, *_pairing_arrays(rows.shape[-1], structure, depth), TILE, top_first)
     return out
 
 
-def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool):
+def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
+                         depth: int = 1):
     dtype = blocks.dtype
     rows = rows.to(dtype)
     grad_rows = torch.empty(rows.shape, dtype=dtype)
@@ -221,7 +222,8 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
     zero = np.dtype(np.float32 if dtype == torch.float32 else np.float64).type(0)
     part_blocks, part_scale = _rotate_rows_backward(
         _as_numpy(rows, dtype), _as_numpy(grad, dtype), grad_rows.numpy(), _as_numpy(blocks, dtype, (-1, 4)),
-        _as_numpy(scale, dtype), scale is not None, *_level_arrays(rows.shape[-1]), n_chunks, zero, TILE,
+        _as_numpy(scale, dtype), scale is not None, *_pairing_arrays(rows.shape[-1], structure, depth), n_chunks, zero,
+        TILE,
     )
     grad_blocks = torch.from_numpy(part_blocks.sum(0)).reshape(blocks.shape).to(dtype) if need_blocks else None
     grad_scale = torch.from_numpy(part_scale.sum(0)).to(dtype) if (need_scale and scale is not None) else None

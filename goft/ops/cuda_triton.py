@@ -39,6 +39,8 @@ AVAILABLE = triton is not None
 # Widest row the kernels take: a program holds its rows in registers (the README says which widths were checked on
 # a GPU).  Wider layers use the torch path.
 MAX_D = 4096
+# The pairings (structure, depth) these kernels walk; any other runs on the torch path.
+SUPPORTS = {("tree", 1)}
 
 
 def padded_width(d: int) -> int:
@@ -193,6 +195,11 @@ if AVAILABLE:
         tl.store(gx_ptr + rows[:, None] * stride_gx + cols[None, :], g.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
+def _check_pairing(structure: str, depth: int) -> None:
+    if (structure, depth) not in SUPPORTS:
+        raise ValueError(f"the Triton kernels rotate the tree at depth 1, not {structure!r} at depth {depth}")
+
+
 @functools.cache
 def _levels_table(d: int, device: torch.device) -> torch.Tensor:
     table = [[offset, npairs] for _step, npairs, offset in givens_levels(d)]
@@ -209,9 +216,12 @@ def _rows_view(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale, top_first: bool) -> torch.Tensor:
+def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale, top_first: bool, structure: str = "tree",
+                depth: int = 1) -> torch.Tensor:
     """A new (N, d) tensor in ``rows``' dtype: every row times all level matrices (P_L first when ``top_first``),
-    then ``diag(scale)``.  ``blocks`` (d - 1, 2, 2) and ``scale`` (d,) are fp32 CUDA tensors."""
+    then ``diag(scale)``.  ``blocks`` (d - 1, 2, 2) and ``scale`` (d,) are fp32 CUDA tensors.  The tree, depth 1
+    only (``SUPPORTS``)."""
+    _check_pairing(structure, depth)
     n_rows, d = rows.shape
     rows = _rows_view(rows)
     out = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
@@ -228,9 +238,11 @@ def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale, top_first: bool
     return out
 
 
-def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool):
+def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
+                         depth: int = 1):
     """grad_rows = grad @ R^T (in ``rows``' dtype) and the fp32 block / scale gradients (or None) of the forward
     ``rotate_rows(rows, blocks, scale, top_first=True)``."""
+    _check_pairing(structure, depth)
     n_rows, d = rows.shape
     rows, grad = _rows_view(rows), _rows_view(grad)
     width, bm, warps = _launch_shape(d)

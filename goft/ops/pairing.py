@@ -4,35 +4,48 @@ An adapted linear layer with ``in_features = d`` learns a d×d matrix ``R`` that
 
     y = base(x @ R)            merged:  W <- W @ R.T   (torch layout, W is out × in)
 
-``R`` is a product of ``d - 1`` 2×2 blocks arranged in ``ceil(log2 d)`` levels by a binary-tree pairing that carries
-an unpaired coordinate up to the next level (Ma et al., ICML 2024, Eq. 3)::
+``R`` is a product of 2×2 blocks arranged in levels; inside a level the pairs ``(i, j)``, ``i < j``, are disjoint.
+The *structure* says which pairs (``STRUCTURES``):
 
-    cnt, step = d, 1
-    while cnt > 1:
-        npairs = cnt // 2
-        level pairs: (i, i + step) for i = 0, 2*step, ..., (npairs - 1) * 2*step
-        cnt, step = npairs + cnt % 2, step * 2
+- ``"tree"`` (the default, the paper's Eq. 3; Ma et al., ICML 2024): ``d - 1`` blocks in ``ceil(log2 d)`` levels,
+  a binary tree that carries an unpaired coordinate up to the next level::
 
-The coordinates alive at a level with stride ``step`` are exactly ``0, step, 2*step, ...`` (``ceil(d / step)`` of
-them), so a level is two strided views of the last dimension: ``[0 : 2*npairs*step : 2*step]`` (the left members)
-and ``[step : 2*npairs*step : 2*step]`` (the right members).  No index buffer is needed.
+      cnt, step = d, 1
+      while cnt > 1:
+          npairs = cnt // 2
+          level pairs: (i, i + step) for i = 0, 2*step, ..., (npairs - 1) * 2*step
+          cnt, step = npairs + cnt % 2, step * 2
 
-Parameters are ordered level by level, ascending ``i`` inside a level.  A block ``[[a, b], [c, e]]`` sits at rows and
-columns ``(i, j)`` of its level matrix ``P_r`` (identity elsewhere), and ``R = P_L ⋯ P_2 P_1``.  Strict GOFT blocks
+  The coordinates alive at a level with stride ``step`` are exactly ``0, step, 2*step, ...``, so a tree level is two
+  strided views of the last dimension: ``[0 : 2*npairs*step : 2*step]`` and ``[step : 2*npairs*step : 2*step]``.
+- ``"butterfly"``: level ``r = 1 … ceil(log2 d)`` pairs every ``i`` whose bit ``r - 1`` is 0 with
+  ``j = i + 2^(r-1)`` when ``j < d`` (``d = 2^m``: ``d/2`` pairs per level; ``d = 768``: 3,584 blocks).  Every tree
+  pair is a butterfly pair of the same level, so a butterfly whose other blocks are the identity is the tree.
+
+``depth = K`` stacks K such products, each with its own blocks and the same pairing (no permutation between them):
+the level list is stack 1's levels 1 … L, then stack 2's, and so on, and everything below runs over that one flat
+list of ``M = K·L`` levels.
+
+Parameters are ordered level by level along that list, ascending ``i`` inside a level.  A block ``[[a, b], [c, e]]``
+sits at rows and columns ``(i, j)`` of its level matrix ``P_m`` (identity elsewhere), and ``R = P_M ⋯ P_2 P_1``
+(for stacks: ``R = R_K ⋯ R_1``).  Strict GOFT blocks
 are ``[[cos θ, -sin θ], [sin θ, cos θ]]`` with the angle θ (radians, zero at init) as the parameter; qGOFT blocks are
-free.  GOFT* (``scale`` given) is ``R = P_L ⋯ P_1 · diag(s)``.  (The fourth entry is called ``e`` everywhere in the
+free.  GOFT* (``scale`` given) is ``R = P_M ⋯ P_1 · diag(s)``.  (The fourth entry is called ``e`` everywhere in the
 code, so that ``d`` always means the dimension.)
 
 For a row vector, right-multiplying by a level matrix maps each pair ``(x_i, x_j)`` to
-``(a·x_i + c·x_j, b·x_i + e·x_j)``; that one update is the whole kernel.  With ``x @ R = x @ P_L @ ... @ P_1`` the
-top level is applied first.
+``(a·x_i + c·x_j, b·x_i + e·x_j)``; that one update is the whole kernel.  With ``x @ R = x @ P_M @ ... @ P_1`` the
+last level is applied first.
 
 qGOFT's soft orthogonality penalty per block is ``(a·b + c·e)²``, the squared inner product of its two columns.
 
 What the method can and cannot express: ``d - 1`` angles do not span SO(d), whose dimension is ``d(d-1)/2``.  The
 paper's theorem only guarantees that *some* such product maps one given vector onto any other vector of the same norm.
+With the tree, an odd coordinate meets one partner, once.  The butterfly (about ``(d/2)·log2 d`` blocks) and stacking
+(``K`` times the blocks) are the dials that buy more of SO(d) with more parameters.
 
-Costs: ``rotate`` does O(d) work per row (level r touches ``d / 2^(r-1)`` coordinates), never forms R, and its
+Costs: ``rotate`` does O(blocks) work per row (the tree: O(d); level r touches ``d / 2^(r-1)`` coordinates; the
+butterfly: O(d log d)), never forms R, and its
 autograd saves only its input and parameters (backward recomputes what it needs).  Merge and unmerge are O(d · out)
 level updates on W's columns; the unmerge uses closed-form 2×2 inverses, never ``linalg.inv``.
 """
@@ -40,6 +53,7 @@ level updates on W's columns; the unmerge uses closed-form 2×2 inverses, never 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -52,14 +66,25 @@ class SingularBlockError(GivensError):
     """A qGOFT 2×2 block is (nearly) singular, so the rotation cannot be inverted reliably."""
 
 
+STRUCTURES = ("tree", "butterfly")
+
+
 def _check_dimension(d) -> None:
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise GivensError(f"d must be an integer >= 1, got {d!r}")
 
 
+def check_structure(structure, depth) -> None:
+    """GivensError naming the argument, the allowed values and the value given."""
+    if structure not in STRUCTURES:
+        raise GivensError(f"structure must be one of {', '.join(map(repr, STRUCTURES))}, got {structure!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise GivensError(f"depth must be an integer >= 1, got {depth!r}")
+
+
 @functools.cache
 def givens_levels(d: int) -> tuple[tuple[int, int, int], ...]:
-    """The level table of dimension ``d``: one ``(step, npairs, offset)`` triple per level, level 1 first.
+    """The tree's level table of dimension ``d``: one ``(step, npairs, offset)`` triple per level, level 1 first.
 
     ``offset`` is where the level's blocks start in the ``(d - 1,)`` parameter vector.  ``d = 1`` has no levels.
     """
@@ -75,16 +100,85 @@ def givens_levels(d: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(levels)
 
 
-def num_blocks(d: int) -> int:
-    """Number of 2×2 blocks (strict GOFT parameters) of a d×d rotation: ``d - 1``."""
+class Level(NamedTuple):
+    """One level of a pairing: its blocks are parameters ``offset … offset + len(left) - 1``; block k pairs
+    coordinates ``left[k] < right[k]``.  ``strided`` is ``(start, stride, gap)`` when ``left[k] = start + k·stride``
+    and ``right[k] = left[k] + gap`` (every tree level, a butterfly's first and last), else None."""
+
+    offset: int
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+    strided: Optional[tuple[int, int, int]]
+
+    @property
+    def npairs(self) -> int:
+        return len(self.left)
+
+
+def _level(offset: int, pairs: list[tuple[int, int]]) -> Level:
+    left, right = tuple(i for i, _ in pairs), tuple(j for _, j in pairs)
+    strided = None
+    if len(pairs) == 1:
+        strided = (left[0], 1, right[0] - left[0])
+    elif pairs:
+        stride, gap = left[1] - left[0], right[0] - left[0]
+        if all(i == left[0] + k * stride and j - i == gap for k, (i, j) in enumerate(pairs)):
+            strided = (left[0], stride, gap)
+    return Level(offset, left, right, strided)
+
+
+def _stack_pairs(d: int, structure: str) -> list[list[tuple[int, int]]]:
+    """The pairs of each level of one stack, level 1 first."""
+    if structure == "tree":
+        return [[(i, i + step) for i in range(0, 2 * step * npairs, 2 * step)] for step, npairs, _ in givens_levels(d)]
+    levels, step = [], 1
+    while step < d:  # butterfly: every i with bit (r - 1) clear meets i + 2^(r - 1), if that exists
+        levels.append([(i, i + step) for i in range(d - step) if not i & step])
+        step *= 2
+    return levels
+
+
+@functools.cache
+def level_table(d: int, structure: str = "tree", depth: int = 1) -> tuple[Level, ...]:
+    """Every level of a ``structure`` pairing of dimension ``d`` stacked ``depth`` times, in the order of
+    ``R = P_M ⋯ P_1`` (level 1 of stack 1 first).  ``d = 1`` has no levels."""
     _check_dimension(d)
-    return d - 1
+    check_structure(structure, depth)
+    table, offset = [], 0
+    for _ in range(depth):
+        for pairs in _stack_pairs(d, structure):
+            table.append(_level(offset, pairs))
+            offset += len(pairs)
+    return tuple(table)
 
 
-def givens_pairs(d: int) -> list[torch.Tensor]:
-    """The pairs of each level, as a list of ``(npairs, 2)`` LongTensors ``[[i, i + step], ...]``, level 1 first."""
-    out = []
-    for step, npairs, _ in givens_levels(d):
-        left = torch.arange(npairs, dtype=torch.long) * (2 * step)
-        out.append(torch.stack([left, left + step], dim=1))
-    return out
+def num_blocks(d: int, structure: str = "tree", depth: int = 1) -> int:
+    """Number of 2×2 blocks (strict GOFT parameters) of a d×d rotation: ``depth · (d - 1)`` for the tree,
+    ``depth · Σ_r #{i : bit r-1 of i is 0, i + 2^(r-1) < d}`` for the butterfly."""
+    return sum(level.npairs for level in level_table(d, structure, depth))
+
+
+def in_features_for_blocks(n: int, structure: str = "tree", depth: int = 1) -> Optional[int]:
+    """The ``d`` whose pairing has ``n`` blocks (``num_blocks`` grows strictly with ``d`` past 1), or None."""
+    check_structure(structure, depth)
+    if n < 0:
+        return None
+    if n == 0:
+        return 1
+    low, high = 2, 2
+    while num_blocks(high, structure, depth) < n:
+        low, high = high + 1, 2 * high
+    while low < high:
+        mid = (low + high) // 2
+        if num_blocks(mid, structure, depth) < n:
+            low = mid + 1
+        else:
+            high = mid
+    return low if num_blocks(low, structure, depth) == n else None
+
+
+def givens_pairs(d: int, structure: str = "tree", depth: int = 1) -> list[torch.Tensor]:
+    """The pairs of each level, as a list of ``(npairs, 2)`` LongTensors ``[[i, j], ...]``, in the order of
+    ``level_table`` (the tree, depth 1: ``[[i, i + step], ...]``, level 1 first)."""
+    return [torch.tensor(list(zip(level.left, level.right, strict=True)), dtype=torch.long).reshape(-1, 2)
+            for level in level_table(d, structure, depth)]

@@ -1,30 +1,53 @@
-"""The pure-torch backend: level updates on strided views (see :mod:`goft.ops.pairing`), and the dense R.
+"""The pure-torch backend: level updates on strided views or gathered pairs (see :mod:`goft.ops.pairing`), and the
+dense R.
 
 It runs on any device and dtype and is the reference the compiled backends are tested against.  Its rows functions
 share one signature with :mod:`goft.ops.cpu_numba` and :mod:`goft.ops.cuda_triton`: ``rows`` (N, d) in any float
-dtype, ``blocks`` (d - 1, 2, 2) and ``scale`` (d,) or None in the compute dtype, which is also the result's dtype.
+dtype, ``blocks`` (n, 2, 2) and ``scale`` (d,) or None in the compute dtype, which is also the result's dtype, and the
+pairing as ``structure, depth``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 
 from .blocks import as_blocks, check_scale, compute_dtype, transpose_blocks
-from .pairing import givens_levels, givens_pairs
+from .pairing import Level, givens_pairs, level_table
 
 
-def level_views(buf: torch.Tensor, step: int, npairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left and right members of a level's pairs: two strided views (..., npairs) of ``buf``'s last dimension."""
-    end = 2 * npairs * step
-    return buf[..., 0:end:2 * step], buf[..., step:end:2 * step]
+@functools.cache
+def _level_index(level: Level, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A non-strided level's left and right coordinates as index tensors on ``device`` (made once)."""
+    return (torch.tensor(level.left, dtype=torch.long, device=device),
+            torch.tensor(level.right, dtype=torch.long, device=device))
+
+
+def level_members(buf: torch.Tensor, level: Level) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left and right members of a level's pairs, (..., npairs) each: strided views of ``buf``'s last dimension
+    when the level is strided, gathered copies otherwise (write them back with :func:`store_members`)."""
+    if level.strided is not None:
+        start, stride, gap = level.strided
+        end = start + stride * (level.npairs - 1) + 1
+        return buf[..., start:end:stride], buf[..., start + gap:end + gap:stride]
+    left, right = _level_index(level, buf.device)
+    return buf[..., left], buf[..., right]
+
+
+def store_members(buf: torch.Tensor, level: Level, left: torch.Tensor, right: torch.Tensor) -> None:
+    """Write a non-strided level's updated members back into ``buf`` (strided members are views: nothing to do)."""
+    if level.strided is None:
+        left_index, right_index = _level_index(level, buf.device)
+        buf[..., left_index] = left
+        buf[..., right_index] = right
 
 
 def mix(left: torch.Tensor, right: torch.Tensor, blocks: torch.Tensor) -> None:
     """In place: ``(left, right) <- (a·left + c·right, b·left + e·right)``, i.e. ``[left, right] @ block`` per pair.
 
-    left, right: (..., npairs) views; blocks: (npairs, 2, 2).
+    left, right: (..., npairs); blocks: (npairs, 2, 2).
     """
     a, b, c, e = blocks[:, 0, 0], blocks[:, 0, 1], blocks[:, 1, 0], blocks[:, 1, 1]
     new_left = torch.addcmul(left * a, right, c)
@@ -33,41 +56,48 @@ def mix(left: torch.Tensor, right: torch.Tensor, blocks: torch.Tensor) -> None:
     right.copy_(new_right)
 
 
-def sweep(buf: torch.Tensor, blocks: torch.Tensor, top_first: bool) -> None:
+def mix_level(buf: torch.Tensor, level: Level, blocks: torch.Tensor) -> None:
+    """Right-multiply the rows of ``buf`` (..., d) by one level matrix, in place; ``blocks`` are all the blocks."""
+    left, right = level_members(buf, level)
+    mix(left, right, blocks[level.offset:level.offset + level.npairs])
+    store_members(buf, level, left, right)
+
+
+def sweep(buf: torch.Tensor, blocks: torch.Tensor, top_first: bool, structure: str = "tree", depth: int = 1) -> None:
     """Right-multiply the rows of ``buf`` (..., d) by every level matrix, in place.
 
-    ``top_first=True`` applies P_L first (``buf @ P_L @ ... @ P_1``); ``False`` applies P_1 first.
+    ``top_first=True`` applies P_M first (``buf @ P_M @ ... @ P_1``); ``False`` applies P_1 first.
     """
-    levels = givens_levels(buf.shape[-1])
-    for step, npairs, offset in reversed(levels) if top_first else levels:
-        left, right = level_views(buf, step, npairs)
-        mix(left, right, blocks[offset:offset + npairs])
+    levels = level_table(buf.shape[-1], structure, depth)
+    for level in reversed(levels) if top_first else levels:
+        mix_level(buf, level, blocks)
 
 
 def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor],
-                top_first: bool) -> torch.Tensor:
-    """A new (N, d) tensor: every row times all level matrices (P_L first when ``top_first``), then ``diag(scale)``."""
+                top_first: bool, structure: str = "tree", depth: int = 1) -> torch.Tensor:
+    """A new (N, d) tensor: every row times all level matrices (P_M first when ``top_first``), then ``diag(scale)``."""
     out = rows.to(blocks.dtype, copy=True)
-    sweep(out, blocks, top_first=top_first)
+    sweep(out, blocks, top_first, structure, depth)
     if scale is not None:
         out.mul_(scale)
     return out
 
 
-def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool):
+def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
+                         depth: int = 1):
     """The backward of ``rotate_rows(rows, blocks, scale, top_first=True)`` for the output gradient ``grad`` (N, d).
 
-    Recomputes the forward keeping each level's input pairs (transient: ≈ 2 copies of the touched coordinates), then
-    walks the levels back.  Returns (grad_rows, grad_blocks or None, grad_scale or None) in the compute dtype.
+    Recomputes the forward keeping each level's input pairs (transient: 2 values per block per row), then walks the
+    levels back.  Returns (grad_rows, grad_blocks or None, grad_scale or None) in the compute dtype.
     """
-    levels = givens_levels(rows.shape[-1])
+    levels = level_table(rows.shape[-1], structure, depth)
     buf = rows.to(blocks.dtype, copy=True)
     level_inputs = []
-    for step, npairs, offset in reversed(levels):
-        left, right = level_views(buf, step, npairs)
+    for level in reversed(levels):
         if need_blocks:
+            left, right = level_members(buf, level)
             level_inputs.append((left.clone(), right.clone()))
-        mix(left, right, blocks[offset:offset + npairs])
+        mix_level(buf, level, blocks)
 
     grad = grad.to(blocks.dtype, copy=True)  # becomes the input gradient, in place
     grad_scale = None
@@ -77,33 +107,40 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
         grad.mul_(scale)
 
     grad_blocks = torch.zeros_like(blocks) if need_blocks else None
-    for step, npairs, offset in levels:  # P_1 was applied last: walk back from it
-        g_left, g_right = level_views(grad, step, npairs)
+    for level in levels:  # P_1 was applied last: walk back from it
+        g_left, g_right = level_members(grad, level)
+        level_blocks = blocks[level.offset:level.offset + level.npairs]
         if need_blocks:
             in_left, in_right = level_inputs.pop()
             # out_q = sum_p in_p B_pq, so dB_pq = sum over rows of in_p * g_q
-            gb = grad_blocks[offset:offset + npairs]
+            gb = grad_blocks[level.offset:level.offset + level.npairs]
             gb[:, 0, 0] = torch.linalg.vecdot(in_left, g_left, dim=0)
             gb[:, 0, 1] = torch.linalg.vecdot(in_left, g_right, dim=0)
             gb[:, 1, 0] = torch.linalg.vecdot(in_right, g_left, dim=0)
             gb[:, 1, 1] = torch.linalg.vecdot(in_right, g_right, dim=0)
-        mix(g_left, g_right, transpose_blocks(blocks[offset:offset + npairs]))  # level input grad: g @ B^T
+        mix(g_left, g_right, transpose_blocks(level_blocks))  # level input grad: g @ B^T
+        store_members(grad, level, g_left, g_right)
     return grad, grad_blocks, grad_scale
 
 
-def rotation_matrix(params: torch.Tensor, d: int, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The dense d×d ``R = P_L ⋯ P_1 (· diag(scale))``, built level by level.  For tests and checks, not training."""
-    blocks = as_blocks(params, d)
+def rotation_matrix(params: torch.Tensor, d: int, scale: Optional[torch.Tensor] = None, structure: str = "tree",
+                    depth: int = 1) -> torch.Tensor:
+    """The dense d×d ``R = P_M ⋯ P_1 (· diag(scale))``, built level by level.  For tests and checks, not training.
+
+    Built by left-multiplying with each level matrix, i.e. mixing *rows* of R (``R_i, R_j <- a·R_i + b·R_j,
+    c·R_i + e·R_j``), where the kernels mix columns of x: the two only agree if both follow the convention.
+    O(blocks · d), never a d×d product.
+    """
+    blocks = as_blocks(params, d, structure, depth)
     check_scale(scale, d)
     dtype = compute_dtype(blocks, scale)
-    eye = torch.eye(d, dtype=dtype, device=blocks.device)
-    r = eye
-    for (_step, npairs, offset), pairs in zip(givens_levels(d), givens_pairs(d), strict=True):
+    r = torch.eye(d, dtype=dtype, device=blocks.device)
+    for level, pairs in zip(level_table(d, structure, depth), givens_pairs(d, structure, depth), strict=True):
         i, j = pairs[:, 0].to(blocks.device), pairs[:, 1].to(blocks.device)
-        block = blocks[offset:offset + npairs].to(dtype)
-        p = eye.clone()
-        p[i, i], p[i, j], p[j, i], p[j, j] = block[:, 0, 0], block[:, 0, 1], block[:, 1, 0], block[:, 1, 1]
-        r = p @ r  # R = P_L ⋯ P_1: each new level multiplies from the left
+        block = blocks[level.offset:level.offset + level.npairs].to(dtype)
+        row_i, row_j = r[i], r[j]
+        r[i] = block[:, 0, 0, None] * row_i + block[:, 0, 1, None] * row_j
+        r[j] = block[:, 1, 0, None] * row_i + block[:, 1, 1, None] * row_j
     if scale is not None:
         r = r * scale.to(dtype)[None, :]
     return r

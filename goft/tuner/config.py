@@ -14,6 +14,8 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 from safetensors import safe_open
 
+from ..ops.pairing import STRUCTURES
+
 
 class _GOFTPeftType(str, enum.Enum):
     """A private ``str``-based enum member that stands in for a ``peft.PeftType`` member.
@@ -33,12 +35,14 @@ BIAS_CHOICES = ("none", "all", "goft_only")
 
 # Version of what goft writes into adapter_config.json / adapter_model.safetensors.  A newer version on disk is
 # refused rather than half-understood.
-FORMAT_VERSION = 1
+# Format 2 added ``structure`` and ``depth``; a format-1 adapter is the tree at depth 1.
+FORMAT_VERSION = 2
 
 DEFAULT_ORTH_REG_WEIGHT = 1e-2
 
 # Keys a goft adapter_config.json must have (the rest have safe defaults).
 REQUIRED_SAVED_FIELDS = ("peft_type", "goft_format_version", "quasi", "scaling", "target_modules")
+REQUIRED_SAVED_FIELDS_SINCE = {2: ("structure", "depth")}
 
 
 class AdapterFileError(ValueError):
@@ -49,17 +53,20 @@ class AdapterFileError(ValueError):
 class GOFTConfig(PeftConfig):
     """Configuration of a GOFT (Givens orthogonal) or qGOFT (quasi-Givens) adapter.
 
-    Every adapted linear layer (``nn.Linear`` or transformers' ``Conv1D``) with ``in_features = d`` gets a rotation
-    ``R`` built from ``d - 1`` 2×2 blocks (see :mod:`goft.functional` for the convention) and computes
-    ``base(x @ R)``.  Trainable parameters per layer: ``d - 1`` angles (GOFT), ``4 (d - 1)`` block entries (qGOFT),
-    plus ``d`` scales with ``scaling=True`` (GOFT*).
+    Every adapted layer with ``in_features = d`` gets a rotation ``R`` built from n 2×2 blocks (see
+    :mod:`goft.ops.pairing` for the convention) and computes ``base(x @ R)``.  Trainable parameters per layer: n
+    angles (GOFT) or ``4 n`` block entries (qGOFT), plus ``d`` scales with ``scaling=True`` (GOFT*); n is ``d - 1``
+    for the paper's tree, ``depth`` times that when stacked, about ``(d/2) log2 d`` per stack for the butterfly.
 
     Args:
         target_modules: names or a regex of the modules to adapt (as in ``LoraConfig``); ``"all-linear"`` adapts every
             linear layer except the output head.  ``None`` uses PEFT's per-architecture LoRA defaults.
         exclude_modules: names or a regex of modules not to adapt.
         quasi: ``False`` for strict GOFT (angles, exactly orthogonal), ``True`` for qGOFT (free 2×2 blocks).
-        scaling: learn a per-input-feature scale ``s`` too: ``R = P_L ⋯ P_1 · diag(s)`` (the paper's GOFT*).
+        scaling: learn a per-input-feature scale ``s`` too: ``R = P_M ⋯ P_1 · diag(s)`` (the paper's GOFT*).
+        structure: which coordinates the blocks pair: ``"tree"`` (the paper's, ``d - 1`` blocks) or ``"butterfly"``
+            (every coordinate meets a partner at every level; d = 768: 3,584 blocks).  The capacity dial, with depth.
+        depth: how many such products, each with its own blocks, ``R = R_depth ⋯ R_1``.
         orth_reg_weight: λ of qGOFT's soft orthogonality penalty ``λ Σ (a·b + c·e)²``; add
             :func:`goft.orthogonality_penalty` to the loss.  Ignored by strict GOFT.  The paper used 1e-3 … 5e-2.
         init_weights: ``True`` starts at the identity (the adapted model equals the base model exactly); ``False``
@@ -79,6 +86,8 @@ class GOFTConfig(PeftConfig):
         default=None, metadata={"help": "Module names or a regex of modules not to adapt."}
     )
     quasi: bool = field(default=False, metadata={"help": "qGOFT: free 2x2 blocks instead of rotation angles."})
+    structure: str = field(default="tree", metadata={"help": "Pairing of the blocks: 'tree' (paper) or 'butterfly'."})
+    depth: int = field(default=1, metadata={"help": "Number of stacked rotations, each with its own blocks."})
     scaling: bool = field(default=False, metadata={"help": "GOFT*: also learn a per-feature scale (d parameters)."})
     orth_reg_weight: float = field(
         default=DEFAULT_ORTH_REG_WEIGHT,
@@ -129,6 +138,11 @@ class GOFTConfig(PeftConfig):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"GOFTConfig.{name} must be a bool (True or False), got {value!r}")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"GOFTConfig.structure must be one of {', '.join(map(repr, STRUCTURES))}, "
+                             f"got {self.structure!r}")
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
+            raise ValueError(f"GOFTConfig.depth must be an integer >= 1, got {self.depth!r}")
         weight = self.orth_reg_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise TypeError(f"GOFTConfig.orth_reg_weight must be a number >= 0, got {weight!r}")
@@ -169,7 +183,11 @@ class GOFTConfig(PeftConfig):
                 raise AdapterFileError(
                     f"{config_file} has unknown field(s) {unknown}; a GOFT config has {sorted(known)}"
                 )
-            missing = [k for k in REQUIRED_SAVED_FIELDS if k not in saved]
+            version = saved.get("goft_format_version", 1)
+            required = list(REQUIRED_SAVED_FIELDS) + [name for since, names in REQUIRED_SAVED_FIELDS_SINCE.items()
+                                                      if isinstance(version, int) and version >= since
+                                                      for name in names]
+            missing = [k for k in required if k not in saved]
             if missing:
                 raise AdapterFileError(f"{config_file} lacks required field(s) {missing}")
             check_weights_file(path / "adapter_model.safetensors")

@@ -34,9 +34,10 @@ BASE_ADAPTER_NAME = "__base__"  # in a per-sample ``adapter_names`` list: use th
 ADAPTER_PARAM_KINDS = ("goft_theta", "goft_blocks", "goft_scale")
 
 
-def in_features_from_shape(kind: str, shape) -> int:
-    """The layer's ``in_features`` d, read off the shape of one of its saved adapter tensors of ``kind``."""
-    return shape[0] if kind == "goft_scale" else shape[0] + 1
+def in_features_from_shape(kind: str, shape, structure: str = "tree", depth: int = 1) -> Optional[int]:
+    """The layer's ``in_features`` d, read off the shape of one of its saved adapter tensors of ``kind`` (None when
+    no d has that many blocks in this pairing)."""
+    return shape[0] if kind == "goft_scale" else givens.in_features_for_blocks(shape[0], structure, depth)
 
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -91,12 +92,12 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
 
     Parameters live in per-adapter ``ParameterDict``s (so PEFT's dtype casts, device moves and deletes see them):
     ``goft_theta[name]`` (d − 1,) angles in radians for strict GOFT, ``goft_blocks[name]`` (d − 1, 2, 2) for qGOFT,
-    ``goft_scale[name]`` (d,) with ``scaling=True``.  The pairing is derived from ``d`` on the fly (strided views),
-    so the state dict holds only learned numbers.
+    ``goft_scale[name]`` (d,) with ``scaling=True``.  The pairing is derived from ``d`` and the adapter's
+    ``(structure, depth)`` (``goft_pairing[name]``), so the state dict holds only learned numbers.
     """
 
     adapter_layer_names = ADAPTER_PARAM_KINDS
-    other_param_names = ("goft_orth_reg_weight",)
+    other_param_names = ("goft_orth_reg_weight", "goft_pairing")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: GOFTConfig, **kwargs: Any) -> None:
         super().__init__()
@@ -105,6 +106,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         self.goft_blocks = nn.ParameterDict({})
         self.goft_scale = nn.ParameterDict({})
         self.goft_orth_reg_weight: dict[str, float] = {}
+        self.goft_pairing: dict[str, dict[str, Any]] = {}  # adapter -> {"structure": ..., "depth": ...}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
@@ -127,7 +129,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         """Create the parameters of adapter ``adapter_name`` (identity, or random when ``config.init_weights`` is
         False) on the base layer's device."""
         d = self.in_features
-        n = givens.num_blocks(d)
+        self.goft_pairing[adapter_name] = {"structure": config.structure, "depth": config.depth}
+        n = givens.num_blocks(d, config.structure, config.depth)
         if config.quasi:
             self.goft_blocks[adapter_name] = nn.Parameter(torch.eye(2).repeat(n, 1, 1))
         else:
@@ -157,7 +160,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         return adapter_name in self.goft_theta or adapter_name in self.goft_blocks
 
     def rotation_params(self, adapter_name: str) -> torch.Tensor:
-        """The adapter's (d − 1,) angles or (d − 1, 2, 2) quasi blocks."""
+        """The adapter's (n,) angles or (n, 2, 2) quasi blocks (n = d − 1 for the tree at depth 1)."""
         if adapter_name in self.goft_theta:
             return self.goft_theta[adapter_name]
         return self.goft_blocks[adapter_name]
@@ -167,9 +170,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
 
     def rotation_matrix(self, adapter_name: str) -> torch.Tensor:
         """The dense d×d R of one adapter (for inspection and checks)."""
-        return givens.rotation_matrix(
-            self.rotation_params(adapter_name), self.in_features, self.rotation_scale(adapter_name)
-        )
+        return givens.rotation_matrix(self.rotation_params(adapter_name), self.in_features,
+                                      self.rotation_scale(adapter_name), **self.goft_pairing[adapter_name])
 
     def orthogonality_penalty(self, adapter_name: str) -> torch.Tensor:
         """λ Σ (a·b + c·e)² of this adapter's quasi blocks; 0 for strict GOFT."""
@@ -179,10 +181,11 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     def rotate_input(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``x @ R`` over the input features (a convolution's channels, wherever they are)."""
         params, scale = self.rotation_params(adapter_name), self.rotation_scale(adapter_name)
+        pairing = self.goft_pairing[adapter_name]
         if not self.spatial_dims:
-            return givens.rotate(x, params, scale)
+            return givens.rotate(x, params, scale, **pairing)
         channel_dim = x.dim() - self.spatial_dims - 1  # 1 for (N, C, *spatial), 0 for unbatched (C, *spatial)
-        return givens.rotate(x.movedim(channel_dim, -1), params, scale).movedim(-1, channel_dim)
+        return givens.rotate(x.movedim(channel_dim, -1), params, scale, **pairing).movedim(-1, channel_dim)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Forward
@@ -257,7 +260,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
             return
         merged, dtype = self._weight_rows()
         for name in adapter_names:
-            merged = givens.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name))
+            merged = givens.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name),
+                                         **self.goft_pairing[name])
         if safe_merge and not bool(torch.isfinite(merged).all()):
             raise ValueError(
                 f"safe_merge refused: merging adapter(s) {adapter_names} gives NaN/inf weights; "
@@ -278,7 +282,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         restored, dtype = self._weight_rows()
         for name in reversed(self.merged_adapters):
             try:
-                restored = givens.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name))
+                restored = givens.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name),
+                                                 **self.goft_pairing[name])
             except givens.SingularBlockError as err:
                 raise givens.SingularBlockError(
                     f"cannot unmerge adapter {name!r} from this layer: {err}; the weights were left merged"

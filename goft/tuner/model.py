@@ -99,7 +99,7 @@ class GOFTModel(BaseTuner):
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        _check_loaded_shapes(model, remapped, adapter_name)
+        _check_loaded_shapes(model, remapped, adapter_name, config)
         return remapped
 
     @contextmanager
@@ -131,8 +131,10 @@ class GOFTModel(BaseTuner):
                 handle.remove()
 
 
-def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], adapter_name: str) -> None:
+def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], adapter_name: str,
+                         config: GOFTConfig) -> None:
     """Refuse a checkpoint whose GOFT tensors do not fit the model, naming the layer and both shapes."""
+    pairing = (config.structure, config.depth)
     expected = {name: p.shape for name, p in model.state_dict().items() if ".goft_" in name}
     for key, value in state_dict.items():
         if ".goft_" not in key:
@@ -149,8 +151,9 @@ def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], 
         if tuple(value.shape) != tuple(expected[target]):
             raise AdapterFileError(
                 f"layer {layer!r}: the checkpoint's {kind} has shape {tuple(value.shape)} but this model needs "
-                f"{tuple(expected[target])} (in_features {in_features_from_shape(kind, value.shape)} saved vs "
-                f"{in_features_from_shape(kind, expected[target])} here)"
+                f"{tuple(expected[target])} (in_features {in_features_from_shape(kind, value.shape, *pairing)} saved "
+                f"vs {in_features_from_shape(kind, expected[target], *pairing)} here, {config.structure} at depth "
+                f"{config.depth})"
             )
     present = {k if k in expected else f"base_model.model.{k}" for k in state_dict}
     absent = sorted(k for k in expected if k.endswith(f".{adapter_name}") and k not in present)
