@@ -33,6 +33,12 @@ GOFT_TEST_CASES = '''
     ("Vanilla MLP 6 GOFT scaling", "MLP", GOFTConfig, {"target_modules": ["lin0", "lin1"], "scaling": True}),
     ("Vanilla MLP 7 qGOFT", "MLP", GOFTConfig, {"target_modules": ["lin0"], "quasi": True}),
     ("Vanilla MLP 8 qGOFT", "MLP", GOFTConfig, {"target_modules": ["lin0", "lin1"], "quasi": True}),
+    ("Vanilla MLP 9 GOFT butterfly", "MLP", GOFTConfig,
+     {"target_modules": ["lin0", "lin1"], "structure": "butterfly"}),
+    ("Vanilla MLP 10 qGOFT depth 2", "MLP", GOFTConfig,
+     {"target_modules": ["lin0", "lin1"], "quasi": True, "scaling": True, "depth": 2}),
+    ("Conv2d 4 GOFT butterfly depth 2", "Conv2d", GOFTConfig,
+     {"target_modules": ["conv2d", "lin0"], "structure": "butterfly", "depth": 2}),
     (
         "Vanilla MLP 9 qGOFT scaling",
         "MLP",
@@ -84,6 +90,13 @@ GOFT_MULTI_ADAPTER_CASES = '''
         GOFTConfig,
         {"target_modules": ["lin0"], "init_weights": False, "quasi": True},
         {"target_modules": ["lin1"], "init_weights": False, "quasi": True},
+    ),
+    (
+        "GOFT butterfly and tree depth 2 Same",
+        "goft",
+        GOFTConfig,
+        {"target_modules": ["lin0"], "init_weights": False, "structure": "butterfly"},
+        {"target_modules": ["lin0"], "init_weights": False, "depth": 2},
     ),
 '''
 

@@ -23,6 +23,9 @@ CONFIGS = {
     "qgoft": dict(quasi=True),
     "goft*": dict(scaling=True),
     "qgoft*": dict(quasi=True, scaling=True),
+    "goft butterfly": dict(structure="butterfly"),
+    "qgoft* butterfly depth 2": dict(quasi=True, scaling=True, structure="butterfly", depth=2),
+    "goft tree depth 3": dict(depth=3),
 }
 
 
