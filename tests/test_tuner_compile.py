@@ -15,7 +15,8 @@ from toys import make_mlp, tiny_bert
 from goft import GOFTConfig
 
 VARIANTS = {"goft": {}, "qgoft": {"quasi": True}, "goft*": {"scaling": True},
-            "qgoft*": {"quasi": True, "scaling": True}}
+            "qgoft*": {"quasi": True, "scaling": True}, "qgoft butterfly depth 2": {"quasi": True,
+                                                                                 "structure": "butterfly", "depth": 2}}
 X = torch.randn(6, 12, generator=torch.Generator().manual_seed(3))
 
 
