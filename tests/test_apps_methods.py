@@ -19,6 +19,12 @@ EXPECTED = {
     "lora": (LoraConfig, 3 * (12 + 7 + 7 + 5)),  # the plain lora entry takes its rank from lora_r (3 here)
     "lora_r8": (LoraConfig, 8 * (12 + 7 + 7 + 5)),
     "lora_r2": (LoraConfig, 2 * (12 + 7 + 7 + 5)),
+    "lora_r1": (LoraConfig, 1 * (12 + 7 + 7 + 5)),
+    "lora_r4": (LoraConfig, 4 * (12 + 7 + 7 + 5)),
+    # butterfly blocks, counted by hand from the definition: d=12: 6 + 6 + 4 + 4, d=7: 3 + 3 + 3
+    "goft_butterfly": (GOFTConfig, 20 + 9),
+    "qgoft_butterfly": (GOFTConfig, 4 * (20 + 9)),
+    "goft_tree_depth2": (GOFTConfig, 2 * (11 + 6)),
     "oft": (OFTConfig, None),  # PEFT's block sizes need wider layers than the toy's; their type is what is ours
     "boft": (BOFTConfig, None),
 }

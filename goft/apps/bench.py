@@ -145,7 +145,8 @@ class DenseGivensLinear(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 # "frozen" (the base layer alone) and "authors_dense" are bench-only; the others are run names of the registry.
-LAYER_METHODS = ("frozen", "goft", "qgoft", "goft_scaling", "lora_r8", "oft", "boft", "authors_dense")
+LAYER_METHODS = ("frozen", "goft", "qgoft", "goft_scaling", "goft_butterfly", "qgoft_butterfly", "goft_tree_depth2",
+                 "lora_r8", "oft", "boft", "authors_dense")
 
 
 def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS) -> dict[str, nn.Module]:
