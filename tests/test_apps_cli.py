@@ -35,6 +35,30 @@ def test_cli_finetune_and_inspect(tiny_checkpoint, toy_files, tmp_path, capsys):
         main(["finetune", "--train-file", str(train)])
 
 
+def test_finetune_names_the_pairing_flags_and_compare_points_to_its_rows():
+    with pytest.raises(SystemExit, match="^goft finetune: --structure must be one of tree, butterfly, got 'ring'"):
+        main(["finetune", "--structure", "ring"])
+    with pytest.raises(SystemExit, match="^goft compare: --depth is not taken by compare, .*goft_tree_depth2"):
+        main(["compare", "--depth", "2", "--methods", "goft"])
+
+
+def test_inspect_reads_a_butterfly_adapter(tmp_path, capsys):
+    from peft import get_peft_model
+    from toys import make_mlp
+
+    from goft import GOFTConfig
+    from goft.apps.inspect import layer_statistics
+
+    model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0", "lin1"], structure="butterfly", depth=2,
+                                                  init_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    assert main(["inspect", str(tmp_path / "adapter")]) == 0
+    assert "GOFT (butterfly, depth 2) adapter" in capsys.readouterr().out
+    rows = layer_statistics(tmp_path / "adapter")
+    assert sorted(r["d"] for r in rows) == [7, 12]
+    assert max(r["col_inner_max"] for r in rows) < 1e-12  # strict: R is orthogonal
+
+
 def test_counts_must_be_positive(capsys):
     for argv in (["compare", "--seeds", "0"], ["instruct", "--seeds", "-1"], ["bench", "--reps", "0"]):
         with pytest.raises(SystemExit) as exit_info:

@@ -25,6 +25,18 @@ def test_training_loop_learns_and_writes_files(toy_config, tmp_path, method):
     assert metrics["adapter_params"] == 4 * per(16) + per(16) + per(24) + per(16)  # q,k,v,o; fc1; fc2 (in 24); pooler
 
 
+def test_a_butterfly_run_saves_its_pairing_and_counts_its_blocks(toy_config, tmp_path):
+    from goft import functional as F
+
+    out = tmp_path / "run"
+    metrics = finetune(toy_config(method="goft", structure="butterfly", depth=2, epochs=1, output=str(out)))
+    saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (saved["structure"], saved["depth"]) == ("butterfly", 2)
+    assert json.loads((out / "metrics.json").read_text())["config"]["structure"] == "butterfly"
+    per = lambda d: F.num_blocks(d, "butterfly", 2)  # noqa: E731
+    assert metrics["adapter_params"] == 4 * per(16) + per(16) + per(24) + per(16)
+
+
 def test_head_only_trains_only_the_classifier(toy_config):
     metrics = finetune(toy_config(method="head", epochs=1))
     assert metrics["trainable_params"] == 16 * 2 + 2 and metrics["adapter_params"] == 0
@@ -38,6 +50,10 @@ def test_bad_finetune_options_are_refused():
         FinetuneConfig(epochs=0)
     with pytest.raises(OptionError, match="^train_file and --eval-file go together"):
         FinetuneConfig(train_file="a.csv")
+    with pytest.raises(OptionError, match="^structure must be one of tree, butterfly, got 'ring'"):
+        FinetuneConfig(structure="ring")
+    with pytest.raises(OptionError, match="^depth must be a positive integer, got 0"):
+        FinetuneConfig(depth=0)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import io
+from .errors import OptionError
 from .finetune import FinetuneConfig, finetune
 from .methods import METHODS, method_list
 from .results import RunsFile, markdown_table, mean_std
@@ -40,6 +41,10 @@ def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Pa
     ``sweep=False`` skips the sweep and runs the finals at each method's default rate, or at ``base.lr`` when set
     (quick looks and demos; the table then says the rate was not chosen on validation)."""
     method_list(",".join(methods), tuple(METHODS))
+    if (base.structure, base.depth) != ("tree", 1):  # rows are keyed by method name: each name is one pairing
+        option = "structure" if base.structure != "tree" else "depth"
+        raise OptionError(option, "is not taken by compare, whose rows are keyed by method name; compare the "
+                                  "registry's goft_butterfly, qgoft_butterfly and goft_tree_depth2 instead")
     results = RunsFile(Path(results_dir) / f"{task}.json", key_fields=KEY_FIELDS)
     for method in methods:
         if sweep:

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from ..ops.pairing import STRUCTURES
 from . import data, io
 from .errors import OptionError
 from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, run_identity, train
@@ -35,6 +36,8 @@ class FinetuneConfig:
     train_size: Optional[int] = None
     orth_reg_weight: float = 1e-2
     lora_r: int = 8
+    structure: str = "tree"  # GOFT's pairing (goft and qgoft methods)
+    depth: int = 1
     output: Optional[str] = None
     progress: bool = True
     save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends); needs output
@@ -46,7 +49,9 @@ class FinetuneConfig:
         get_method(self.method)
         if self.train_file is not None:
             self.task = None  # the data are the user's files: no embedded task is involved
-        for name in ("epochs", "batch_size", "max_length", "lora_r"):
+        if self.structure not in STRUCTURES:
+            raise OptionError("structure", f"must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
+        for name in ("epochs", "batch_size", "max_length", "lora_r", "depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise OptionError(name, f"must be a positive integer, got {value!r}")
@@ -86,7 +91,8 @@ def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
             param.requires_grad = method.family == "full" or is_head_parameter(name)
         return model, tokenizer
     config = method.peft_config(cfg.target_modules or "all-linear", task_type="SEQ_CLS",
-                                orth_reg_weight=cfg.orth_reg_weight, lora_r=cfg.lora_r)
+                                orth_reg_weight=cfg.orth_reg_weight, lora_r=cfg.lora_r, structure=cfg.structure,
+                                depth=cfg.depth)
     model = wrap(model, config)
     config.base_model_name_or_path = model_reference(cfg.model, MINILM_NAME)  # resolvable on another machine
     return model, tokenizer

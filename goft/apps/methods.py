@@ -33,9 +33,10 @@ class Method:
         return self.family not in ("head", "full")
 
     def peft_config(self, target_modules, task_type: Optional[str] = None, identity_init: bool = True,
-                    orth_reg_weight: float = 1e-2, lora_r: int = 8):
+                    orth_reg_weight: float = 1e-2, lora_r: int = 8, structure: str = "tree", depth: int = 1):
         """The PEFT config of this method.  ``identity_init=False`` asks for a random, non-identity adapter (bench);
-        ``lora_r`` is the rank of the plain ``lora`` method (the ``lora_rN`` runs fix theirs)."""
+        ``lora_r`` is the rank of the plain ``lora`` method (the ``lora_rN`` runs fix theirs); ``structure`` and
+        ``depth`` are GOFT's pairing (entries such as ``goft_butterfly`` fix theirs)."""
         # imported here, not at the top: the command line reads this table to build its --help
         from peft import BOFTConfig, LoraConfig, OFTConfig
 
@@ -45,7 +46,8 @@ class Method:
         if task_type is not None:
             common["task_type"] = task_type
         if self.family == "goft":  # an entry's own options (e.g. its λ) win over the caller's defaults
-            options = {"orth_reg_weight": orth_reg_weight, "init_weights": identity_init, **self.options}
+            options = {"orth_reg_weight": orth_reg_weight, "init_weights": identity_init, "structure": structure,
+                       "depth": depth, **self.options}
             return GOFTConfig(**options, **common)
         if self.family == "lora":
             r = self.options.get("r", lora_r)
