@@ -151,15 +151,37 @@ def report_text(results: dict) -> str:
     return results_table(results) + ("\n" + sweeps if sweeps else "")
 
 
+def curve_family(method: str) -> str:
+    """Which line of the parameters-vs-accuracy plot a method's point joins: its capacity dial's."""
+    entry = METHODS[method]
+    if entry.family == "goft" and "orth_reg_weight" not in entry.options:  # a λ variant is not a capacity step
+        return "qGOFT" if entry.options.get("quasi") else ("GOFT*" if entry.options.get("scaling") else "GOFT")
+    return "LoRA" if entry.family == "lora" else entry.label
+
+
 def write_report(results: dict, md_path: Path, png_path: Path) -> None:
+    """The tables, and one picture of accuracy against adapter parameters: each dial's points (LoRA's ranks, GOFT's
+    pairings) joined in order of size, head-only as a horizontal line (it trains no adapter)."""
     io.write_text(md_path, report_text(results))
     plt = io.pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves: dict[str, list[dict]] = {}
     for r in summarize(results):
-        x = max(r["trainable_params"], 1)
-        ax.errorbar([x], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", capsize=4, label=r["label"])
+        if r["adapter_params"] == 0:
+            ax.axhline(100 * r["mean"], color="grey", linestyle="--", linewidth=1, label=f"{r['label']} (no adapter)")
+        else:
+            curves.setdefault(curve_family(r["method"]), []).append(r)
+    for family, points in curves.items():
+        points.sort(key=lambda r: r["adapter_params"])
+        line = ax.errorbar([r["adapter_params"] for r in points], [100 * r["mean"] for r in points],
+                           yerr=[100 * r["std"] for r in points], fmt="o-", capsize=3, label=family)
+        for r in points:
+            if len(points) > 1:
+                ax.annotate(r["label"].removeprefix(family).strip(" ,") or r["label"], (r["adapter_params"],
+                            100 * r["mean"]), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color=line[0].get_color())
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (adapter + classifier head), log scale")
+    ax.set_xlabel("adapter parameters (without the classifier head), log scale")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{results.get('task', '')}: test accuracy at the validated rate (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
