@@ -175,11 +175,11 @@ def write_report(results: dict, md_path: Path, png_path: Path) -> None:
         points.sort(key=lambda r: r["adapter_params"])
         line = ax.errorbar([r["adapter_params"] for r in points], [100 * r["mean"] for r in points],
                            yerr=[100 * r["std"] for r in points], fmt="o-", capsize=3, label=family)
-        for r in points:
-            if len(points) > 1:
-                ax.annotate(r["label"].removeprefix(family).strip(" ,") or r["label"], (r["adapter_params"],
-                            100 * r["mean"]), textcoords="offset points", xytext=(4, -10), fontsize=7,
-                            color=line[0].get_color())
+        for r in points:  # name the step of the dial: "r=8", "butterfly", "tree, depth 2"
+            step = r["label"].removeprefix(family).strip(" ,")
+            if step:
+                ax.annotate(step, (r["adapter_params"], 100 * r["mean"]), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7, color=line[0].get_color())
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (without the classifier head), log scale")
     ax.set_ylabel("test accuracy (%)")
