@@ -106,21 +106,25 @@ def test_bad_dimension_is_refused(bad):
         F.givens_levels(bad)
 
 
-def naive_dense(params, d, scale=None):
-    """R = P_L ⋯ P_1 from the reference pairing, written independently of the library."""
+def dense_product(params, d, levels, scale=None):
+    """R = P_M ⋯ P_1 (· diag(scale)) as a product of dense level matrices, for pairs given level by level; written
+    independently of the library."""
     blocks = F.angles_to_blocks(params) if params.dim() == 1 else params
-    r = torch.eye(d, dtype=torch.float64)
-    k = 0
-    for level in reference_pairs(d):
+    r, k = torch.eye(d, dtype=torch.float64), 0
+    for level in levels:
         p = torch.eye(d, dtype=torch.float64)
         for i, j in level:
-            (a, b), (c, dd) = blocks[k].tolist()
-            p[i, i], p[i, j], p[j, i], p[j, j] = a, b, c, dd
+            (a, b), (c, e) = blocks[k].tolist()
+            p[i, i], p[i, j], p[j, i], p[j, j] = a, b, c, e
             k += 1
         r = p @ r
-    if scale is not None:
-        r = r @ torch.diag(scale.to(torch.float64))
-    return r
+    assert k == blocks.shape[0]
+    return r if scale is None else r @ torch.diag(scale.to(torch.float64))
+
+
+def naive_dense(params, d, scale=None):
+    """R = P_L ⋯ P_1 from the reference pairing."""
+    return dense_product(params, d, reference_pairs(d), scale)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 8, 12, 33])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_functional import EPS32, KERNELS, use_kernel
+from test_functional import EPS32, KERNELS, dense_product, use_kernel
 
 from goft import functional as F
 
@@ -41,20 +41,6 @@ def butterfly_levels(d):
 
 def spelled_out(d, structure, depth):
     return (tree_levels if structure == "tree" else butterfly_levels)(d) * depth
-
-
-def dense(blocks, d, levels, scale=None):
-    """R = P_M ⋯ P_1 as a product of dense level matrices (no library code)."""
-    r, k = torch.eye(d, dtype=torch.float64), 0
-    for level in levels:
-        p = torch.eye(d, dtype=torch.float64)
-        for i, j in level:
-            (a, b), (c, e) = blocks[k].tolist()
-            p[i, i], p[i, j], p[j, i], p[j, j] = a, b, c, e
-            k += 1
-        r = p @ r
-    assert k == blocks.shape[0]
-    return r if scale is None else r @ torch.diag(scale.double())
 
 
 @functools.cache
@@ -110,8 +96,7 @@ def test_a_butterfly_with_only_tree_blocks_turned_is_the_tree(d, kernel):
 @pytest.mark.parametrize("structure, depth", DIALS)
 def test_rotation_matrix_is_the_dense_product(d, structure, depth):
     for name, params, scale in variants(d, structure, depth):
-        blocks = F.angles_to_blocks(params) if params.dim() == 1 else params
-        want = dense(blocks, d, spelled_out(d, structure, depth), scale)
+        want = dense_product(params, d, spelled_out(d, structure, depth), scale)
         got = F.rotation_matrix(params, d, scale, structure=structure, depth=depth)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-13, msg=name)
 
