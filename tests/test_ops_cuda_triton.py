@@ -78,6 +78,38 @@ def test_forward_and_backward_match_the_dense_reference(d, quasi, with_scale):
     close(y_bottom, x @ bottom_first_matrix(blocks, d), 2e-6 * math.log2(d + 1))
 
 
+@pytest.mark.parametrize("d", [2, 3, 5, 8, 12, 33])
+@pytest.mark.parametrize("structure, depth", [("butterfly", 1), ("tree", 2), ("butterfly", 2)])
+@pytest.mark.parametrize("quasi, with_scale", [(False, False), (True, True)])
+def test_every_pairing_runs_on_the_kernels_and_matches_the_dense_reference(d, structure, depth, quasi, with_scale):
+    pairing = {"structure": structure, "depth": depth}
+    n_blocks = F.num_blocks(d, structure, depth)
+    g = torch.Generator().manual_seed(d)
+    theta = torch.randn(n_blocks, generator=g, dtype=torch.float64)
+    params = F.angles_to_blocks(theta) + 0.3 * torch.randn(n_blocks, 2, 2, generator=g, dtype=torch.float64) \
+        if quasi else theta
+    blocks = as_blocks(params, d, structure, depth)
+    scale = make_scale(d, d) if with_scale else None
+    x = torch.randn(37, d, dtype=torch.float64, generator=g)
+    grad = torch.randn(37, d, dtype=torch.float64, generator=g)
+    blocks_ref = blocks.clone().requires_grad_()
+    scale_ref = None if scale is None else scale.clone().requires_grad_()
+    x_ref = x.clone().requires_grad_()
+    y_ref = x_ref @ F.rotation_matrix(blocks_ref, d, scale_ref, **pairing)
+    y_ref.backward(grad)
+
+    dev = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
+    tol = 2e-6 * math.log2(d + 1) * depth
+    close(T.rotate_rows(dev(x), dev(blocks), dev(scale), True, **pairing), y_ref.detach(), tol)
+    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(grad), dev(blocks), dev(scale), True, True, **pairing)
+    close(gx, x_ref.grad, tol)
+    close(gb, blocks_ref.grad, 5 * tol)  # sums over 37 rows
+    if with_scale:
+        close(gs, scale_ref.grad, 5 * tol)
+    bottom_first = F.rotation_matrix(blocks.transpose(-1, -2), d, **pairing).T  # P_1 ⋯ P_M
+    close(T.rotate_rows(dev(x), dev(blocks), None, False, **pairing), x @ bottom_first, tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_compute_in_fp32_and_keep_their_dtype(dtype):
     d = 12
