@@ -60,9 +60,7 @@ class InstructConfig:
 
     def __post_init__(self):
         get_method(self.method, INSTRUCT_METHODS)
-        if self.base_weights not in pretrained.BASE_WEIGHTS:
-            raise OptionError("base_weights", f"must be one of {', '.join(pretrained.BASE_WEIGHTS)}, got "
-                                              f"{self.base_weights!r}")
+        pretrained.check_base_weights(self.base_weights)
         for name in ("train_size", "eval_size", "epochs", "batch_size", "lora_r"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -197,9 +197,15 @@ def load_sequence_classifier(model: str | os.PathLike | None = None, num_labels:
 BASE_WEIGHTS = ("fp32", "int8")  # int8: torchao int8 weight-only linear layers, through transformers' TorchAoConfig
 
 
+def check_base_weights(base_weights: str) -> None:
+    if base_weights not in BASE_WEIGHTS:
+        raise OptionError("base_weights", f"must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}")
+
+
 def load_causal_lm(model: str | os.PathLike | None = None, base_weights: str = "fp32"):
     """A causal LM and its tokenizer from a local directory or the embedded SmolLM2, offline; with
     ``base_weights="int8"`` its linear layers are quantized to int8 (weight-only) as they load."""
+    check_base_weights(base_weights)
     path = resolve_model_dir(model, SMOLLM2_NAME)
     quantization = {}
     if base_weights == "int8":
@@ -210,8 +216,6 @@ def load_causal_lm(model: str | os.PathLike | None = None, base_weights: str = "
         from transformers import TorchAoConfig
 
         quantization = {"quantization_config": TorchAoConfig(Int8WeightOnlyConfig()), "device_map": "cpu"}
-    elif base_weights != "fp32":
-        raise OptionError("base_weights", f"must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}")
     with quiet_transformers():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
