@@ -17,6 +17,6 @@ fi
 } 2>&1 | tee "$OUT/machine.txt"
 timeout 240 python3 -m pytest -q tests/test_ops_cuda_triton.py -p no:cacheprovider -p no:warnings 2>&1 | tee "$OUT/test_ops_cuda_triton.log"
 timeout 180 python3 -m goft bench --device cuda --dims 768,4096 --tokens 4096 --reps 20 --dense-max-d 1024 \
-  --methods goft,qgoft,goft_scaling,lora_r8,oft,authors_dense --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
+  --methods goft,qgoft,goft_scaling,goft_butterfly,goft_tree_depth2,lora_r8,oft,authors_dense --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
 GOFT_KERNEL=torch timeout 90 python3 -m goft bench --device cuda --dims 768,4096 --tokens 4096 --reps 20 \
   --methods goft,qgoft,lora_r8 --no-merge --no-e2e --out "$OUT/bench_torch_path" 2>&1 | tee "$OUT/bench_torch_path.log"
