@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from goft.apps import instruct, pretrained
+from goft.apps.compare import lr_grid
 from goft.apps.errors import OptionError
 from goft.apps.methods import METHODS
 
@@ -51,41 +52,68 @@ def test_generation_accuracy_runs_on_a_tiny_chat_model(chat_tokenizer):
     assert 0.0 <= acc <= 1.0
 
 
-def test_instruct_sweep_records_each_rate_once_and_resumes(monkeypatch, tmp_path):
+def fake_metrics(cfg, accuracy, val_accuracy, **extra):
+    """What :func:`instruct` returns, without a model: test accuracy only when the run may read the test split."""
+    return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy if cfg.evaluate_test else None,
+            "val_accuracy": val_accuracy, "base_accuracy": 0.5 if cfg.evaluate_test else None,
+            "base_val_accuracy": 0.45, "trainable_params": 10, "seconds": 1.0,
+            "kl_base_to_tuned": cfg.learning_rate, "perplexity_base": 10.0, "perplexity_tuned": 11.0,
+            "perplexity_change": 1.0, "loss": [1.0], "config": {"lr": cfg.learning_rate}, **extra}
+
+
+def test_instruct_sweeps_on_validation_then_runs_every_seed_at_the_chosen_rate(monkeypatch, tmp_path):
     calls = []
 
     def fake_instruct(cfg, base_logprobs_cache=None):
-        calls.append((cfg.method, cfg.seed, cfg.learning_rate))
-        return {"method": cfg.method, "seed": cfg.seed, "accuracy": 0.5 + cfg.learning_rate, "base_accuracy": 0.5,
-                "trainable_params": 10, "seconds": 1.0, "kl_base_to_tuned": cfg.learning_rate,
-                "perplexity_base": 10.0, "perplexity_tuned": 11.0, "perplexity_change": 1.0,
-                "loss": [1.0], "config": {"lr": cfg.learning_rate}}
+        calls.append((cfg.method, cfg.seed, cfg.learning_rate, cfg.evaluate_test))
+        # validation peaks at the second-smallest rate of each grid; test accuracy is deliberately unrelated
+        grid = lr_grid(METHODS[cfg.method].instruct_lr)
+        return fake_metrics(cfg, accuracy=0.9 - cfg.learning_rate, val_accuracy=0.8 if cfg.learning_rate == grid[1]
+                            else 0.6)
 
     monkeypatch.setattr(instruct, "instruct", fake_instruct)
     path = tmp_path / "r.json"
     base = instruct.InstructConfig(progress=False)
-    instruct.run_instruct_compare(["goft"], [0], base, path, progress=lambda *_: None)
-    assert calls == [("goft", 0, METHODS["goft"].instruct_lr)]
-    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
-                                  learning_rates=[METHODS["goft"].instruct_lr, 1e-3])
-    # the default-rate goft seed 0 run is recorded already and is not repeated; the other 7 pairs run once each
-    assert len(calls) == 1 + 7 and len(set(calls)) == 8
-    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None,
-                                  learning_rates=[METHODS["goft"].instruct_lr, 1e-3])
-    assert len(calls) == 8
+    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None)
+    for method in ("goft", "lora"):
+        grid = lr_grid(METHODS[method].instruct_lr)
+        assert len(grid) == 4 and max(grid) / min(grid) >= 30
+        ran = [c for c in calls if c[0] == method]
+        # the sweep: seed 0 at each rate, the test split unread; then both seeds at the chosen rate, on test
+        assert ran == [(method, 0, lr, False) for lr in grid] + [(method, s, grid[1], True) for s in (0, 1)]
+    runs = json.loads(path.read_text())["runs"]
+    assert {r["stage"] for r in runs} == {"sweep", "final"}
+    assert all(r["accuracy"] is None and r["eval_examples"] == 0 for r in runs if r["stage"] == "sweep")
+    # rerunning skips every recorded run
+    instruct.run_instruct_compare(["goft", "lora"], [0, 1], base, path, progress=lambda *_: None)
+    assert len(calls) == 2 * (4 + 2)
     table = path.with_suffix(".md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| goft") or line.startswith("| lora")]
-    assert len(rows) == 4 and all("| 2 |" in row for row in rows)  # each (method, rate) over both seeds
+    final_rows = [line for line in table.splitlines() if "| final |" in line]
+    assert len(final_rows) == 2 and all("| 2 |" in row for row in final_rows)  # each method over both seeds
+    assert "| base model | – | – | – | – | 0 | 45.0 | 50.0 |" in table
     assert path.with_suffix(".png").is_file()
 
 
-def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_path):
-    """A run without a recorded schedule was trained at a constant rate: a new run at the same method, seed and rate
-    is not skipped as a duplicate, and the table shows both, each with its schedule."""
+def test_without_a_sweep_every_rate_runs_on_test_and_says_so(monkeypatch, tmp_path):
+    calls = []
+
     def fake_instruct(cfg, base_logprobs_cache=None):
-        return {"method": cfg.method, "seed": cfg.seed, "accuracy": 0.9, "base_accuracy": 0.5,
-                "trainable_params": 10, "seconds": 1.0, "kl_base_to_tuned": 0.1, "perplexity_base": 10.0,
-                "perplexity_tuned": 11.0, "perplexity_change": 1.0, "loss": [1.0], "config": {"lr": cfg.learning_rate}}
+        calls.append((cfg.seed, cfg.learning_rate, cfg.evaluate_test))
+        return fake_metrics(cfg, accuracy=0.7, val_accuracy=0.6)
+
+    monkeypatch.setattr(instruct, "instruct", fake_instruct)
+    path = tmp_path / "r.json"
+    instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path,
+                                  progress=lambda *_: None, learning_rates=[1e-3, 3e-3], sweep=False)
+    assert calls == [(0, 1e-3, True), (0, 3e-3, True)]
+    assert {r["stage"] for r in json.loads(path.read_text())["runs"]} == {"unswept"}
+
+
+def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_path):
+    """A run without a recorded schedule or stage was trained at a constant rate and scored on test: a new run at the
+    same method, seed and rate is not skipped as a duplicate, and the table shows both, each with its own."""
+    def fake_instruct(cfg, base_logprobs_cache=None):
+        return fake_metrics(cfg, accuracy=0.9, val_accuracy=0.8)
 
     monkeypatch.setattr(instruct, "instruct", fake_instruct)
     path = tmp_path / "r.json"
@@ -94,32 +122,32 @@ def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_pa
               "perplexity_tuned": 12.0, "perplexity_change": 2.0}
     path.write_text(json.dumps({"task": "polarity-instruct", "runs": [legacy]}))
     instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path,
-                                  progress=lambda *_: None, learning_rates=[0.003])
+                                  progress=lambda *_: None, learning_rates=[0.003], sweep=False)
     runs = json.loads(path.read_text())["runs"]
     assert [r.get("schedule") for r in runs] == [None, instruct.SCHEDULE]
     table = path.with_suffix(".md").read_text()
-    assert "| goft | 0.003 | constant | 1 |" in table and f"| goft | 0.003 | {instruct.SCHEDULE} | 1 |" in table
+    legacy_stage = instruct.LEGACY_STAGE
+    assert f"| goft | 0.003 | {legacy_stage} | constant | 1 |" in table
+    assert f"| goft | 0.003 | unswept | {instruct.SCHEDULE} | 1 |" in table
 
 
 def test_runs_on_an_int8_base_are_recorded_and_labelled_apart(monkeypatch, tmp_path):
     def fake_instruct(cfg, base_logprobs_cache=None):
         quantized = cfg.base_weights == "int8"
-        return {"method": cfg.method, "seed": cfg.seed, "accuracy": 0.8 if quantized else 0.9,
-                "base_accuracy": 0.4 if quantized else 0.5, "trainable_params": 10, "seconds": 1.0,
-                "kl_base_to_tuned": 0.1, "perplexity_base": 10.0, "perplexity_tuned": 11.0, "perplexity_change": 1.0,
-                "base_weights": cfg.base_weights, "base_weight_mib": 150.0 if quantized else 513.0,
-                "loss": [1.0], "config": {"lr": cfg.learning_rate}}
+        return fake_metrics(cfg, accuracy=0.8 if quantized else 0.9, val_accuracy=0.7, base_weights=cfg.base_weights,
+                            base_weight_mib=150.0 if quantized else 513.0,
+                            base_accuracy=(0.4 if quantized else 0.5) if cfg.evaluate_test else None)
 
     monkeypatch.setattr(instruct, "instruct", fake_instruct)
     path = tmp_path / "r.json"
     for weights in ("fp32", "int8", "int8"):  # the second int8 sweep finds its run recorded
         instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False, base_weights=weights),
-                                      path, progress=lambda *_: None)
+                                      path, progress=lambda *_: None, sweep=False)
     runs = json.loads(path.read_text())["runs"]
     assert [r["base_weights"] for r in runs] == ["fp32", "int8"]
     table = path.with_suffix(".md").read_text()
-    assert "| base model, fp32 (513 MiB of weights) | – | – | – | 0 | 50.0 |" in table
-    assert "| base model, int8 (150 MiB of weights) | – | – | – | 0 | 40.0 |" in table
+    assert "| base model, fp32 (513 MiB of weights) | – | – | – | – | 0 | 45.0 | 50.0 |" in table
+    assert "| base model, int8 (150 MiB of weights) | – | – | – | – | 0 | 45.0 | 40.0 |" in table
     assert "| goft on int8 | " in table and "| goft | " in table
     with pytest.raises(OptionError, match="base_weights must be one of fp32, int8, got 'int4'"):
         instruct.InstructConfig(base_weights="int4")

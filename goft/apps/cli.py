@@ -136,11 +136,12 @@ def cmd_instruct(args: argparse.Namespace) -> int:
 
     methods = method_list(args.methods, INSTRUCT_METHODS)
     base = InstructConfig(method=methods[0], model=args.model, base_weights=args.base_weights,
-                          train_size=args.train_size, eval_size=args.eval_size,
+                          train_size=args.train_size, eval_size=args.eval_size, val_size=args.val_size,
                           epochs=args.epochs, batch_size=args.batch_size, output=args.output,
                           save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.no_progress)
-    run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr)
+    run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr,
+                         sweep=not args.no_sweep)
     return 0
 
 
@@ -238,8 +239,11 @@ def _add_compare_parser(sub) -> None:
 
 def _add_instruct_parser(sub) -> None:
     p = sub.add_parser("instruct", help="instruction-tune a causal LM on polarity-instruct; accuracy and forgetting",
-                       description="Tune SmolLM2-135M-Instruct (or --model) with each method and seed; measure greedy "
-                                   "generation accuracy and KL forgetting on held-out text; append to --results.")
+                       description="Tune SmolLM2-135M-Instruct (or --model) with each method: sweep the learning "
+                                   "rate with seed 0 scored on validation prompts (set aside from the training "
+                                   "split), then run every seed at the best rate and score it on the test "
+                                   "sentences; greedy generation accuracy and KL forgetting on held-out text, "
+                                   "appended to --results.")
     p.add_argument("--methods", default=",".join(INSTRUCT_METHODS),
                    help=f"comma-separated (default: {','.join(INSTRUCT_METHODS)})")
     p.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds, 0..N-1 (default: 2)")
@@ -248,15 +252,22 @@ def _add_instruct_parser(sub) -> None:
                    help="fp32, or int8: quantize the base's linear layers on load (torchao int8 weight-only, through "
                         "transformers) and tune on that; the results name it (default: fp32)")
     p.add_argument("--train-size", type=int, default=512, help="training sentences (default: 512)")
-    p.add_argument("--eval-size", type=int, default=200, help="evaluation sentences (default: 200)")
+    p.add_argument("--eval-size", type=int, default=200, help="test sentences (default: 200)")
+    p.add_argument("--val-size", type=int, default=100,
+                   help="validation prompts that choose the rate, from the 10%% of the training split set aside "
+                        "(default: 100)")
     p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
     p.add_argument("--lr", type=_positive_float_list, default=None,
-                   help="learning rate, or comma-separated rates to sweep (each method at each rate); default per "
-                        "method: " + ", ".join(f"{m} {METHODS[m].instruct_lr:g}" for m in INSTRUCT_METHODS))
+                   help="comma-separated rates to sweep (default: four rates spanning 30x around each method's "
+                        "default: " + ", ".join(f"{m} {METHODS[m].instruct_lr:g}" for m in INSTRUCT_METHODS) + ")")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the sweep: run every seed at each --lr rate (or the method's default) and score it on "
+                        "the test sentences; recorded as stage 'unswept'")
     p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
     p.add_argument("--output", default=None,
-                   help="keep each run's checkpoint and adapter in OUTPUT/<method>-seed<N>-lr<rate>/ (default: none)")
+                   help="keep each run's checkpoint and adapter in OUTPUT/<method>-seed<N>-lr<rate>[-sweep]/ "
+                        "(default: none)")
     _add_checkpoint_args(p, "OUTPUT/<run>/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start a run over when OUTPUT/<run>/ holds an unfinished run's checkpoint, replacing it")

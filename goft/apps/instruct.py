@@ -8,6 +8,13 @@ parsing the first word of the reply.
 Forgetting is measured on held-out text the model is not tuned on (CoNLL-2010 sentences and passages of the long
 Pang & Lee reviews): the mean over tokens of ``KL(p_base ‖ p_tuned)`` between the base and the tuned model's
 next-token distributions, and the change in perplexity.
+
+The protocol of :func:`run_instruct_compare` is ``goft compare``'s: per method, a sweep over a grid of rates with the
+first seed, each run scored on validation prompts (a fixed share of the training split, see
+:func:`goft.apps.data.split_validation`; the test sentences are not read); the rate with the best validation accuracy
+(ties: the smaller); then the final runs at that rate with every seed, scored on the test sentences once.  Every run
+records its stage, rate, validation and (finals only) test accuracy and its forgetting, so the file also holds the
+accuracy-vs-forgetting frontier over the grid.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from .loop import CHECKPOINT_NAME, LoopOptions, run_identity, train
 from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
 from .results import RunsFile, group_runs, markdown_table, mean_std
 
+# Runs recorded before the validated protocol were all scored on the test sentences, at rates compared there.
+LEGACY_STAGE = "test-scored (no validation)"
+
 QUESTION = "Is this review positive or negative? Answer with one word.\n\n\"{text}\""
 ANSWERS = ("negative", "positive")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -33,7 +43,8 @@ TASK = "polarity-instruct"
 # The learning-rate schedule of the shared loop, recorded with every run; runs recorded before instruct used that
 # loop trained at a constant rate, and are told apart by it.
 SCHEDULE = "warmup 6% + linear decay"
-KEY_DEFAULTS = {"schedule": "constant", "base_weights": "fp32"}
+KEY_DEFAULTS = {"schedule": "constant", "base_weights": "fp32", "stage": LEGACY_STAGE}
+KEY_FIELDS = ("method", "stage", "seed", "lr", "schedule", "base_weights")
 
 
 @dataclass
@@ -44,6 +55,7 @@ class InstructConfig:
     target_modules: Optional[list[str]] = None
     train_size: int = 512
     eval_size: int = 200
+    val_size: int = 100  # validation prompts, from the share of the training split set aside for validation
     epochs: int = 1
     batch_size: int = 8
     lr: Optional[float] = None  # None = the method's instruct_lr
@@ -57,11 +69,12 @@ class InstructConfig:
     resume: bool = False  # continue each run from its checkpoint where it has one
     overwrite: bool = False  # replace an unfinished run's checkpoint instead of refusing
     progress: bool = True
+    evaluate_test: bool = True  # False for runs that only choose a learning rate: the test sentences stay unread
 
     def __post_init__(self):
         get_method(self.method, INSTRUCT_METHODS)
         pretrained.check_base_weights(self.base_weights)
-        for name in ("train_size", "eval_size", "epochs", "batch_size", "lora_r"):
+        for name in ("train_size", "eval_size", "val_size", "epochs", "batch_size", "lora_r"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise OptionError(name, f"must be a positive integer, got {value!r}")
@@ -74,11 +87,13 @@ class InstructConfig:
 
     @property
     def run_dir(self) -> Optional[Path]:
-        """This run's directory under ``output``: one per (method, seed, learning rate)."""
+        """This run's directory under ``output``: one per (method, base weights, seed, learning rate, and whether it
+        is a sweep run, which never reads the test sentences)."""
         if self.output is None:
             return None
         quantized = "" if self.base_weights == "fp32" else f"-{self.base_weights}"
-        return Path(self.output) / f"{self.method}{quantized}-seed{self.seed}-lr{self.learning_rate:g}"
+        sweep = "" if self.evaluate_test else "-sweep"
+        return Path(self.output) / f"{self.method}{quantized}-seed{self.seed}-lr{self.learning_rate:g}{sweep}"
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
@@ -191,13 +206,17 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     model, tokenizer = pretrained.load_causal_lm(cfg.model, cfg.base_weights)
     base_bytes = pretrained.weight_bytes(model)
     train_set, test_set = data.load_task("polarity")
+    train_set, val_set = data.split_validation(train_set)
     train_set = train_set.subset(cfg.train_size, cfg.seed)
+    val_set = val_set.subset(cfg.val_size, 0)  # the same validation prompts for every run
     test_set = test_set.subset(cfg.eval_size, 0)  # the same evaluation sentences for every run
     passages = heldout_passages(tokenizer, cfg.forget_passages, cfg.forget_tokens)
     # the base's own numbers, per base weights: a tuned model's forgetting is measured against the base it tuned
     cache = (base_logprobs_cache if base_logprobs_cache is not None else {}).setdefault(cfg.base_weights, {})
     if "base" not in cache:
         cache["base"] = next_token_logprobs(model, passages)
+        cache["base_val_accuracy"] = generation_accuracy(model, tokenizer, val_set.texts, val_set.labels)
+    if cfg.evaluate_test and "base_accuracy" not in cache:
         cache["base_accuracy"] = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
     model = build_instruct_model(cfg, model)
     model.peft_config["default"].base_model_name_or_path = pretrained.model_reference(cfg.model,
@@ -213,113 +232,163 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     result = train(model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx]), options)
     if cfg.run_dir is not None and result.is_main:
         io.save_pretrained(model, cfg.run_dir / "adapter")
-    accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
+    val_accuracy = generation_accuracy(model, tokenizer, val_set.texts, val_set.labels)
+    accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels) if cfg.evaluate_test else None
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)
-    return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy, "base_accuracy": cache["base_accuracy"],
+    return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy, "val_accuracy": val_accuracy,
+            "base_accuracy": cache.get("base_accuracy") if cfg.evaluate_test else None,
+            "base_val_accuracy": cache["base_val_accuracy"],
             "trainable_params": count_parameters(model), "seconds": result.seconds, **forget,
             "base_weights": cfg.base_weights, "base_weight_mib": base_bytes / 2**20,
             "loss": result.curve["loss"], "config": {**asdict(cfg), "lr": cfg.learning_rate}}
 
 
 def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, progress=print,
-                         learning_rates=None) -> dict:
-    """Methods × learning rates × seeds of :func:`instruct`, appended to a results JSON (atomic, resumable) with a
+                         learning_rates=None, sweep: bool = True) -> dict:
+    """The protocol of the module docstring for every method, appended to a results JSON (atomic, resumable) with a
     markdown table and a PNG of accuracy against forgetting.
 
-    ``learning_rates`` None runs each method at its default; a list runs every method at each rate (a sweep).  A run
-    is identified by (method, seed, learning rate), so a sweep adds to earlier results and a rerun skips what is
-    recorded."""
-    results = RunsFile(results_path, key_fields=("method", "seed", "lr", "schedule", "base_weights"),
-                       key_defaults=KEY_DEFAULTS)
+    The sweep's grid is ``learning_rates`` when given, else four rates spanning 30× around the method's
+    ``instruct_lr`` (:func:`goft.apps.compare.lr_grid`).  ``sweep=False`` skips the sweep and runs every seed at
+    each of ``learning_rates`` or at the method's default, scored on test, as stage ``unswept`` (quick looks; the
+    table says so).  A run is
+    identified by (method, stage, seed, rate, schedule, base weights): a rerun skips what is recorded."""
+    from .compare import lr_grid  # the one grid of both comparisons
+
+    results = RunsFile(results_path, key_fields=KEY_FIELDS, key_defaults=KEY_DEFAULTS)
     cache: dict = {}
-    for seed in seeds:
-        for method in methods:
-            for lr in (learning_rates or [None]):
-                cfg = replace(base, method=method, seed=seed, lr=lr)
-                if results.has(method, seed, cfg.learning_rate, SCHEDULE, cfg.base_weights):
-                    progress(f"skip {method} seed {seed} lr {cfg.learning_rate:g}: already in {results.path}")
-                    continue
-                _run_and_record(cfg, results, cache, progress)
+    for method in methods:
+        if sweep:
+            grid = list(learning_rates) if learning_rates else lr_grid(METHODS[method].instruct_lr)
+            for lr in grid:
+                _run_once(replace(base, method=method, seed=seeds[0], lr=lr, evaluate_test=False), "sweep",
+                          results, cache, progress)
+            chosen = choose_instruct_lr(results.runs, method, base, grid)
+            progress(f"{method}: chose lr {chosen:g} of {[f'{lr:g}' for lr in grid]} by validation accuracy")
+            finals, stage = [chosen], "final"
+        else:
+            finals, stage = list(learning_rates or [METHODS[method].instruct_lr]), "unswept"
+        for lr in finals:
+            for seed in seeds:
+                _run_once(replace(base, method=method, seed=seed, lr=lr, evaluate_test=True), stage, results, cache,
+                          progress)
     plot_accuracy_vs_forgetting(results.data, results.path.with_suffix(".png"))
     io.write_text(results.path.with_suffix(".md"), instruct_table(results.data))
     return results.data
 
 
-def _run_and_record(cfg: InstructConfig, results: RunsFile, cache: dict, progress) -> None:
+def choose_instruct_lr(runs: list[dict], method: str, base: InstructConfig, grid) -> float:
+    """The grid rate whose sweep run (on ``base``'s weights and today's schedule) scored best on validation."""
+    scored = {r["lr"]: r["val_accuracy"] for r in runs
+              if r["method"] == method and r.get("stage") == "sweep" and r["lr"] in grid
+              and r.get("base_weights", "fp32") == base.base_weights and r.get("schedule") == SCHEDULE}
+    return max(sorted(scored), key=lambda lr: scored[lr])
+
+
+def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, progress) -> None:
+    if results.has(cfg.method, stage, cfg.seed, cfg.learning_rate, SCHEDULE, cfg.base_weights):
+        progress(f"skip {cfg.method} {stage} seed {cfg.seed} lr {cfg.learning_rate:g}: already in {results.path}")
+        return
     metrics = instruct(cfg, base_logprobs_cache=cache)
     row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
-    row["lr"] = metrics["config"]["lr"]
-    row["train_examples"], row["eval_examples"] = cfg.train_size, cfg.eval_size
+    row["stage"], row["lr"] = stage, metrics["config"]["lr"]
+    row["train_examples"], row["val_examples"] = cfg.train_size, cfg.val_size
+    row["eval_examples"] = cfg.eval_size if cfg.evaluate_test else 0
     row["schedule"] = SCHEDULE
     results.add(row, TASK)
-    progress(f"{cfg.method} seed {cfg.seed} lr {row['lr']:g}: accuracy {row['accuracy']:.3f} "
-             f"(base {row['base_accuracy']:.3f}), KL {row['kl_base_to_tuned']:.4f}, perplexity "
-             f"{row['perplexity_base']:.2f} -> {row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s")
+    test = "" if row["accuracy"] is None else f", test {row['accuracy']:.3f} (base {row['base_accuracy']:.3f})"
+    progress(f"{cfg.method} {stage} seed {cfg.seed} lr {row['lr']:g}: validation {row['val_accuracy']:.3f}{test}, "
+             f"KL {row['kl_base_to_tuned']:.4f}, perplexity {row['perplexity_base']:.2f} -> "
+             f"{row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s")
 
 
 def summarize_instruct(results: dict) -> list[dict]:
-    """One row per (method, base weights, learning rate, schedule): means and sample standard deviations over the
-    recorded seeds; a method on a quantized base is labelled as such (e.g. ``goft on int8``)."""
-    groups = group_runs(results["runs"], ("method", "base_weights", "lr", "schedule"), KEY_DEFAULTS)
-    return [{"method": method, "base_weights": weights, "lr": lr, "schedule": schedule, "seeds": len(runs),
-             "label": method if weights == "fp32" else f"{method} on {weights}",
+    """One row per (method, base weights, learning rate, schedule, stage): means and sample standard deviations over
+    the recorded seeds (test accuracy only over runs that read the test sentences; validation accuracy over runs that
+    have it); a method on a quantized base is labelled as such (e.g. ``goft on int8``)."""
+    groups = group_runs(results["runs"], SUMMARY_FIELDS, KEY_DEFAULTS)
+
+    def stats(runs, field):
+        values = [r[field] for r in runs if r.get(field) is not None]
+        return mean_std(values) if values else None
+
+    return [{"method": method, "base_weights": weights, "lr": lr, "schedule": schedule, "stage": stage,
+             "seeds": len(runs), "label": method if weights == "fp32" else f"{method} on {weights}",
              "params": runs[0]["trainable_params"],
-             "accuracy": mean_std(r["accuracy"] for r in runs),
+             "accuracy": stats(runs, "accuracy"), "val_accuracy": stats(runs, "val_accuracy"),
              "kl": mean_std(r["kl_base_to_tuned"] for r in runs),
              "perplexity_change": mean_std(r["perplexity_change"] for r in runs)}
-            for (method, weights, lr, schedule), runs in sorted(groups.items())]
+            for (method, weights, lr, schedule, stage), runs in sorted(groups.items())]
+
+
+SUMMARY_FIELDS = ("method", "base_weights", "lr", "schedule", "stage")
+
+
+def _percent(stat) -> str:
+    return "–" if stat is None else f"{100 * stat[0]:.1f} ± {100 * stat[1]:.1f}"
 
 
 def instruct_table(results: dict) -> str:
     """A markdown table of :func:`summarize_instruct` (accuracy in %, mean ± std over seeds)."""
-    header = ("method", "lr", "schedule", "seeds", "trainable params", "generation accuracy (%)", "KL(base ‖ tuned)",
-              "perplexity change")
+    header = ("method", "lr", "stage", "schedule", "seeds", "trainable params", "validation accuracy (%)",
+              "test accuracy (%)", "KL(base ‖ tuned)", "perplexity change")
     rows = []
     for (weights,), runs in group_runs(results["runs"], ("base_weights",), KEY_DEFAULTS).items():
         sizes = [r["base_weight_mib"] for r in runs if "base_weight_mib" in r]  # recorded since --base-weights
         name = "base model" if not sizes else f"base model, {weights} ({sizes[0]:.0f} MiB of weights)"
-        rows.append((name, "–", "–", "–", "0", f"{100 * runs[0]['base_accuracy']:.1f}", "0", "0"))
+        test = next((r["base_accuracy"] for r in runs if r.get("base_accuracy") is not None), None)
+        val = next((r["base_val_accuracy"] for r in runs if r.get("base_val_accuracy") is not None), None)
+        rows.append((name, "–", "–", "–", "–", "0", "–" if val is None else f"{100 * val:.1f}",
+                     "–" if test is None else f"{100 * test:.1f}", "0", "0"))
     for r in summarize_instruct(results):
-        (acc, acc_sd), (kl, kl_sd), (dp, dp_sd) = r["accuracy"], r["kl"], r["perplexity_change"]
-        rows.append((r["label"], f"{r['lr']:g}", r["schedule"], str(r["seeds"]), f"{r['params']:,}",
-                     f"{100 * acc:.1f} ± {100 * acc_sd:.1f}", f"{kl:.4f} ± {kl_sd:.4f}", f"{dp:+.2f} ± {dp_sd:.2f}"))
+        (kl, kl_sd), (dp, dp_sd) = r["kl"], r["perplexity_change"]
+        rows.append((r["label"], f"{r['lr']:g}", r["stage"], r["schedule"], str(r["seeds"]), f"{r['params']:,}",
+                     _percent(r["val_accuracy"]), _percent(r["accuracy"]), f"{kl:.4f} ± {kl_sd:.4f}",
+                     f"{dp:+.2f} ± {dp_sd:.2f}"))
     return markdown_table(header, rows)
 
 
 def plot_accuracy_vs_forgetting(results: dict, path) -> None:
+    """Accuracy against forgetting, one curve per (method, base weights, schedule, stage) joined in order of rate:
+    sweep curves plot validation accuracy (the frontier over the grid), the others test accuracy."""
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    # one colour per curve (method, base weights, schedule): each seed faint, the means over seeds joined in order
-    # of learning rate
     curves = _curves(summarize_instruct(results))
     several_schedules = len({key[2] for key, _ in curves}) > 1
     runs_of = group_runs(results["runs"], CURVE_FIELDS, KEY_DEFAULTS)
     for colour, (key, rows) in enumerate(curves):
-        runs = runs_of[key]
-        ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r["accuracy"] for r in runs], s=14, alpha=0.35,
+        field = "val_accuracy" if key[3] == "sweep" else "accuracy"
+        runs = [r for r in runs_of[key] if r.get(field) is not None]
+        rows = [r for r in rows if r[field] is not None]
+        if not rows:
+            continue
+        # each seed faint, the means over seeds joined in order of learning rate
+        ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r[field] for r in runs], s=14, alpha=0.35,
                    color=f"C{colour}")
-        xs, ys = [r["kl"][0] for r in rows], [100 * r["accuracy"][0] for r in rows]
-        label = f"{rows[0]['label']}, {key[2]}" if several_schedules else rows[0]["label"]
-        ax.plot(xs, ys, marker="o", color=f"C{colour}", label=label)
+        xs, ys = [r["kl"][0] for r in rows], [100 * r[field][0] for r in rows]
+        label = rows[0]["label"] + (f", {key[2]}" if several_schedules else "")
+        label += ", sweep (validation)" if key[3] == "sweep" else ("" if key[3] == "final" else f", {key[3]}")
+        ax.plot(xs, ys, marker="o", color=f"C{colour}", label=label, linestyle="--" if key[3] == "sweep" else "-")
         for r, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=f"C{colour}")
-    if results["runs"]:
-        ax.axhline(100 * results["runs"][0]["base_accuracy"], color="grey", linestyle="--", label="base model")
+    base_test = next((r["base_accuracy"] for r in results["runs"] if r.get("base_accuracy") is not None), None)
+    if base_test is not None:
+        ax.axhline(100 * base_test, color="grey", linestyle="--", label="base model (test)")
     ax.set_xscale("log")  # KL spans orders of magnitude across methods and rates
     ax.set_xlabel("forgetting: mean token KL(p_base ‖ p_tuned) on held-out text (log)")
-    ax.set_ylabel("generation accuracy (%)")
+    ax.set_ylabel("generation accuracy (%): test; sweeps: validation")
     ax.set_title("SmolLM2-135M-Instruct, polarity-instruct (labels: learning rate)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     io.save_figure(fig, path)
 
 
-CURVE_FIELDS = ("method", "base_weights", "schedule")
+CURVE_FIELDS = ("method", "base_weights", "schedule", "stage")
 
 
 def _curves(summary: list[dict]) -> list[tuple[tuple, list[dict]]]:
-    """The summary rows of each (method, base weights, schedule), in order of learning rate."""
+    """The summary rows of each (method, base weights, schedule, stage), in order of learning rate."""
     keys = sorted({tuple(r[f] for f in CURVE_FIELDS) for r in summary})
     return [(key, sorted((r for r in summary if tuple(r[f] for f in CURVE_FIELDS) == key), key=lambda r: r["lr"]))
             for key in keys]
