@@ -119,7 +119,7 @@ if AVAILABLE:
         """grad_x = grad @ R^T row by row, and per-chunk partial sums of the block and scale gradients.
 
         ``zero`` is 0 in x's dtype: the per-tile sums run in that dtype (float32 sums of `tile` products, no
-        conversions in the inner loop), the per-chunk partials in float64.  Returns (n_chunks, d - 1, 4) and
+        conversions in the inner loop), the per-chunk partials in float64.  Returns (n_chunks, n, 4) and
         (n_chunks, d) float64 arrays; the caller sums over chunks.
         """  # pragma: no cover - compiled
         n_rows, d = x.shape

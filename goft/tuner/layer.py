@@ -91,7 +91,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     """Wraps a linear layer as ``base(x @ R_1 ⋯)`` with one rotation per active adapter.
 
     Parameters live in per-adapter ``ParameterDict``s (so PEFT's dtype casts, device moves and deletes see them):
-    ``goft_theta[name]`` (d − 1,) angles in radians for strict GOFT, ``goft_blocks[name]`` (d − 1, 2, 2) for qGOFT,
+    ``goft_theta[name]`` (n,) angles in radians for strict GOFT, ``goft_blocks[name]`` (n, 2, 2) for qGOFT (n blocks of
+    the adapter's pairing: d − 1 for the tree at depth 1),
     ``goft_scale[name]`` (d,) with ``scaling=True``.  The pairing is derived from ``d`` and the adapter's
     ``(structure, depth)`` (``goft_pairing[name]``), so the state dict holds only learned numbers.
     """
