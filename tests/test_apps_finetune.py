@@ -54,6 +54,8 @@ def test_bad_finetune_options_are_refused():
         FinetuneConfig(structure="ring")
     with pytest.raises(OptionError, match="^depth must be a positive integer, got 0"):
         FinetuneConfig(depth=0)
+    with pytest.raises(OptionError, match=r"^structure shapes GOFT's rotation \(--method goft or qgoft\), not lora"):
+        FinetuneConfig(method="lora", structure="butterfly")
 
 
 @pytest.mark.slow

@@ -51,6 +51,9 @@ class FinetuneConfig:
             self.task = None  # the data are the user's files: no embedded task is involved
         if self.structure not in STRUCTURES:
             raise OptionError("structure", f"must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
+        if (self.structure, self.depth) != ("tree", 1) and METHODS[self.method].family != "goft":
+            option = "structure" if self.structure != "tree" else "depth"
+            raise OptionError(option, f"shapes GOFT's rotation (--method goft or qgoft), not {self.method}")
         for name in ("epochs", "batch_size", "max_length", "lora_r", "depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
