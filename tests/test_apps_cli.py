@@ -12,6 +12,7 @@ from toys import tiny_gpt2
 
 from goft import GOFTConfig
 from goft.apps.cli import main
+from goft.apps.errors import OptionError
 
 
 def test_cli_names_the_flag_and_exits_with_a_message(capsys):
@@ -35,11 +36,16 @@ def test_cli_finetune_and_inspect(tiny_checkpoint, toy_files, tmp_path, capsys):
         main(["finetune", "--train-file", str(train)])
 
 
-def test_finetune_names_the_pairing_flags_and_compare_points_to_its_rows():
+def test_finetune_names_the_pairing_flags_and_compare_points_to_its_rows(tmp_path):
+    from dataclasses import replace
+
+    from goft.apps.compare import run_compare
+    from goft.apps.finetune import FinetuneConfig
+
     with pytest.raises(SystemExit, match="^goft finetune: --structure must be one of tree, butterfly, got 'ring'"):
         main(["finetune", "--structure", "ring"])
-    with pytest.raises(SystemExit, match="^goft compare: --depth is not taken by compare, .*goft_tree_depth2"):
-        main(["compare", "--depth", "2", "--methods", "goft"])
+    with pytest.raises(OptionError, match="^depth is not taken by compare, .*goft_tree_depth2"):
+        run_compare("polarity", ["goft"], [0], replace(FinetuneConfig(), depth=2), tmp_path)
 
 
 def test_inspect_reads_a_butterfly_adapter(tmp_path, capsys):

@@ -69,7 +69,8 @@ def _finetune_config(args: argparse.Namespace):
         target_modules=_comma_list(args.target_modules), epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, max_length=args.max_length, seed=getattr(args, "seed", 0),
         train_size=args.train_size, orth_reg_weight=args.orth_reg_weight, lora_r=args.lora_r,
-        structure=args.structure, depth=args.depth, output=getattr(args, "output", None),
+        structure=getattr(args, "structure", "tree"), depth=getattr(args, "depth", 1),
+        output=getattr(args, "output", None),
         progress=not args.no_progress,
         save_every=getattr(args, "save_every", 0), resume=getattr(args, "resume", False),
         overwrite=getattr(args, "overwrite", False),
@@ -186,11 +187,6 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")
     p.add_argument("--orth-reg-weight", type=float, default=1e-2, help="qGOFT penalty weight λ (default: 0.01)")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for --method lora (default: 8)")
-    p.add_argument("--structure", default="tree",
-                   help="GOFT's pairing for --method goft/qgoft: tree (the paper's, d-1 blocks) or butterfly "
-                        "(about (d/2)·log2 d blocks) (default: tree)")
-    p.add_argument("--depth", type=int, default=1,
-                   help="stacked GOFT rotations, each with its own blocks (default: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -209,6 +205,11 @@ def _add_finetune_parser(sub) -> None:
                    help="goft, qgoft, lora, oft, boft (PEFT), head (classifier only), full, or any run name of "
                         "goft compare (default: goft)")
     _add_training_args(p)
+    p.add_argument("--structure", default="tree",
+                   help="GOFT's pairing for --method goft/qgoft: tree (the paper's, d-1 blocks) or butterfly "
+                        "(about (d/2)·log2 d blocks) (default: tree)")
+    p.add_argument("--depth", type=int, default=1,
+                   help="stacked GOFT rotations, each with its own blocks (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--output", default=None,
                    help="directory for the adapter (or head, or model), metrics.json, curve.png and checkpoint.pt "
