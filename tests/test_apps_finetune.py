@@ -32,7 +32,8 @@ def test_a_butterfly_run_saves_its_pairing_and_counts_its_blocks(toy_config, tmp
     metrics = finetune(toy_config(method="goft", structure="butterfly", depth=2, epochs=1, output=str(out)))
     saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert (saved["structure"], saved["depth"]) == ("butterfly", 2)
-    assert json.loads((out / "metrics.json").read_text())["config"]["structure"] == "butterfly"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["config"]["structure"] == "butterfly" and written["method_label"] == "goft (butterfly, depth 2)"
     per = lambda d: F.num_blocks(d, "butterfly", 2)  # noqa: E731
     assert metrics["adapter_params"] == 4 * per(16) + per(16) + per(24) + per(16)
 

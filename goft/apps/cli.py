@@ -92,7 +92,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"output: {args.output} (pass --output to choose)")
     cfg = _finetune_config(args)
     metrics = finetune(cfg)
-    print(f"{cfg.method} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
+    print(f"{cfg.method_label} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
           f"({metrics['eval_examples']} examples), validation accuracy by epoch "
           + ", ".join(f"{v:.4f}" for v in metrics["val_accuracy_per_epoch"])
           + f" ({metrics['val_examples']} examples); {metrics['trainable_params']:,} trainable parameters "

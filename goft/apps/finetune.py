@@ -78,6 +78,13 @@ class FinetuneConfig:
         return self.lr if self.lr is not None else METHODS[self.method].lr
 
     @property
+    def method_label(self) -> str:
+        """The method, with GOFT's pairing when it is not the paper's tree: ``goft (butterfly, depth 2)``."""
+        if (self.structure, self.depth) == ("tree", 1):
+            return self.method
+        return f"{self.method} ({self.structure}" + (f", depth {self.depth})" if self.depth != 1 else ")")
+
+    @property
     def data_name(self) -> str:
         """What the run learns from: the embedded task's name, or ``user:<training file>``."""
         return self.task if self.train_file is None else f"user:{self.train_file}"
@@ -159,7 +166,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     data_sources = {"train": train_set.source, "validation": val_set.source,
                     "test": test_set.source if cfg.evaluate_test else None}
     metrics = {
-        "method": cfg.method, "task": cfg.data_name, "seed": cfg.seed,
+        "method": cfg.method, "method_label": cfg.method_label, "task": cfg.data_name, "seed": cfg.seed,
         "model": model_reference(cfg.model, MINILM_NAME), "labels": list(train_set.label_names), "data": data_sources,
         "accuracy": test_accuracy, "val_accuracy": result.curve["eval_accuracy"][-1],
         "val_accuracy_per_epoch": result.curve["eval_accuracy"], "trainable_params": n_trainable,
@@ -217,5 +224,6 @@ def plot_curve(metrics: dict, path: Path) -> None:
     ax2.set_xticks(curve["eval_epoch"])
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation accuracy (%)")
-    fig.suptitle(f"{metrics['method']} on {metrics['task']}, {metrics['model']} (seed {metrics['seed']})")
+    method = metrics.get("method_label", metrics["method"])  # metrics written before the label existed lack it
+    fig.suptitle(f"{method} on {metrics['task']}, {metrics['model']} (seed {metrics['seed']})")
     io.save_figure(fig, path)
