@@ -86,7 +86,7 @@ rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rota
 
 def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor], structure: str,
              depth: int):
-    """Validate the arguments of a no-grad op; returns (d, blocks, compute dtype)."""
+    """Validate the arguments of an entry point; returns (d, blocks, compute dtype)."""
     d = check_rows(rows, name)
     blocks = as_blocks(params, d, structure, depth)
     check_scale(scale, d)
