@@ -192,3 +192,23 @@ def test_kernel_choice_per_device(monkeypatch):
     assert backends.kernel_choice("cuda") == "torch" and backends.kernel_choice("cpu") == "torch"
     monkeypatch.setenv("GOFT_KERNEL", "triton")
     assert backends.kernel_choice("cuda") == "triton"
+
+
+def test_the_kernels_compile_for_a_gpu_without_one():
+    """Triton's interpreter runs code its compiler refuses (e.g. returns of different shapes): compile both kernels,
+    tree (compact) and general pairings, forward and backward, bf16 rows, for sm_90a on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.isfile(ptxas):
+        pytest.skip("this Triton has no ptxas (not an NVIDIA-enabled build)")
+    script = os.path.join(os.path.dirname(__file__), "triton_ahead_of_time.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, script, "16", "4", "2"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if line.startswith("_rotate")]
+    assert len(reports) == 4, done.stdout
+    assert all("0 bytes spill stores" in line for line in reports), reports

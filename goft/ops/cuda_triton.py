@@ -71,10 +71,11 @@ if AVAILABLE:
         or (G, 1) for COMPACT (a tree level, whose blocks sit only at s = 0: G loads rather than D / 2)."""
         S: tl.constexpr = 1 << LEV
         G: tl.constexpr = D // (2 * S)
-        if COMPACT:
-            return tl.load(index_ptr + M_IDX * (D // 2) + tl.arange(0, G) * S)[:, None]
-        pos = tl.arange(0, G)[:, None] * S + tl.arange(0, S)[None, :]
-        return tl.load(index_ptr + M_IDX * (D // 2) + pos)
+        if COMPACT:  # one return statement: the compiler refuses returns of different shapes
+            q = tl.load(index_ptr + M_IDX * (D // 2) + tl.arange(0, G) * S)[:, None]
+        else:
+            q = tl.load(index_ptr + M_IDX * (D // 2) + tl.arange(0, G)[:, None] * S + tl.arange(0, S)[None, :])
+        return q
 
     @triton.jit
     def _apply_level(h, blocks_ptr, index_ptr, M_IDX: tl.constexpr, LEV: tl.constexpr, BM: tl.constexpr,
@@ -88,8 +89,11 @@ if AVAILABLE:
         b = tl.load(blocks_ptr + 4 * q + 1, mask=live, other=0.0)[None]
         c = tl.load(blocks_ptr + 4 * q + 2, mask=live, other=0.0)[None]
         e = tl.load(blocks_ptr + 4 * q + 3, mask=live, other=1.0)[None]
-        if COMPACT and S > 1:
-            active = live & (tl.arange(0, S) == 0)[None, :]
+        if COMPACT:  # (G, 1) -> (G, S): only s = 0 holds a block (static branches, no `and` on constexprs)
+            if S == 1:
+                active = live
+            else:
+                active = live & (tl.arange(0, S) == 0)[None, :]
         else:
             active = live
         left, right = _pairs(h, BM, D, S)
