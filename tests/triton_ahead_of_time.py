@@ -6,6 +6,7 @@ with ptxas's register and spill counts."""
 import os
 import subprocess
 import sys
+import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)
 
@@ -26,12 +27,12 @@ BACKWARD = {"x_ptr": "*bf16", "g_ptr": "*fp32", "gx_ptr": "*bf16", "blocks_ptr":
 
 def ptxas_report(ptx: str, name: str) -> str:
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    path = f"/tmp/goft-{os.getpid()}-{name}.ptx"
-    with open(path, "w") as f:
-        f.write(ptx)
-    out = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True,
-                         check=True)
-    os.remove(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f"{name}.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True,
+                             check=True)
     return " ".join(line.split(":", 1)[-1].strip() for line in out.stderr.splitlines()
                     if "registers" in line or "spill" in line)
 
