@@ -168,9 +168,10 @@ def test_targets_matching_nothing_name_the_targets_and_list_what_exists(task_typ
         get_peft_model(make_mlp(), GOFTConfig(target_modules=["q_proj"], task_type=task_type))
 
 
-def two_adapter_model(quasi=False):
+def two_adapter_model(quasi=False, **other_pairing):
     model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi))
-    model.add_adapter("other", GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi, scaling=True))
+    model.add_adapter("other", GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi, scaling=True,
+                                          **other_pairing))
     return model
 
 
@@ -215,9 +216,10 @@ def test_disable_adapter_context_gives_base_output():
     assert (model(X) - base(X)).abs().max() > 1e-3
 
 
-def test_per_sample_adapters_match_separate_runs():
+@pytest.mark.parametrize("other_pairing", [{}, {"structure": "butterfly", "depth": 2}])
+def test_per_sample_adapters_match_separate_runs(other_pairing):
     base = make_mlp()
-    model = two_adapter_model()
+    model = two_adapter_model(**other_pairing)
     model.eval()
     names = ["default", "other", "__base__", "other", "default", "__base__"]
     mixed = model(X, adapter_names=names)
