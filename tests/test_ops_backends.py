@@ -64,8 +64,8 @@ def test_forward_backward_merge_unmerge_and_inverse_ask_once_and_agree(choice, m
     monkeypatch.setenv("GOFT_KERNEL", choice)
     asked = []
 
-    def recording_backend_for(rows, dtype, structure, depth):
-        asked.append(backends.backend_for(rows, dtype, structure, depth))
+    def recording_backend_for(rows, dtype):
+        asked.append(backends.backend_for(rows, dtype))
         return asked[-1]
 
     monkeypatch.setattr(autograd, "backend_for", recording_backend_for)

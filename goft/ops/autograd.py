@@ -33,7 +33,7 @@ def rotate_rows_op(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[tor
     pairing stacked ``depth`` times (P_M first when ``top_first``), then by ``diag(scale)``.  ``blocks`` (n, 2, 2)
     and ``scale`` (d,) are in the compute dtype, in which the backend computes.  Differentiable for
     ``top_first=True`` (the layer's direction) only."""
-    backend = backend_for(rows, blocks.dtype, structure, depth)
+    backend = backend_for(rows, blocks.dtype)
     return backend.rotate_rows(rows, blocks, scale, top_first, structure, depth).to(rows.dtype)
 
 
@@ -50,7 +50,7 @@ def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, blocks: torc
     ``grad``: (grad_rows in ``rows``' dtype, grad_blocks like ``blocks``, grad_scale like ``scale``); a gradient not
     asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing
     but the layer input and the parameters is kept between forward and backward."""
-    grad_rows, grad_blocks, grad_scale = backend_for(rows, blocks.dtype, structure, depth).rotate_rows_backward(
+    grad_rows, grad_blocks, grad_scale = backend_for(rows, blocks.dtype).rotate_rows_backward(
         rows, grad, blocks, scale, need_blocks, need_scale and scale is not None, structure, depth
     )
     return (grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty

@@ -63,9 +63,9 @@ def kernel_choice(device_type: str = "cpu") -> str:
     return "torch"
 
 
-def backend_for(rows: torch.Tensor, compute_dtype: torch.dtype, structure: str = "tree", depth: int = 1) -> ModuleType:
-    """The backend that rotates ``rows`` (N, d) in ``compute_dtype`` with a ``structure`` pairing stacked ``depth``
-    times; forward, backward, merge and unmerge all ask here, so they always agree."""
+def backend_for(rows: torch.Tensor, compute_dtype: torch.dtype) -> ModuleType:
+    """The backend that rotates ``rows`` (N, d) in ``compute_dtype`` (every backend takes every pairing); forward,
+    backward, merge and unmerge all ask here, so they always agree."""
     kind = kernel_choice(rows.device.type)
     if kind == "numba" and compute_dtype in (torch.float32, torch.float64):
         return numba_backend()

@@ -53,7 +53,8 @@ level updates on W's columns; the unmerge uses closed-form 2×2 inverses, never 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -100,10 +101,14 @@ def givens_levels(d: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(levels)
 
 
-class Level(NamedTuple):
+@dataclass(frozen=True, eq=False)
+class Level:
     """One level of a pairing: its blocks are parameters ``offset … offset + len(left) - 1``; block k pairs
     coordinates ``left[k] < right[k]``.  ``strided`` is ``(start, stride, gap)`` when ``left[k] = start + k·stride``
-    and ``right[k] = left[k] + gap`` (every tree level, a butterfly's first and last), else None."""
+    and ``right[k] = left[k] + gap`` (every tree level, a butterfly's first and last), else None.
+
+    Compared and hashed by identity: :func:`level_table` makes each level once, and caches keyed by a level (the
+    torch path's index tensors) then cost O(1) rather than a hash of its pairs."""
 
     offset: int
     left: tuple[int, ...]

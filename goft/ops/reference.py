@@ -15,12 +15,12 @@ from typing import Optional
 import torch
 
 from .blocks import as_blocks, check_scale, compute_dtype, transpose_blocks
-from .pairing import Level, givens_pairs, level_table
+from .pairing import Level, level_table
 
 
 @functools.cache
 def _level_index(level: Level, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A non-strided level's left and right coordinates as index tensors on ``device`` (made once)."""
+    """A level's left and right coordinates as index tensors on ``device`` (made once per level and device)."""
     return (torch.tensor(level.left, dtype=torch.long, device=device),
             torch.tensor(level.right, dtype=torch.long, device=device))
 
@@ -94,10 +94,11 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
     buf = rows.to(blocks.dtype, copy=True)
     level_inputs = []
     for level in reversed(levels):
+        left, right = level_members(buf, level)
         if need_blocks:
-            left, right = level_members(buf, level)
             level_inputs.append((left.clone(), right.clone()))
-        mix_level(buf, level, blocks)
+        mix(left, right, blocks[level.offset:level.offset + level.npairs])
+        store_members(buf, level, left, right)
 
     grad = grad.to(blocks.dtype, copy=True)  # becomes the input gradient, in place
     grad_scale = None
@@ -135,8 +136,8 @@ def rotation_matrix(params: torch.Tensor, d: int, scale: Optional[torch.Tensor] 
     check_scale(scale, d)
     dtype = compute_dtype(blocks, scale)
     r = torch.eye(d, dtype=dtype, device=blocks.device)
-    for level, pairs in zip(level_table(d, structure, depth), givens_pairs(d, structure, depth), strict=True):
-        i, j = pairs[:, 0].to(blocks.device), pairs[:, 1].to(blocks.device)
+    for level in level_table(d, structure, depth):
+        i, j = _level_index(level, blocks.device)
         block = blocks[level.offset:level.offset + level.npairs].to(dtype)
         row_i, row_j = r[i], r[j]
         r[i] = block[:, 0, 0, None] * row_i + block[:, 0, 1, None] * row_j
