@@ -23,7 +23,7 @@ from . import io
 from .errors import OptionError
 from .finetune import FinetuneConfig, finetune
 from .methods import METHODS, method_list
-from .results import RunsFile, markdown_table, mean_std
+from .results import RunsFile, best_rate_on_validation, markdown_table, mean_std
 
 LR_FACTORS = (1 / 5.5, 1 / 1.8, 1.8, 5.5)  # x the method's default rate: four rates spanning 30x
 KEY_FIELDS = ("method", "stage", "seed", "lr", "epochs")
@@ -84,9 +84,8 @@ def _run_once(results: RunsFile, task: str, base: FinetuneConfig, method: str, s
 
 def choose_lr(runs: list[dict], method: str, epochs: int, grid) -> float:
     """The grid rate whose sweep run has the best validation accuracy (ties: the smaller rate)."""
-    scored = {r["lr"]: r["val_accuracy"] for r in runs
-              if r["method"] == method and r["stage"] == "sweep" and r["epochs"] == epochs and r["lr"] in grid}
-    return max(sorted(scored), key=lambda lr: scored[lr])
+    return best_rate_on_validation((r for r in runs if r["method"] == method and r["stage"] == "sweep"
+                                    and r["epochs"] == epochs), grid)
 
 
 def summarize(results: dict) -> list[dict]:

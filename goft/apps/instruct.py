@@ -31,7 +31,7 @@ from . import data, io, pretrained
 from .errors import OptionError
 from .loop import CHECKPOINT_NAME, LoopOptions, run_identity, train
 from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
-from .results import RunsFile, group_runs, markdown_table, mean_std
+from .results import RunsFile, best_rate_on_validation, group_runs, markdown_table, mean_std
 
 # Runs recorded before the validated protocol were all scored on the test sentences, at rates compared there.
 LEGACY_STAGE = "test-scored (no validation)"
@@ -279,10 +279,9 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
 
 def choose_instruct_lr(runs: list[dict], method: str, base: InstructConfig, grid) -> float:
     """The grid rate whose sweep run (on ``base``'s weights and today's schedule) scored best on validation."""
-    scored = {r["lr"]: r["val_accuracy"] for r in runs
-              if r["method"] == method and r.get("stage") == "sweep" and r["lr"] in grid
-              and r.get("base_weights", "fp32") == base.base_weights and r.get("schedule") == SCHEDULE}
-    return max(sorted(scored), key=lambda lr: scored[lr])
+    return best_rate_on_validation((r for r in runs if r["method"] == method and r.get("stage") == "sweep"
+                                    and r.get("base_weights", "fp32") == base.base_weights
+                                    and r.get("schedule") == SCHEDULE), grid)
 
 
 def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, progress) -> None:

@@ -48,6 +48,13 @@ class RunsFile:
         io.write_json(self.path, self.data)
 
 
+def best_rate_on_validation(sweep_runs: Iterable[dict], grid) -> float:
+    """The rate of ``grid`` whose sweep run (one method's, already filtered) has the best ``val_accuracy``; ties go
+    to the smaller rate."""
+    scored = {r["lr"]: r["val_accuracy"] for r in sweep_runs if r["lr"] in grid}
+    return max(sorted(scored), key=lambda lr: scored[lr])
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     values = list(values)
