@@ -122,10 +122,17 @@ def setup_line(results: dict) -> str:
             f"epoch(s), batch {first['batch_size']}, targets {first['target_modules']}.\n\n")
 
 
+def _accuracy_cell(row: dict) -> str:
+    """Mean ± sample std over seeds; one seed has no spread to show."""
+    if row["n"] == 1:
+        return f"{100 * row['mean']:.2f} (one seed)"
+    return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
+
+
 def results_table(results: dict) -> str:
     header = ("method", "test accuracy (mean ± std)", "seeds", "lr (how chosen)", "validation accuracy per epoch",
               "adapter params", "trainable (with head)", "seconds per run (median)")
-    rows = [(r["label"], f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r["n"]),
+    rows = [(r["label"], _accuracy_cell(r), str(r["n"]),
              f"{r['lr']:g} ({'best of ' + str(len(r['sweep'])) + ' on validation' if r['sweep'] else 'not swept'})",
              " → ".join(f"{100 * v:.1f}" for v in r["val_per_epoch"]), f"{r['adapter_params']:,}",
              f"{r['trainable_params']:,}", f"{r['seconds']:.0f}") for r in summarize(results)]
