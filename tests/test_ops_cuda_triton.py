@@ -66,7 +66,8 @@ def test_forward_and_backward_match_the_dense_reference(d, quasi, with_scale):
     assert y.dtype == torch.float32 and y.device.type == DEVICE.type
     close(y, y_ref.detach(), 2e-6 * math.log2(d + 1))
 
-    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(g), dev(blocks), dev(scale), True, True)
+    # strict blocks: level inputs recovered by transposition; quasi: kept in the scratch
+    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(g), dev(blocks), dev(scale), True, True, orthogonal=not quasi)
     close(gx, x_ref.grad, 2e-6 * math.log2(d + 1))
     close(gb, blocks_ref.grad, 1e-5 * math.log2(d + 1))  # sums over 37 rows
     if with_scale:
@@ -82,32 +83,96 @@ def test_forward_and_backward_match_the_dense_reference(d, quasi, with_scale):
 @pytest.mark.parametrize("structure, depth", [("butterfly", 1), ("tree", 2), ("butterfly", 2)])
 @pytest.mark.parametrize("quasi, with_scale", [(False, False), (True, True)])
 def test_every_pairing_runs_on_the_kernels_and_matches_the_dense_reference(d, structure, depth, quasi, with_scale):
+    dense_check(d, structure, depth, quasi, with_scale)
+
+
+def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_options):
+    """Forward (both directions) and backward of the kernels against autograd through the dense matrix."""
     pairing = {"structure": structure, "depth": depth}
     n_blocks = F.num_blocks(d, structure, depth)
-    g = torch.Generator().manual_seed(d)
+    g = torch.Generator().manual_seed(d + depth)
     theta = torch.randn(n_blocks, generator=g, dtype=torch.float64)
     params = F.angles_to_blocks(theta) + 0.3 * torch.randn(n_blocks, 2, 2, generator=g, dtype=torch.float64) \
         if quasi else theta
     blocks = as_blocks(params, d, structure, depth)
     scale = make_scale(d, d) if with_scale else None
-    x = torch.randn(37, d, dtype=torch.float64, generator=g)
-    grad = torch.randn(37, d, dtype=torch.float64, generator=g)
+    x = torch.randn(n_rows, d, dtype=torch.float64, generator=g)
+    grad = torch.randn(n_rows, d, dtype=torch.float64, generator=g)
     blocks_ref = blocks.clone().requires_grad_()
     scale_ref = None if scale is None else scale.clone().requires_grad_()
     x_ref = x.clone().requires_grad_()
     y_ref = x_ref @ F.rotation_matrix(blocks_ref, d, scale_ref, **pairing)
     y_ref.backward(grad)
-
     dev = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
     tol = 2e-6 * math.log2(d + 1) * depth
     close(T.rotate_rows(dev(x), dev(blocks), dev(scale), True, **pairing), y_ref.detach(), tol)
-    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(grad), dev(blocks), dev(scale), True, True, **pairing)
+    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(grad), dev(blocks), dev(scale), True, True, **pairing,
+                                        orthogonal=not quasi, **backward_options)
     close(gx, x_ref.grad, tol)
-    close(gb, blocks_ref.grad, 5 * tol)  # sums over 37 rows
+    close(gb, blocks_ref.grad, 5 * tol)  # sums over the rows
     if with_scale:
         close(gs, scale_ref.grad, 5 * tol)
     bottom_first = F.rotation_matrix(blocks.transpose(-1, -2), d, **pairing).T  # P_1 ⋯ P_M
     close(T.rotate_rows(dev(x), dev(blocks), None, False, **pairing), x @ bottom_first, tol)
+
+
+@pytest.mark.parametrize("d, max_tile", [(9, 4), (17, 8)])
+@pytest.mark.parametrize("structure, depth", [("tree", 1), ("butterfly", 1), ("tree", 2), ("butterfly", 2)])
+@pytest.mark.parametrize("quasi, with_scale", [(False, True), (True, True)])
+def test_rows_wider_than_a_tile_run_in_two_passes_per_stack(d, max_tile, structure, depth, quasi, with_scale,
+                                                           monkeypatch):
+    """Past MAX_TILE columns each stack runs as a low pass (column blocks) and a high pass (across blocks); a tile
+    of 4 or 8 columns makes d = 9 and 17 take that path (rows up to MAX_TILE² columns), the high pass with chunks
+    of 1 and 2 columns."""
+    monkeypatch.setattr(T, "MAX_TILE", max_tile)
+    passes = T.plan_passes(d, depth, structure == "tree", top_first=True)
+    assert len(passes) == 2 * depth and all(step.tile <= max_tile for step in passes)
+    dense_check(d, structure, depth, quasi, with_scale)
+
+
+def test_the_pass_plan_covers_every_level_once():
+    for d in (9, 33, 5000, 11008, 14336, 65536):
+        for structure in ("tree", "butterfly"):
+            width = T.padded_width(d)
+            per_stack = width.bit_length() - 1
+            for depth in (1, 2):
+                for top_first in (True, False):
+                    order = (lambda r: reversed(r)) if top_first else (lambda r: r)  # noqa: E731
+                    walked = [stack * per_stack + kv + step.lev_shift
+                              for step in T.plan_passes(d, depth, structure == "tree", top_first)
+                              for stack in order(range(step.stack0, step.stack0 + step.stacks))
+                              for kv in (reversed(range(step.kv_first, step.kv_end)) if top_first
+                                         else range(step.kv_first, step.kv_end))]
+                    want = list(range(per_stack * depth))
+                    assert walked == (want[::-1] if top_first else want), (d, structure, depth)
+            for step in T.plan_passes(d, 1, structure == "tree", True):
+                assert step.tile <= T.MAX_TILE and step.tile == 1 << step.kv_end
+    with pytest.raises(ValueError, match="wider than the kernels take"):
+        T.plan_passes(T.widest_row() + 1, 1, False, True)
+
+
+@pytest.mark.parametrize("structure, quasi", [("tree", False), ("tree", True), ("butterfly", False)])
+def test_backward_programs_loop_over_row_tiles(structure, quasi):
+    """One program per grid row takes every tile (adding into its sums), with atomics and with partial rows."""
+    dense_check(12, structure, 1, quasi, True, n_rows=101, max_programs=1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        dense_check(12, structure, 1, quasi, True, n_rows=101, max_programs=2)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_level_inputs_by_transposition_equal_the_kept_ones():
+    d = 100
+    params = make_params(d, False, 3)
+    blocks = as_blocks(params, d).float().to(DEVICE)
+    scale = make_scale(d, 3).float().to(DEVICE)
+    x = torch.randn(19, d, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    g = torch.randn(19, d, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    kept = T.rotate_rows_backward(x, g, blocks, scale, True, True, orthogonal=False)
+    transposed = T.rotate_rows_backward(x, g, blocks, scale, True, True, orthogonal=True)
+    for a, b in zip(kept, transposed, strict=True):
+        close(b, a.double().cpu(), 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -195,8 +260,10 @@ def test_kernel_choice_per_device(monkeypatch):
 
 
 def test_the_kernels_compile_for_a_gpu_without_one():
-    """Triton's interpreter runs code its compiler refuses (e.g. returns of different shapes): compile both kernels,
-    tree (compact) and general pairings, forward and backward, bf16 rows, for sm_90a on the CPU."""
+    """Triton's interpreter runs code its compiler refuses (e.g. returns of different shapes): compile every launch
+    for sm_90a on the CPU: one pass of two stacks, and two passes per stack (a tile of 8 columns, d = 33); the tree
+    and the general pairing; forward, and backward by transposition with atomics and with a scratch and partial
+    rows; bf16 rows."""
     import os
     import subprocess
     import sys
@@ -206,9 +273,9 @@ def test_the_kernels_compile_for_a_gpu_without_one():
         pytest.skip("this Triton has no ptxas (not an NVIDIA-enabled build)")
     script = os.path.join(os.path.dirname(__file__), "triton_ahead_of_time.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, script, "16", "4", "2"], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reports = [line for line in done.stdout.splitlines() if line.startswith("_rotate")]
-    assert len(reports) == 4, done.stdout
-    assert all("0 bytes spill stores" in line for line in reports), reports
+    for args, launches in ((["12", "2"], 2), (["33", "1", "8"], 4)):
+        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports = [line for line in done.stdout.splitlines() if line.startswith("_rotate")]
+        assert len(reports) == 3 * launches, done.stdout
+        assert all("0 bytes spill stores" in line for line in reports), reports

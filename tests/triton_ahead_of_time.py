@@ -18,11 +18,12 @@ from goft.ops import cuda_triton  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 FORWARD = {"x_ptr": "*fp32", "y_ptr": "*bf16", "blocks_ptr": "*fp32", "scale_ptr": "*fp32", "index_ptr": "*i32",
-           "n_rows": "i32", "d": "i32", "stride_x": "i32", "stride_y": "i32"}
+           "n_rows": "i32", "d": "i32", "stride_x": "i32", "stride_y": "i32", "chunk_step": "i32"}
 BACKWARD = {"x_ptr": "*bf16", "g_ptr": "*fp32", "gx_ptr": "*bf16", "blocks_ptr": "*fp32", "scale_ptr": "*fp32",
-            "index_ptr": "*i32", "scratch_ptr": "*fp32", "part_blocks_ptr": "*fp32", "part_scale_ptr": "*fp32",
-            "n_rows": "i32", "d": "i32", "n_blocks": "i32", "scratch_per_program": "i32", "stride_x": "i32",
-            "stride_g": "i32", "stride_gx": "i32"}
+            "index_ptr": "*i32", "scratch_ptr": "*fp32", "grad_blocks_ptr": "*fp32", "grad_scale_ptr": "*fp32",
+            "n_rows": "i32", "tiles_per_program": "i32", "n_programs": "i32", "d": "i32", "n_blocks": "i32",
+            "scratch_per_program": "i32", "stride_x": "i32", "stride_g": "i32", "stride_gx": "i32",
+            "chunk_step": "i32"}
 
 
 def ptxas_report(ptx: str, name: str) -> str:
@@ -37,19 +38,39 @@ def ptxas_report(ptx: str, name: str) -> str:
                     if "registers" in line or "spill" in line)
 
 
-def compile_all(width: int, per_stack: int, depth: int) -> None:
+def compile_one(kernel, signature: dict, constexprs: dict, warps: int, name: str) -> None:
+    source = ASTSource(fn=kernel, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                       constexprs=constexprs)
+    compiled = triton.compile(source, target=TARGET, options={"num_warps": warps})
+    print(name, ptxas_report(compiled.asm["ptx"], name))
+
+
+def compile_all(d: int, depth: int) -> None:
+    """Every launch goft makes for rows of width d at this depth (the tree and the butterfly; one pass or, past
+    MAX_TILE, two per stack), forward, and backward with level inputs recovered by transposition or kept, with
+    atomic or per-program gradient sums."""
+    width = cuda_triton.padded_width(d)
     for compact in (True, False):
-        common = {"HAS_SCALE": True, "L": per_stack, "M": per_stack * depth, "D": width,
-                  "BM": cuda_triton.tile_rows(width), "COMPACT": compact}
-        for kernel, signature, extra in ((cuda_triton._rotate_kernel, FORWARD, {"TOP_FIRST": True}),
-                                         (cuda_triton._rotate_backward_kernel, BACKWARD, {})):
-            constexprs = {**common, **extra}
-            source = ASTSource(fn=kernel, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
-                               constexprs=constexprs)
-            compiled = triton.compile(source, target=TARGET, options={"num_warps": 4})
-            name = f"{kernel.__name__}-D{width}-M{per_stack * depth}-{'compact' if compact else 'full'}"
-            print(name, ptxas_report(compiled.asm["ptx"], name))
+        seen = set()
+        for step in cuda_triton.plan_passes(d, depth, compact, top_first=True):
+            common = step.constexprs(width.bit_length() - 1, width, compact)
+            key = tuple(sorted({**common, "STACK0": 0}.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            first, last = step.kv_first + step.lev_shift, step.kv_end - 1 + step.lev_shift
+            label = f"D{width}-DV{step.tile}-levels{first}..{last}-{'tree' if compact else 'general'}"
+            compile_one(cuda_triton._rotate_kernel, FORWARD, {**common, "HAS_SCALE": True, "TOP_FIRST": True},
+                        step.warps(), f"_rotate_kernel-{label}")
+            for invert, atomic in ((True, True), (False, False)):
+                compile_one(cuda_triton._rotate_backward_kernel, BACKWARD,
+                            {**common, "HAS_SCALE": True, "INVERT_BY_TRANSPOSE": invert, "ATOMIC": atomic,
+                             "CHUNKS": step.chunks}, step.warps(),
+                            f"_rotate_backward_kernel-{label}-{'transposed' if invert else 'scratch'}")
 
 
 if __name__ == "__main__":
-    compile_all(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    # usage: triton_ahead_of_time.py d depth [max_tile]
+    if len(sys.argv) > 3:
+        cuda_triton.MAX_TILE = int(sys.argv[3])
+    compile_all(int(sys.argv[1]), int(sys.argv[2]))

@@ -28,30 +28,31 @@ from .blocks import (
 
 @torch.library.custom_op("goft::rotate_rows", mutates_args=())
 def rotate_rows_op(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor], top_first: bool,
-                   structure: str, depth: int) -> torch.Tensor:
+                   structure: str, depth: int, orthogonal: bool) -> torch.Tensor:
     """A new (N, d) tensor in ``rows``' dtype: every row right-multiplied by all level matrices of the ``structure``
     pairing stacked ``depth`` times (P_M first when ``top_first``), then by ``diag(scale)``.  ``blocks`` (n, 2, 2)
-    and ``scale`` (d,) are in the compute dtype, in which the backend computes.  Differentiable for
+    and ``scale`` (d,) are in the compute dtype, in which the backend computes.  ``orthogonal``: the blocks are
+    rotations (strict GOFT), which lets the backward recover level inputs by transposition.  Differentiable for
     ``top_first=True`` (the layer's direction) only."""
     backend = backend_for(rows, blocks.dtype)
     return backend.rotate_rows(rows, blocks, scale, top_first, structure, depth).to(rows.dtype)
 
 
 @rotate_rows_op.register_fake
-def _(rows, blocks, scale, top_first, structure, depth):
+def _(rows, blocks, scale, top_first, structure, depth, orthogonal):
     return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("goft::rotate_rows_backward", mutates_args=())
 def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, blocks: torch.Tensor,
                             scale: Optional[torch.Tensor], need_blocks: bool, need_scale: bool, structure: str,
-                            depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of ``rotate_rows_op(rows, blocks, scale, True, structure, depth)`` for the output gradient
-    ``grad``: (grad_rows in ``rows``' dtype, grad_blocks like ``blocks``, grad_scale like ``scale``); a gradient not
-    asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing
-    but the layer input and the parameters is kept between forward and backward."""
+                            depth: int, orthogonal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of ``rotate_rows_op(rows, blocks, scale, True, structure, depth, orthogonal)`` for the output
+    gradient ``grad``: (grad_rows in ``rows``' dtype, grad_blocks like ``blocks``, grad_scale like ``scale``); a
+    gradient not asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from
+    ``rows``: nothing but the layer input and the parameters is kept between forward and backward."""
     grad_rows, grad_blocks, grad_scale = backend_for(rows, blocks.dtype).rotate_rows_backward(
-        rows, grad, blocks, scale, need_blocks, need_scale and scale is not None, structure, depth
+        rows, grad, blocks, scale, need_blocks, need_scale and scale is not None, structure, depth, orthogonal
     )
     return (grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty
             blocks.new_empty(0) if grad_blocks is None else grad_blocks.to(blocks.dtype),
@@ -59,14 +60,14 @@ def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, blocks: torc
 
 
 @rotate_rows_backward_op.register_fake
-def _(rows, grad, blocks, scale, need_blocks, need_scale, structure, depth):
+def _(rows, grad, blocks, scale, need_blocks, need_scale, structure, depth, orthogonal):
     return (torch.empty_like(rows, memory_format=torch.contiguous_format),
             torch.empty_like(blocks) if need_blocks else blocks.new_empty(0),
             torch.empty_like(scale) if need_scale and scale is not None else blocks.new_empty(0))
 
 
 def _save_rotate_inputs(ctx, inputs, output):
-    rows, blocks, scale, top_first, ctx.structure, ctx.depth = inputs
+    rows, blocks, scale, top_first, ctx.structure, ctx.depth, ctx.orthogonal = inputs
     if not top_first:
         raise RuntimeError("goft::rotate_rows is differentiable only with top_first=True")
     ctx.save_for_backward(rows, blocks, scale)
@@ -76,9 +77,9 @@ def _rotate_rows_backward(ctx, grad_out):
     rows, blocks, scale = ctx.saved_tensors
     need_rows, need_blocks, need_scale = ctx.needs_input_grad[:3]
     grad_rows, grad_blocks, grad_scale = rotate_rows_backward_op(rows, grad_out, blocks, scale, need_blocks,
-                                                                 need_scale, ctx.structure, ctx.depth)
+                                                                 need_scale, ctx.structure, ctx.depth, ctx.orthogonal)
     return (grad_rows if need_rows else None, grad_blocks if need_blocks else None,
-            grad_scale if need_scale else None, None, None, None)
+            grad_scale if need_scale else None, None, None, None, None)
 
 
 rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rotate_inputs)
@@ -109,7 +110,9 @@ def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] 
     """
     d, blocks, dtype = _checked(x, "x", params, scale, structure, depth)
     scale = None if scale is None else scale.to(dtype)
-    return rotate_rows_op(x.reshape(-1, d), blocks.to(dtype), scale, True, structure, depth).reshape(x.shape)
+    orthogonal = params.dim() == 1  # angles: every block a rotation
+    return rotate_rows_op(x.reshape(-1, d), blocks.to(dtype), scale, True, structure, depth,
+                          orthogonal).reshape(x.shape)
 
 
 @torch.no_grad()
@@ -126,7 +129,7 @@ def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.
     if scale is not None:
         buf = buf / invertible_scale(scale, dtype)
     inverse = inverse_blocks(params, blocks.to(dtype))
-    return rotate_rows_op(buf, inverse, None, False, structure, depth).reshape(y.shape).to(y.dtype)
+    return rotate_rows_op(buf, inverse, None, False, structure, depth, False).reshape(y.shape).to(y.dtype)
 
 
 @torch.no_grad()
@@ -141,7 +144,7 @@ def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[tor
     buf = weight.reshape(-1, d).to(dtype)
     if scale is not None:
         buf = buf * scale.to(dtype)
-    out = rotate_rows_op(buf, transpose_blocks(blocks.to(dtype)), None, False, structure, depth)
+    out = rotate_rows_op(buf, transpose_blocks(blocks.to(dtype)), None, False, structure, depth, False)
     return out.reshape(weight.shape).to(weight.dtype)
 
 
@@ -156,5 +159,6 @@ def unmerge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[t
     d, blocks, dtype = _checked(weight, "weight", params, scale, structure, depth)
     inv_scale = None if scale is None else 1.0 / invertible_scale(scale, dtype)
     inverse = inverse_blocks(params, blocks.to(dtype))
-    out = rotate_rows_op(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), inv_scale, True, structure, depth)
+    out = rotate_rows_op(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), inv_scale, True, structure, depth,
+                         False)
     return out.reshape(weight.shape).to(weight.dtype)

@@ -4,7 +4,7 @@ Backends (each a module with ``rotate_rows`` and ``rotate_rows_backward`` of one
 :mod:`goft.ops.reference`):
 
 - ``numba`` (:mod:`goft.ops.cpu_numba`): CPU rows computed in fp32 or fp64;
-- ``triton`` (:mod:`goft.ops.cuda_triton`): CUDA rows in fp32, fp16 or bf16 computed in fp32, ``2 <= d <= MAX_D``;
+- ``triton`` (:mod:`goft.ops.cuda_triton`): CUDA rows in fp32, fp16 or bf16 computed in fp32, ``2 <= d <= 2^24``;
 - ``torch`` (:mod:`goft.ops.reference`): everything else.
 
 ``GOFT_KERNEL``: ``auto`` (default) takes the compiled backend for the device when its compiler works; ``torch``
@@ -73,7 +73,7 @@ def backend_for(rows: torch.Tensor, compute_dtype: torch.dtype) -> ModuleType:
         kind == "triton"
         and compute_dtype == torch.float32
         and rows.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        and 2 <= rows.shape[-1] <= triton_backend().MAX_D
+        and 2 <= rows.shape[-1] <= triton_backend().widest_row()
     ):
         return triton_backend()
     return reference

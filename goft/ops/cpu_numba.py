@@ -214,7 +214,8 @@ def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.
 
 
 def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1):
+                         depth: int = 1, orthogonal: bool = False):
+    """The reference's signature; ``orthogonal`` is not needed (each tile's level inputs stay in its cache)."""
     dtype = blocks.dtype
     rows = rows.to(dtype)
     grad_rows = torch.empty(rows.shape, dtype=dtype)

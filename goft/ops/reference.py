@@ -84,8 +84,10 @@ def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.
 
 
 def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1):
+                         depth: int = 1, orthogonal: bool = False):
     """The backward of ``rotate_rows(rows, blocks, scale, top_first=True)`` for the output gradient ``grad`` (N, d).
+    ``orthogonal`` (the blocks are rotations) is a hint a backend may use to recover level inputs by transposition;
+    this one keeps them, for every kind of block.
 
     Recomputes the forward keeping each level's input pairs (transient: 2 values per block per row), then walks the
     levels back.  Returns (grad_rows, grad_blocks or None, grad_scale or None) in the compute dtype.
