@@ -73,6 +73,15 @@ def test_counts_must_be_positive(capsys):
         assert "expected a positive integer" in capsys.readouterr().err
 
 
+def test_bench_names_a_bad_dtype_or_model_and_the_allowed_ones():
+    with pytest.raises(SystemExit, match=r"^goft bench: --dtypes has unknown \['float8'\]; allowed: float32, "
+                                         r"bfloat16, float16$"):
+        main(["bench", "--dtypes", "float32,float8"])
+    with pytest.raises(SystemExit, match=r"^goft bench: --e2e-models has unknown \['llama-70b'\]; allowed: minilm, "
+                                         r"llama-1b$"):
+        main(["bench", "--e2e-models", "llama-70b"])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # A user's work: never lost, never contradicted, named by what it came from
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Benchmarks behind ``goft bench``: GOFT against the frozen layer, PEFT's LoRA / OFT / BOFT and the authors' dense-R
-approach, measured in one run, interleaved, as medians of repeated runs.
+approach, measured in one run, interleaved, as medians of repeated runs (each repetition timed by
+``torch.utils.benchmark``, which synchronises CUDA around it); on CUDA also the peak memory of each step.
 
 Each measurement is one JSON line (written to ``OUT/bench.jsonl``) that names the machine; rich tables summarise them
 and ``OUT/bench_layer.png`` plots the per-layer time ratio against d.
@@ -21,7 +22,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
+from torch.utils import benchmark
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from .. import functional as givens
 from ..ops import backends
@@ -65,15 +67,23 @@ def interleaved_times(steps: dict[str, Callable[[], None]], reps: int, device: t
         for step in steps.values():
             step()
     _sync(device)
+    timers = {name: benchmark.Timer(stmt="step()", globals={"step": step}) for name, step in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(1).raw_times[0])
     return times
+
+
+def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | None:
+    """Peak CUDA memory allocated while ``step`` runs (all live tensors, the model's included); None on CPU."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device)
 
 
 def timing_fields(times: dict[str, list[float]], name: str, reference: str | None) -> dict:
@@ -149,10 +159,12 @@ LAYER_METHODS = ("frozen", "goft", "qgoft", "goft_scaling", "goft_butterfly", "q
                  "lora_r8", "oft", "boft", "authors_dense")
 
 
-def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS) -> dict[str, nn.Module]:
-    """One frozen ``Linear(d, d)`` and each method's adapted copy of it (random, non-identity adapters)."""
+def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS,
+                       dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+    """One frozen ``Linear(d, d)`` in ``dtype`` and each method's adapted copy of it (random, non-identity adapters,
+    in the dtype PEFT gives them: fp32 next to a half-precision base)."""
     torch.manual_seed(0)
-    base = nn.Sequential(nn.Linear(d, d)).to(device)
+    base = nn.Sequential(nn.Linear(d, d)).to(device=device, dtype=dtype)
     base.requires_grad_(False)
     models = {}
     for name in methods:
@@ -165,9 +177,11 @@ def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS) -> d
     return models
 
 
-def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LAYER_METHODS) -> list[dict]:
-    models = build_layer_models(d, device, methods)
-    x = torch.randn(tokens, d, device=device, requires_grad=True)  # mid-network: the input needs a gradient
+def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LAYER_METHODS,
+                dtype: torch.dtype = torch.float32) -> list[dict]:
+    models = build_layer_models(d, device, methods, dtype)
+    # mid-network: the input needs a gradient
+    x = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)
 
     def make_step(model):
         def step():
@@ -176,9 +190,10 @@ def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LA
 
     steps = {name: make_step(model) for name, model in models.items()}
     times = interleaved_times(steps, reps, device)
-    return [{"bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": "float32",
+    return [{"bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
              **timing_fields(times, name, "frozen"), "saved_bytes": saved_bytes(steps[name], exclude=x),
-             "trainable_params": count_parameters(model), "reps": reps} for name, model in models.items()]
+             "peak_bytes": peak_step_bytes(steps[name], device), "trainable_params": count_parameters(model),
+             "reps": reps} for name, model in models.items()]
 
 
 def bench_rotation_scaling(dims, tokens: int, device: torch.device, reps: int) -> dict:
@@ -232,42 +247,81 @@ def bench_merge(d: int, device: torch.device, reps: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 E2E_METHODS = ("goft", "qgoft", "lora_r8", "oft", "boft")
-E2E_TARGETS = ["query", "key", "value", "dense"]
+E2E_MODELS = ("minilm", "llama-1b")
+DTYPES = ("float32", "bfloat16", "float16")  # of the per-layer benchmark's base layer and input
+E2E_SHAPES = {"minilm": (16, 128), "llama-1b": (4, 512)}  # batch, sequence length
+MINILM_TARGETS = ["query", "key", "value", "dense"]
+DECODER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Llama 3.2 1B's published architecture (its config.json); the weights are random, which changes neither speed nor
+# memory, so no download is needed.
+LLAMA_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
+            "rope_theta": 500000.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
 
 
-def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS) -> list[dict]:
+def _e2e_model(name: str, device: torch.device):
+    """(base model on ``device``, a description of its weights, target modules, PEFT task type, dtype)."""
+    if name == "minilm":
+        try:
+            base, _ = load_sequence_classifier()
+            weights = "pretrained"
+        except ModelUnavailableError:  # e.g. a GPU machine without the package: same architecture, random weights
+            base = BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6,
+                                                            num_attention_heads=12, intermediate_size=1536,
+                                                            num_labels=2))
+            weights = "random (MiniLM architecture; model package not installed)"
+        return base.to(device), weights, MINILM_TARGETS, "SEQ_CLS", torch.float32
+    if name == "llama-1b":
+        base = LlamaForCausalLM(LlamaConfig(**LLAMA_1B)).to(device=device, dtype=torch.bfloat16)
+        return base, "random (Llama 3.2 1B architecture), bf16", DECODER_TARGETS, "CAUSAL_LM", torch.bfloat16
+    raise ValueError(f"end-to-end model must be one of {', '.join(E2E_MODELS)}, got {name!r}")
+
+
+def _training_step(model, method: str, batch: dict) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    quasi = method.startswith("qgoft")
+
+    def step():
+        loss = model(**batch).loss
+        if quasi:
+            loss = loss + orthogonality_penalty(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS,
+              model_name: str = "minilm") -> list[dict]:
+    """One training step (forward, backward, AdamW) of a whole model with all its linear layers adapted, per method:
+    interleaved times, and on CUDA each method's peak memory, measured with no other model on the device."""
     torch.manual_seed(0)
-    try:
-        base, _ = load_sequence_classifier()
-        weights = "pretrained"
-    except ModelUnavailableError:  # e.g. a GPU machine without the package: same architecture, random weights
-        base = BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                                                        intermediate_size=1536, num_labels=2))
-        weights = "random (MiniLM architecture; model package not installed)"
-    base.to(device)
+    base, weights, targets, task_type, dtype = _e2e_model(model_name, device)
     ids = torch.randint(1000, 20000, (batch, seq_len), device=device)
-    labels = torch.randint(0, 2, (batch,), device=device)
+    labels = torch.randint(0, 2, (batch,), device=device) if task_type == "SEQ_CLS" else ids
+    inputs = {"input_ids": ids, "labels": labels}
+    base.train()
+    peaks = {}
+    if device.type == "cuda":
+        for method in methods:  # one adapted model at a time, adapters removed again after
+            model = wrap(base, METHODS[method].peft_config(targets, task_type=task_type))
+            step = _training_step(model, method, inputs)
+            step()  # the optimizer's state exists from here on
+            peaks[method] = peak_step_bytes(step, device)
+            base = model.unload()
+            del model, step
+            torch.cuda.empty_cache()
     steps, models = {}, {}
     for method in methods:
-        config = METHODS[method].peft_config(E2E_TARGETS, task_type="SEQ_CLS")
-        model = wrap(copy.deepcopy(base), config).to(device)
-        model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        models[method] = model
-
-        def step(model=model, optimizer=optimizer, quasi=(method == "qgoft")):
-            loss = model(input_ids=ids, labels=labels).loss
-            if quasi:
-                loss = loss + orthogonality_penalty(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        steps[method] = step
+        models[method] = wrap(copy.deepcopy(base), METHODS[method].peft_config(targets, task_type=task_type))
+        models[method].train()
+        steps[method] = _training_step(models[method], method, inputs)
     times = interleaved_times(steps, reps, device, warmup=1)
     reference = "lora_r8" if "lora_r8" in times else None
-    return [{"bench": "e2e_minilm", "method": m, "batch": batch, "seq_len": seq_len, "weights": weights,
-             **timing_fields(times, m, reference), "trainable_params": count_parameters(models[m]), "reps": reps}
+    return [{"bench": "e2e", "model": model_name, "method": m, "batch": batch, "seq_len": seq_len, "weights": weights,
+             "dtype": str(dtype).removeprefix("torch."), **timing_fields(times, m, reference),
+             "peak_bytes": peaks.get(m), "trainable_params": count_parameters(models[m]), "reps": reps}
             for m in methods]
 
 
@@ -280,13 +334,14 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f}"
 
 
-def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
+def plot_layer(rows: list[dict], tokens: int, path: Path, dtype: str = "float32") -> None:
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = [m for m in LAYER_METHODS if any(r.get("method") == m for r in rows)]
     for method in methods:
         pts = sorted((r["d"], r["ratio_to_frozen"]) for r in rows
-                     if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens)
+                     if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens
+                     and r.get("dtype", "float32") == dtype)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method,
                     linewidth=2.5 if method.startswith(("goft", "qgoft")) else 1.2)
@@ -294,7 +349,7 @@ def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("d (in = out features)")
     ax.set_ylabel("forward+backward time / frozen layer")
-    ax.set_title(f"One adapted linear layer, {tokens} tokens, fp32")
+    ax.set_title(f"One adapted linear layer, {tokens} tokens, {dtype}")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -302,8 +357,8 @@ def plot_layer(rows: list[dict], tokens: int, path: Path) -> None:
 
 
 def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool = True, merge: bool = True,
-        methods=LAYER_METHODS, dense_max_d: int = 2048, e2e_batch: int = 16, e2e_seq_len: int = 128,
-        e2e_methods=E2E_METHODS) -> list[dict]:
+        methods=LAYER_METHODS, dense_max_d: int = 2048, e2e_methods=E2E_METHODS, dtypes=("float32",),
+        e2e_models=("minilm",)) -> list[dict]:
     """Every measurement in one process, each row appended to ``out/bench.jsonl`` as it is made; then the tables
     and ``out/bench_layer.png``."""
     console = Console()
@@ -321,25 +376,30 @@ def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool 
 
     jsonl.write_text("")
     console.print(f"machine: {machine}")
-    for tokens in tokens_list:
-        for d in dims:
-            # the dense approach costs O(L d^3) per step: past dense_max_d it takes minutes and is skipped
-            chosen = [m for m in methods if not (m == "authors_dense" and d > dense_max_d)]
-            console.print(f"layer d={d} tokens={tokens} ...")
-            for row in bench_layer(d, tokens, dev, reps, chosen):
-                emit(row)
+    for dtype in dtypes:
+        for tokens in tokens_list:
+            for d in dims:
+                # the dense approach costs O(L d^3) per step: past dense_max_d it takes minutes and is skipped
+                chosen = [m for m in methods if not (m == "authors_dense" and d > dense_max_d)]
+                console.print(f"layer d={d} tokens={tokens} {dtype} ...")
+                for row in bench_layer(d, tokens, dev, reps, chosen, getattr(torch, dtype)):
+                    emit(row)
     if len(dims) >= 2:
         emit(bench_rotation_scaling(dims, max(tokens_list), dev, reps))
     if merge:
         for row in bench_merge(4096, dev, reps):
             emit(row)
     if e2e:
-        console.print("end-to-end MiniLM training step ...")
-        for row in bench_e2e(dev, reps, e2e_batch, e2e_seq_len, e2e_methods):
-            emit(row)
-    report(console, rows, dims, tokens_list, methods, reps, f"batch {e2e_batch} x {e2e_seq_len} tokens")
-    plot_layer(rows, max(tokens_list), out / "bench_layer.png")
-    console.print(f"wrote {jsonl} and {out / 'bench_layer.png'}")
+        for model_name in e2e_models:
+            console.print(f"end-to-end {model_name} training step ...")
+            for row in bench_e2e(dev, reps, *E2E_SHAPES[model_name], e2e_methods, model_name):
+                emit(row)
+    report(console, rows, dims, tokens_list, methods, reps, dtypes)
+    if dims:
+        plot_layer(rows, max(tokens_list), out / "bench_layer.png", dtypes[0])
+        console.print(f"wrote {jsonl} and {out / 'bench_layer.png'}")
+    else:
+        console.print(f"wrote {jsonl}")
     return rows
 
 
@@ -348,20 +408,28 @@ def _ratio_cell(row: dict, reference: str) -> str:
     return f"{row[f'ratio_to_{reference}']:.2f} [{low:.2f}–{high:.2f}]"
 
 
-def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, e2e_shape: str) -> None:
+def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, dtypes=("float32",)) -> None:
     """Print the measurements as rich tables (the JSON lines hold everything)."""
-    ref_d = dims[min(1, len(dims) - 1)]
-    for tokens in tokens_list:
-        table = Table(title=f"one linear layer, {tokens} tokens, fp32, forward+backward: time / frozen layer, median "
-                            f"[range of the {reps} interleaved repetitions]")
-        for col in ("method", *(f"d={d} ratio" for d in dims), f"saved MiB d={ref_d}"):
-            table.add_column(col, justify="left" if col == "method" else "right")
-        for method in methods:
-            hits = {r["d"]: r for r in rows
-                    if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens}
-            cells = [_ratio_cell(hits[d], "frozen") if d in hits else "—" for d in dims]
-            table.add_row(method, *cells, _mib(hits[ref_d]["saved_bytes"]) if ref_d in hits else "—")
-        console.print(table)
+    ref_d = dims[min(1, len(dims) - 1)] if dims else None
+    with_peak = any(r.get("peak_bytes") is not None for r in rows)
+    for dtype in dtypes if dims else ():
+        for tokens in tokens_list:
+            table = Table(title=f"one linear layer, {tokens} tokens, {dtype}, forward+backward: time / frozen layer, "
+                                f"median [range of the {reps} interleaved repetitions]")
+            columns = ["method", *(f"d={d} ratio" for d in dims), f"saved MiB d={ref_d}"]
+            if with_peak:
+                columns.append(f"peak MiB d={ref_d}")
+            for col in columns:
+                table.add_column(col, justify="left" if col == "method" else "right")
+            for method in methods:
+                hits = {r["d"]: r for r in rows if r["bench"] == "layer" and r["method"] == method
+                        and r["tokens"] == tokens and r.get("dtype", "float32") == dtype}
+                cells = [_ratio_cell(hits[d], "frozen") if d in hits else "—" for d in dims]
+                cells.append(_mib(hits[ref_d]["saved_bytes"]) if ref_d in hits else "—")
+                if with_peak:
+                    cells.append(_mib(hits[ref_d]["peak_bytes"]) if ref_d in hits else "—")
+                table.add_row(method, *cells)
+            console.print(table)
     for row in rows:
         if row["bench"] == "rotation_scaling":
             console.print(f"rotation alone, {row['tokens']} tokens: time ∝ d^{row['fitted_exponent']:.2f} "
@@ -370,13 +438,18 @@ def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, e2e
             console.print(f"merge {row['method']} {row['d']}x{row['d']}: {row['merge_seconds']:.3f} s, unmerge "
                           f"{row['unmerge_seconds']:.3f} s, restore error {row['unmerge_restore_max_rel']:.1e} after "
                           f"one round trip, {row['unmerge_restore_max_rel_after_all_reps']:.1e} after {row['reps']}")
-    e2e_rows = [r for r in rows if r["bench"] == "e2e_minilm"]
-    if e2e_rows:
-        table = Table(title=f"MiniLM training step ({e2e_shape}, all linear layers adapted), median of {reps} "
-                            "[range of the per-repetition ratios]")
-        for col in ("method", "seconds", "vs LoRA r=8", "trainable params"):
+    for model_name in E2E_MODELS:
+        e2e_rows = [r for r in rows if r["bench"] == "e2e" and r["model"] == model_name]
+        if not e2e_rows:
+            continue
+        first = e2e_rows[0]
+        table = Table(title=f"{model_name} training step ({first['weights']}; batch {first['batch']} x "
+                            f"{first['seq_len']} tokens, all linear layers adapted), median of {reps} [range of the "
+                            "per-repetition ratios]")
+        for col in ("method", "seconds", "vs LoRA r=8", "peak MiB", "trainable params"):
             table.add_column(col, justify="right")
         for r in e2e_rows:
             ratio = _ratio_cell(r, "lora_r8") if "ratio_to_lora_r8" in r else "—"
-            table.add_row(r["method"], f"{r['seconds']:.3f}", ratio, f"{r['trainable_params']:,}")
+            peak = _mib(r["peak_bytes"]) if r.get("peak_bytes") is not None else "—"
+            table.add_row(r["method"], f"{r['seconds']:.3f}", ratio, peak, f"{r['trainable_params']:,}")
         console.print(table)

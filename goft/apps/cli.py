@@ -154,9 +154,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "frozen" not in methods:
         methods = ["frozen", *methods]
     out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
-    bench.run(out, args.dims, args.tokens, args.reps, device=args.device, e2e=not args.no_e2e,
-              merge=not args.no_merge, methods=methods, dense_max_d=args.dense_max_d,
-              e2e_methods=[m for m in bench.E2E_METHODS if m in methods])
+    bench.run(out, [] if args.no_layers else args.dims, args.tokens, args.reps, device=args.device,
+              e2e=not args.no_e2e, merge=not args.no_merge, methods=methods, dense_max_d=args.dense_max_d,
+              e2e_methods=[m for m in bench.E2E_METHODS if m in methods],
+              dtypes=method_list(args.dtypes, bench.DTYPES, option="dtypes"),
+              e2e_models=method_list(args.e2e_models, bench.E2E_MODELS, option="e2e_models"))
     return 0
 
 
@@ -306,7 +308,15 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--dense-max-d", type=int, default=2048,
                    help="largest d for the authors' dense approach, which costs O(L d^3) a step (default: 2048)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end MiniLM training step")
+    p.add_argument("--dtypes", default="float32",
+                   help="comma-separated dtypes of the layer and its input: float32, bfloat16, float16 (default: "
+                        "float32); adapters keep the dtype PEFT gives them")
+    p.add_argument("--e2e-models", default="minilm",
+                   help="models for the end-to-end training step: minilm, llama-1b (Llama 3.2 1B's architecture "
+                        "with random weights, bf16; for a GPU) (default: minilm)")
+    p.add_argument("--no-layers", action="store_true",
+                   help="skip the per-layer benchmark (and the rotation's scaling in d)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end training steps")
     p.add_argument("--no-merge", action="store_true", help="skip the 4096x4096 merge timing")
     p.add_argument("--out", default=None,
                    help="directory for bench.jsonl and bench_layer.png (default: a new runs/bench-YYYYmmdd-HHMMSS; "
