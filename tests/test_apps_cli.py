@@ -46,6 +46,15 @@ def test_finetune_names_the_pairing_flags_and_compare_points_to_its_rows(tmp_pat
         main(["finetune", "--structure", "ring"])
     with pytest.raises(OptionError, match="^depth is not taken by compare, .*goft_tree_depth2"):
         run_compare("polarity", ["goft"], [0], replace(FinetuneConfig(), depth=2), tmp_path)
+    # nor a λ or a rank other than the one its method names stand for (a rerun would mix them up)
+    with pytest.raises(OptionError, match="^orth_reg_weight is not taken by compare, .*qgoft_l3"):
+        run_compare("polarity", ["qgoft"], [0], replace(FinetuneConfig(), orth_reg_weight=1e-3), tmp_path)
+    with pytest.raises(OptionError, match="^lora_r is not taken by compare, .*lora_r4"):
+        run_compare("polarity", ["lora"], [0], replace(FinetuneConfig(), lora_r=4), tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--lora-r", "4"])
+    assert exit_info.value.code == 2  # not an option of compare's
+    assert not (tmp_path / "polarity.json").exists()
 
 
 def test_inspect_reads_a_butterfly_adapter(tmp_path, capsys):

@@ -64,17 +64,16 @@ def _finetune_config(args: argparse.Namespace):
     from .finetune import FinetuneConfig
 
     values = dict(
-        method=getattr(args, "method", "goft"), task=args.task, model=args.model, train_file=args.train_file,
-        eval_file=args.eval_file, val_file=args.val_file, val_fraction=args.val_fraction,
-        target_modules=_comma_list(args.target_modules), epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, max_length=args.max_length, seed=getattr(args, "seed", 0),
-        train_size=args.train_size, orth_reg_weight=args.orth_reg_weight, lora_r=args.lora_r,
-        structure=getattr(args, "structure", "tree"), depth=getattr(args, "depth", 1),
-        output=getattr(args, "output", None),
-        progress=not args.no_progress,
-        save_every=getattr(args, "save_every", 0), resume=getattr(args, "resume", False),
-        overwrite=getattr(args, "overwrite", False),
+        task=args.task, model=args.model, train_file=args.train_file, eval_file=args.eval_file,
+        val_file=args.val_file, val_fraction=args.val_fraction, target_modules=_comma_list(args.target_modules),
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
+        train_size=args.train_size, progress=not args.no_progress,
     )
+    # finetune's own options (compare's parser lacks them: FinetuneConfig's defaults apply)
+    for name in ("method", "seed", "orth_reg_weight", "lora_r", "structure", "depth", "output", "save_every",
+                 "resume", "overwrite"):
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
     return FinetuneConfig(**values)
 
 
@@ -187,8 +186,6 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--max-length", type=int, default=64, help="max tokens per example (default: 64)")
     p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")
-    p.add_argument("--orth-reg-weight", type=float, default=1e-2, help="qGOFT penalty weight λ (default: 0.01)")
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for --method lora (default: 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -212,6 +209,9 @@ def _add_finetune_parser(sub) -> None:
                         "(about (d/2)·log2 d blocks) (default: tree)")
     p.add_argument("--depth", type=int, default=1,
                    help="stacked GOFT rotations, each with its own blocks (default: 1)")
+    # (finetune only, with --structure and --depth: compare's rows are keyed by method name, see its registry rows)
+    p.add_argument("--orth-reg-weight", type=float, default=1e-2, help="qGOFT penalty weight λ (default: 0.01)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for --method lora (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--output", default=None,
                    help="directory for the adapter (or head, or model), metrics.json, curve.png and checkpoint.pt "

@@ -16,7 +16,7 @@ its test accuracy.
 from __future__ import annotations
 
 import statistics
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from . import io
@@ -27,6 +27,11 @@ from .results import RunsFile, best_rate_on_validation, markdown_table, mean_std
 
 LR_FACTORS = (1 / 5.5, 1 / 1.8, 1.8, 5.5)  # x the method's default rate: four rates spanning 30x
 KEY_FIELDS = ("method", "stage", "seed", "lr", "epochs")
+# Options that change what a method trains: rows are keyed by method name, so each name stands for one setting of
+# them, and compare takes only their defaults (option -> the registry's rows that vary it).
+FIXED_BY_METHOD_NAME = {"structure": "goft_butterfly, qgoft_butterfly and goft_tree_depth2",
+                        "depth": "goft_tree_depth2", "orth_reg_weight": "qgoft_l3 (λ = 1e-3)",
+                        "lora_r": "lora_r1, lora_r2, lora_r4 and lora_r8"}
 
 
 def lr_grid(default_lr: float, factors=LR_FACTORS) -> list[float]:
@@ -41,10 +46,11 @@ def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Pa
     ``sweep=False`` skips the sweep and runs the finals at each method's default rate, or at ``base.lr`` when set
     (quick looks and demos; the table then says the rate was not chosen on validation)."""
     method_list(",".join(methods), tuple(METHODS))
-    if (base.structure, base.depth) != ("tree", 1):  # rows are keyed by method name: each name is one pairing
-        option = "structure" if base.structure != "tree" else "depth"
-        raise OptionError(option, "is not taken by compare, whose rows are keyed by method name; compare the "
-                                  "registry's goft_butterfly, qgoft_butterfly and goft_tree_depth2 instead")
+    defaults = {field.name: field.default for field in fields(FinetuneConfig)}
+    for option, rows in FIXED_BY_METHOD_NAME.items():
+        if getattr(base, option) != defaults[option]:
+            raise OptionError(option, f"is not taken by compare, whose rows are keyed by method name; compare the "
+                                      f"registry's {rows} instead")
     results = RunsFile(Path(results_dir) / f"{task}.json", key_fields=KEY_FIELDS)
     for method in methods:
         if sweep:
