@@ -2,9 +2,10 @@
 # GPU check, one command, under 8 minutes: the Triton kernels' tests on the GPU; `goft bench --device cuda` per layer
 # at d = 768, 4096 and 11008 in fp32 and bf16 (GOFT, qGOFT, the butterfly, LoRA r=8, OFT, BOFT, interleaved, with
 # peak memory) and MiniLM's training step; then the training step of a decoder of Llama 3.2 1B's architecture (random
-# weights, bf16) for GOFT, LoRA r=8 and OFT with peak memory; and the per-layer rows once more on the torch reference
-# path.  Logs and bench output go to $OUT (default ./gpu_out).  Expects python3 with CUDA torch and triton; wheels
-# in .whl/ (e.g. peft) are installed first.
+# weights, bf16) for GOFT, LoRA r=8 and OFT with peak memory; the kernels' tile shapes (bench/gpu_tiles.py); and the
+# per-layer rows once more on the torch reference path.  Each step has a time limit; together at most 8 minutes.
+# Logs and bench output go to $OUT (default ./gpu_out).  Expects python3 with CUDA torch and triton; wheels in .whl/
+# (e.g. peft) are installed first.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_out}
@@ -19,12 +20,13 @@ fi
   python3 -c "import torch, triton, peft, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
 # (the ahead-of-time compile test is for machines without a GPU: here the kernels compile for real)
-timeout 150 python3 -m pytest -q tests/test_ops_cuda_triton.py -k "not compile_for_a_gpu" -p no:cacheprovider \
+timeout 120 python3 -m pytest -q tests/test_ops_cuda_triton.py -k "not compile_for_a_gpu" -p no:cacheprovider \
   -p no:warnings 2>&1 | tee "$OUT/test_ops_cuda_triton.log"
-timeout 200 python3 -m goft bench --device cuda --dims 768,4096,11008 --tokens 4096 --reps 20 \
+timeout 180 python3 -m goft bench --device cuda --dims 768,4096,11008 --tokens 4096 --reps 20 \
   --dtypes float32,bfloat16 --methods goft,qgoft,goft_butterfly,lora_r8,oft,boft --no-merge \
   --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
-timeout 120 python3 -m goft bench --device cuda --no-layers --e2e-models llama-1b --methods goft,lora_r8,oft \
+timeout 90 python3 -m goft bench --device cuda --no-layers --e2e-models llama-1b --methods goft,lora_r8,oft \
   --reps 10 --no-merge --out "$OUT/bench_llama" 2>&1 | tee "$OUT/bench_llama.log"
-GOFT_KERNEL=torch timeout 60 python3 -m goft bench --device cuda --dims 768,4096 --tokens 4096 --reps 10 \
+timeout 60 python3 bench/gpu_tiles.py 768,4096 5 2>&1 | tee "$OUT/tiles.log"
+GOFT_KERNEL=torch timeout 30 python3 -m goft bench --device cuda --dims 768,4096 --tokens 4096 --reps 10 \
   --methods goft,lora_r8 --no-merge --no-e2e --out "$OUT/bench_torch_path" 2>&1 | tee "$OUT/bench_torch_path.log"

@@ -439,7 +439,8 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
     compact = structure == "tree"
     passes = plan_passes(d, depth, compact, top_first=True)
     grad_blocks = torch.zeros((n_blocks, 4), dtype=torch.float32, device=device)
-    grad_scale = torch.zeros(d if scale is not None else 1, dtype=torch.float32, device=device)
+    # (no scale: a placeholder pointer the kernel never touches, so no fill launch)
+    grad_scale = torch.zeros(d, device=device) if scale is not None else torch.empty(1, device=device)
     if n_rows == 0:
         return grad_rows, grad_blocks.reshape(blocks.shape) if need_blocks else None, None
     inputs = [rows]  # each pass's input: the forward of the passes before it, transient, in fp32
