@@ -48,35 +48,7 @@ def close(got, want, rtol):
 @pytest.mark.parametrize("quasi", [False, True])
 @pytest.mark.parametrize("with_scale", [False, True])
 def test_forward_and_backward_match_the_dense_reference(d, quasi, with_scale):
-    params = make_params(d, quasi, seed=d)
-    blocks = as_blocks(params, d)
-    scale = make_scale(d, d) if with_scale else None
-    n = 37  # several programs and a short last tile
-    x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    g = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-
-    blocks_ref = blocks.clone().requires_grad_()
-    scale_ref = None if scale is None else scale.clone().requires_grad_()
-    x_ref = x.clone().requires_grad_()
-    y_ref = x_ref @ F.rotation_matrix(blocks_ref, d, scale_ref)
-    y_ref.backward(g)
-
-    dev = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
-    y = T.rotate_rows(dev(x), dev(blocks), dev(scale), top_first=True)
-    assert y.dtype == torch.float32 and y.device.type == DEVICE.type
-    close(y, y_ref.detach(), 2e-6 * math.log2(d + 1))
-
-    # strict blocks: level inputs recovered by transposition; quasi: kept in the scratch
-    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(g), dev(blocks), dev(scale), True, True, orthogonal=not quasi)
-    close(gx, x_ref.grad, 2e-6 * math.log2(d + 1))
-    close(gb, blocks_ref.grad, 1e-5 * math.log2(d + 1))  # sums over 37 rows
-    if with_scale:
-        close(gs, scale_ref.grad, 1e-5 * math.log2(d + 1))
-    else:
-        assert gs is None
-
-    y_bottom = T.rotate_rows(dev(x), dev(blocks), None, top_first=False)
-    close(y_bottom, x @ bottom_first_matrix(blocks, d), 2e-6 * math.log2(d + 1))
+    dense_check(d, "tree", 1, quasi, with_scale)
 
 
 @pytest.mark.parametrize("d", [2, 3, 5, 8, 12, 33])
@@ -87,33 +59,40 @@ def test_every_pairing_runs_on_the_kernels_and_matches_the_dense_reference(d, st
 
 
 def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_options):
-    """Forward (both directions) and backward of the kernels against autograd through the dense matrix."""
+    """Forward (both directions) and backward of the kernels against autograd through the dense matrix; strict
+    params go in as angles (level inputs recovered by transposition, one gradient per angle), quasi as blocks (level
+    inputs kept in the scratch).  37 rows: several programs and a short last tile."""
     pairing = {"structure": structure, "depth": depth}
     n_blocks = F.num_blocks(d, structure, depth)
     g = torch.Generator().manual_seed(d + depth)
     theta = torch.randn(n_blocks, generator=g, dtype=torch.float64)
     params = F.angles_to_blocks(theta) + 0.3 * torch.randn(n_blocks, 2, 2, generator=g, dtype=torch.float64) \
         if quasi else theta
-    blocks = as_blocks(params, d, structure, depth)
     scale = make_scale(d, d) if with_scale else None
     x = torch.randn(n_rows, d, dtype=torch.float64, generator=g)
     grad = torch.randn(n_rows, d, dtype=torch.float64, generator=g)
-    blocks_ref = blocks.clone().requires_grad_()
+    params_ref = params.clone().requires_grad_()
     scale_ref = None if scale is None else scale.clone().requires_grad_()
     x_ref = x.clone().requires_grad_()
-    y_ref = x_ref @ F.rotation_matrix(blocks_ref, d, scale_ref, **pairing)
+    y_ref = x_ref @ F.rotation_matrix(params_ref, d, scale_ref, **pairing)
     y_ref.backward(grad)
     dev = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
     tol = 2e-6 * math.log2(d + 1) * depth
-    close(T.rotate_rows(dev(x), dev(blocks), dev(scale), True, **pairing), y_ref.detach(), tol)
-    gx, gb, gs = T.rotate_rows_backward(dev(x), dev(grad), dev(blocks), dev(scale), True, True, **pairing,
-                                        orthogonal=not quasi, **backward_options)
+    y = T.rotate_rows(dev(x), dev(params), dev(scale), True, **pairing)
+    assert y.dtype == torch.float32 and y.device.type == DEVICE.type
+    close(y, y_ref.detach(), tol)
+    gx, gp, gs = T.rotate_rows_backward(dev(x), dev(grad), dev(params), dev(scale), True, True, **pairing,
+                                        **backward_options)
+    assert gp.shape == params.shape
     close(gx, x_ref.grad, tol)
-    close(gb, blocks_ref.grad, 5 * tol)  # sums over the rows
+    close(gp, params_ref.grad, 5 * tol)  # sums over the rows
     if with_scale:
         close(gs, scale_ref.grad, 5 * tol)
+    else:
+        assert gs is None
+    blocks = as_blocks(params, d, structure, depth)
     bottom_first = F.rotation_matrix(blocks.transpose(-1, -2), d, **pairing).T  # P_1 ⋯ P_M
-    close(T.rotate_rows(dev(x), dev(blocks), None, False, **pairing), x @ bottom_first, tol)
+    close(T.rotate_rows(dev(x), dev(params), None, False, **pairing), x @ bottom_first, tol)
 
 
 @pytest.mark.parametrize("d, max_tile", [(9, 4), (17, 8)])
@@ -162,17 +141,24 @@ def test_backward_programs_loop_over_row_tiles(structure, quasi):
         torch.use_deterministic_algorithms(False)
 
 
-def test_level_inputs_by_transposition_equal_the_kept_ones():
+def test_angles_and_their_rotations_as_blocks_give_one_result():
+    """Angles (inputs recovered by transposition, angle gradients) and the same rotations passed as (n, 2, 2)
+    blocks (inputs kept, block gradients): equal outputs and input gradients, and the angle gradient is the block
+    gradient contracted with d/dθ of the rotation."""
     d = 100
-    params = make_params(d, False, 3)
-    blocks = as_blocks(params, d).float().to(DEVICE)
+    theta = make_params(d, False, 3).float().to(DEVICE)
+    blocks = F.angles_to_blocks(theta)
     scale = make_scale(d, 3).float().to(DEVICE)
     x = torch.randn(19, d, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     g = torch.randn(19, d, generator=torch.Generator().manual_seed(5)).to(DEVICE)
-    kept = T.rotate_rows_backward(x, g, blocks, scale, True, True, orthogonal=False)
-    transposed = T.rotate_rows_backward(x, g, blocks, scale, True, True, orthogonal=True)
-    for a, b in zip(kept, transposed, strict=True):
-        close(b, a.double().cpu(), 1e-5)
+    close(T.rotate_rows(x, theta, scale, True), T.rotate_rows(x, blocks, scale, True).double().cpu(), 1e-6)
+    gx_a, g_theta, gs_a = T.rotate_rows_backward(x, g, theta, scale, True, True)
+    gx_b, g_blocks, gs_b = T.rotate_rows_backward(x, g, blocks, scale, True, True)
+    close(gx_a, gx_b.double().cpu(), 1e-5)
+    close(gs_a, gs_b.double().cpu(), 1e-5)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    want = cos * (g_blocks[:, 1, 0] - g_blocks[:, 0, 1]) - sin * (g_blocks[:, 0, 0] + g_blocks[:, 1, 1])
+    close(g_theta, want.double().cpu(), 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -47,8 +47,8 @@ def compile_one(kernel, signature: dict, constexprs: dict, warps: int, name: str
 
 def compile_all(d: int, depth: int) -> None:
     """Every launch goft makes for rows of width d at this depth (the tree and the butterfly; one pass or, past
-    MAX_TILE, two per stack), forward, and backward with level inputs recovered by transposition or kept, with
-    atomic or per-program gradient sums."""
+    MAX_TILE, two per stack): forward from angles, and backward from angles (level inputs recovered by
+    transposition, atomic gradient sums) and from blocks (level inputs kept, per-program partial sums)."""
     width = cuda_triton.padded_width(d)
     for compact in (True, False):
         seen = set()
@@ -60,13 +60,13 @@ def compile_all(d: int, depth: int) -> None:
             seen.add(key)
             first, last = step.kv_first + step.lev_shift, step.kv_end - 1 + step.lev_shift
             label = f"D{width}-DV{step.tile}-levels{first}..{last}-{'tree' if compact else 'general'}"
-            compile_one(cuda_triton._rotate_kernel, FORWARD, {**common, "HAS_SCALE": True, "TOP_FIRST": True},
-                        step.warps(), f"_rotate_kernel-{label}")
-            for invert, atomic in ((True, True), (False, False)):
+            compile_one(cuda_triton._rotate_kernel, FORWARD,
+                        {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": True}, step.warps(),
+                        f"_rotate_kernel-{label}")
+            for angles in (True, False):
                 compile_one(cuda_triton._rotate_backward_kernel, BACKWARD,
-                            {**common, "HAS_SCALE": True, "INVERT_BY_TRANSPOSE": invert, "ATOMIC": atomic,
-                             "CHUNKS": step.chunks}, step.warps(),
-                            f"_rotate_backward_kernel-{label}-{'transposed' if invert else 'scratch'}")
+                            {**common, "HAS_SCALE": True, "ANGLES": angles, "ATOMIC": angles, "CHUNKS": step.chunks},
+                            step.warps(), f"_rotate_backward_kernel-{label}-{'angles' if angles else 'blocks'}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import torch
 
 from .backends import backend_for
 from .blocks import (
-    as_blocks,
+    blocks_of,
+    check_params,
     check_rows,
     check_scale,
     compute_dtype,
@@ -27,59 +28,59 @@ from .blocks import (
 
 
 @torch.library.custom_op("goft::rotate_rows", mutates_args=())
-def rotate_rows_op(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor], top_first: bool,
-                   structure: str, depth: int, orthogonal: bool) -> torch.Tensor:
+def rotate_rows_op(rows: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor], top_first: bool,
+                   structure: str, depth: int) -> torch.Tensor:
     """A new (N, d) tensor in ``rows``' dtype: every row right-multiplied by all level matrices of the ``structure``
-    pairing stacked ``depth`` times (P_M first when ``top_first``), then by ``diag(scale)``.  ``blocks`` (n, 2, 2)
-    and ``scale`` (d,) are in the compute dtype, in which the backend computes.  ``orthogonal``: the blocks are
-    rotations (strict GOFT), which lets the backward recover level inputs by transposition.  Differentiable for
-    ``top_first=True`` (the layer's direction) only."""
-    backend = backend_for(rows, blocks.dtype)
-    return backend.rotate_rows(rows, blocks, scale, top_first, structure, depth).to(rows.dtype)
+    pairing stacked ``depth`` times (P_M first when ``top_first``), then by ``diag(scale)``.  ``params`` are the
+    blocks, as angles (n,) (strict: the backends turn them into rotations themselves, and may invert a level by
+    transposition) or as (n, 2, 2) matrices; they and ``scale`` (d,) are in the compute dtype, in which the backend
+    computes.  Differentiable for ``top_first=True`` (the layer's direction) only."""
+    backend = backend_for(rows, params.dtype)
+    return backend.rotate_rows(rows, params, scale, top_first, structure, depth).to(rows.dtype)
 
 
 @rotate_rows_op.register_fake
-def _(rows, blocks, scale, top_first, structure, depth, orthogonal):
+def _(rows, params, scale, top_first, structure, depth):
     return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("goft::rotate_rows_backward", mutates_args=())
-def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, blocks: torch.Tensor,
-                            scale: Optional[torch.Tensor], need_blocks: bool, need_scale: bool, structure: str,
-                            depth: int, orthogonal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of ``rotate_rows_op(rows, blocks, scale, True, structure, depth, orthogonal)`` for the output
-    gradient ``grad``: (grad_rows in ``rows``' dtype, grad_blocks like ``blocks``, grad_scale like ``scale``); a
-    gradient not asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from
-    ``rows``: nothing but the layer input and the parameters is kept between forward and backward."""
-    grad_rows, grad_blocks, grad_scale = backend_for(rows, blocks.dtype).rotate_rows_backward(
-        rows, grad, blocks, scale, need_blocks, need_scale and scale is not None, structure, depth, orthogonal
+def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, params: torch.Tensor,
+                            scale: Optional[torch.Tensor], need_params: bool, need_scale: bool, structure: str,
+                            depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of ``rotate_rows_op(rows, params, scale, True, structure, depth)`` for the output gradient
+    ``grad``: (grad_rows in ``rows``' dtype, grad_params like ``params``, grad_scale like ``scale``); a gradient not
+    asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing
+    but the layer input and the parameters is kept between forward and backward."""
+    grad_rows, grad_params, grad_scale = backend_for(rows, params.dtype).rotate_rows_backward(
+        rows, grad, params, scale, need_params, need_scale and scale is not None, structure, depth
     )
     return (grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty
-            blocks.new_empty(0) if grad_blocks is None else grad_blocks.to(blocks.dtype),
-            blocks.new_empty(0) if grad_scale is None else grad_scale.to(blocks.dtype))
+            params.new_empty(0) if grad_params is None else grad_params.to(params.dtype),
+            params.new_empty(0) if grad_scale is None else grad_scale.to(params.dtype))
 
 
 @rotate_rows_backward_op.register_fake
-def _(rows, grad, blocks, scale, need_blocks, need_scale, structure, depth, orthogonal):
+def _(rows, grad, params, scale, need_params, need_scale, structure, depth):
     return (torch.empty_like(rows, memory_format=torch.contiguous_format),
-            torch.empty_like(blocks) if need_blocks else blocks.new_empty(0),
-            torch.empty_like(scale) if need_scale and scale is not None else blocks.new_empty(0))
+            torch.empty_like(params) if need_params else params.new_empty(0),
+            torch.empty_like(scale) if need_scale and scale is not None else params.new_empty(0))
 
 
 def _save_rotate_inputs(ctx, inputs, output):
-    rows, blocks, scale, top_first, ctx.structure, ctx.depth, ctx.orthogonal = inputs
+    rows, params, scale, top_first, ctx.structure, ctx.depth = inputs
     if not top_first:
         raise RuntimeError("goft::rotate_rows is differentiable only with top_first=True")
-    ctx.save_for_backward(rows, blocks, scale)
+    ctx.save_for_backward(rows, params, scale)
 
 
 def _rotate_rows_backward(ctx, grad_out):
-    rows, blocks, scale = ctx.saved_tensors
-    need_rows, need_blocks, need_scale = ctx.needs_input_grad[:3]
-    grad_rows, grad_blocks, grad_scale = rotate_rows_backward_op(rows, grad_out, blocks, scale, need_blocks,
-                                                                 need_scale, ctx.structure, ctx.depth, ctx.orthogonal)
-    return (grad_rows if need_rows else None, grad_blocks if need_blocks else None,
-            grad_scale if need_scale else None, None, None, None, None)
+    rows, params, scale = ctx.saved_tensors
+    need_rows, need_params, need_scale = ctx.needs_input_grad[:3]
+    grad_rows, grad_params, grad_scale = rotate_rows_backward_op(rows, grad_out, params, scale, need_params,
+                                                                 need_scale, ctx.structure, ctx.depth)
+    return (grad_rows if need_rows else None, grad_params if need_params else None,
+            grad_scale if need_scale else None, None, None, None)
 
 
 rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rotate_inputs)
@@ -87,11 +88,11 @@ rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rota
 
 def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor], structure: str,
              depth: int):
-    """Validate the arguments of an entry point; returns (d, blocks, compute dtype)."""
+    """Validate the arguments of an entry point; returns (d, compute dtype)."""
     d = check_rows(rows, name)
-    blocks = as_blocks(params, d, structure, depth)
+    check_params(params, d, structure, depth)
     check_scale(scale, d)
-    return d, blocks, compute_dtype(rows, blocks, scale)
+    return d, compute_dtype(rows, params, scale)
 
 
 def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *, structure: str = "tree",
@@ -108,11 +109,11 @@ def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] 
 
     Differentiable in ``x``, ``params`` and ``scale`` (first order).
     """
-    d, blocks, dtype = _checked(x, "x", params, scale, structure, depth)
+    d, dtype = _checked(x, "x", params, scale, structure, depth)
     scale = None if scale is None else scale.to(dtype)
-    orthogonal = params.dim() == 1  # angles: every block a rotation
-    return rotate_rows_op(x.reshape(-1, d), blocks.to(dtype), scale, True, structure, depth,
-                          orthogonal).reshape(x.shape)
+    # the params go in as they are (angles or blocks): the backends form the rotations, so that autograd needs no
+    # separate kernels for cos, sin and their gradients
+    return rotate_rows_op(x.reshape(-1, d), params.to(dtype), scale, True, structure, depth).reshape(x.shape)
 
 
 @torch.no_grad()
@@ -124,12 +125,12 @@ def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.
     blocks by their closed-form 2×2 inverse.  Raises :class:`SingularBlockError` for a (near-)singular block and
     :class:`GivensError` for a zero or non-finite scale.
     """
-    d, blocks, dtype = _checked(y, "y", params, scale, structure, depth)
+    d, dtype = _checked(y, "y", params, scale, structure, depth)
     buf = y.reshape(-1, d).to(dtype)
     if scale is not None:
         buf = buf / invertible_scale(scale, dtype)
-    inverse = inverse_blocks(params, blocks.to(dtype))
-    return rotate_rows_op(buf, inverse, None, False, structure, depth, False).reshape(y.shape).to(y.dtype)
+    inverse = inverse_blocks(params, blocks_of(params).to(dtype))
+    return rotate_rows_op(buf, inverse, None, False, structure, depth).reshape(y.shape).to(y.dtype)
 
 
 @torch.no_grad()
@@ -140,11 +141,11 @@ def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[tor
     ``W @ R.T = W · diag(s) · P_1^T ⋯ P_M^T``, applied as level updates on W's columns (no d×d product).
     Returns a new tensor in W's dtype (computed in at least fp32); W itself is not modified.
     """
-    d, blocks, dtype = _checked(weight, "weight", params, scale, structure, depth)
+    d, dtype = _checked(weight, "weight", params, scale, structure, depth)
     buf = weight.reshape(-1, d).to(dtype)
     if scale is not None:
         buf = buf * scale.to(dtype)
-    out = rotate_rows_op(buf, transpose_blocks(blocks.to(dtype)), None, False, structure, depth, False)
+    out = rotate_rows_op(buf, transpose_blocks(blocks_of(params).to(dtype)), None, False, structure, depth)
     return out.reshape(weight.shape).to(weight.dtype)
 
 
@@ -156,9 +157,8 @@ def unmerge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[t
     Raises :class:`SingularBlockError` (a ``ValueError``) before computing anything if a block or scale entry cannot
     be inverted.  Returns a new tensor; W is not modified.
     """
-    d, blocks, dtype = _checked(weight, "weight", params, scale, structure, depth)
+    d, dtype = _checked(weight, "weight", params, scale, structure, depth)
     inv_scale = None if scale is None else 1.0 / invertible_scale(scale, dtype)
-    inverse = inverse_blocks(params, blocks.to(dtype))
-    out = rotate_rows_op(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), inv_scale, True, structure, depth,
-                         False)
+    inverse = inverse_blocks(params, blocks_of(params).to(dtype))
+    out = rotate_rows_op(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), inv_scale, True, structure, depth)
     return out.reshape(weight.shape).to(weight.dtype)

@@ -18,6 +18,20 @@ def angles_to_blocks(theta: torch.Tensor) -> torch.Tensor:
     return torch.stack([cos, -sin, sin, cos], dim=-1).reshape(*theta.shape, 2, 2)
 
 
+def blocks_of(params: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 2) blocks of validated params: angles (n,) made into rotations, blocks (n, 2, 2) as they are."""
+    return angles_to_blocks(params) if params.dim() == 1 else params
+
+
+def gradient_for(params: torch.Tensor, grad_blocks: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to ``params`` of a loss whose gradient with respect to ``blocks_of(params)`` is
+    ``grad_blocks`` (n, 2, 2): for angles, d/dθ of ``[[cos θ, -sin θ], [sin θ, cos θ]]`` contracted with it."""
+    if params.dim() != 1:
+        return grad_blocks
+    g = grad_blocks
+    return torch.cos(params) * (g[:, 1, 0] - g[:, 0, 1]) - torch.sin(params) * (g[:, 0, 0] + g[:, 1, 1])
+
+
 def check_rows(x: torch.Tensor, name: str = "x") -> int:
     """Validate a tensor whose last dimension is rotated; returns that dimension ``d``."""
     if not isinstance(x, torch.Tensor):
@@ -31,15 +45,19 @@ def check_rows(x: torch.Tensor, name: str = "x") -> int:
 
 def as_blocks(params: torch.Tensor, d: int, structure: str = "tree", depth: int = 1) -> torch.Tensor:
     """Validate ``params`` for dimension ``d`` and a pairing, and return (n, 2, 2) blocks (n = ``num_blocks``)."""
+    check_params(params, d, structure, depth)
+    return blocks_of(params)
+
+
+def check_params(params: torch.Tensor, d: int, structure: str = "tree", depth: int = 1) -> None:
+    """Raise GivensError unless ``params`` are (n,) angles or (n, 2, 2) blocks, n = ``num_blocks(d, ...)``."""
     if not isinstance(params, torch.Tensor):
         raise GivensError(f"params must be a torch.Tensor, got {type(params).__name__}")
     if not params.dtype.is_floating_point:
         raise GivensError(f"params must be a floating-point tensor, got dtype {params.dtype}")
     n = num_blocks(d, structure, depth)
-    if params.shape == (n,):
-        return angles_to_blocks(params)
-    if params.shape == (n, 2, 2):
-        return params
+    if params.shape in ((n,), (n, 2, 2)):
+        return
     raise GivensError(
         f"params for d={d} ({structure}, depth {depth}) must have shape ({n},) (strict angles in radians) or "
         f"({n}, 2, 2) (quasi blocks), "

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .blocks import blocks_of, gradient_for
 from .pairing import level_table
 
 try:
@@ -203,8 +204,9 @@ def _as_numpy(t: Optional[torch.Tensor], dtype: torch.dtype, shape=None) -> np.n
     return t.contiguous().numpy()
 
 
-def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor],
+def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor],
                 top_first: bool, structure: str = "tree", depth: int = 1) -> torch.Tensor:
+    blocks = blocks_of(params)
     dtype = blocks.dtype
     rows = rows.to(dtype).contiguous()
     out = torch.empty_like(rows)
@@ -213,9 +215,9 @@ def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.
     return out
 
 
-def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1, orthogonal: bool = False):
-    """The reference's signature; ``orthogonal`` is not needed (each tile's level inputs stay in its cache)."""
+def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree",
+                         depth: int = 1):
+    blocks = blocks_of(params)
     dtype = blocks.dtype
     rows = rows.to(dtype)
     grad_rows = torch.empty(rows.shape, dtype=dtype)
@@ -226,6 +228,8 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
         _as_numpy(scale, dtype), scale is not None, *_pairing_arrays(rows.shape[-1], structure, depth), n_chunks, zero,
         TILE,
     )
-    grad_blocks = torch.from_numpy(part_blocks.sum(0)).reshape(blocks.shape).to(dtype) if need_blocks else None
+    grad_params = None
+    if need_params:
+        grad_params = gradient_for(params, torch.from_numpy(part_blocks.sum(0)).reshape(blocks.shape).to(dtype))
     grad_scale = torch.from_numpy(part_scale.sum(0)).to(dtype) if (need_scale and scale is not None) else None
-    return grad_rows, grad_blocks, grad_scale
+    return grad_rows, grad_params, grad_scale

@@ -22,14 +22,16 @@ the columns with ``lo = 0``, takes ``C = 1``.  In a tile, column ``v`` is real c
 (``C = W``: ``lo0 + v``), and a level of tile stride ``S`` is real level ``log2 S + LEV_SHIFT``.
 
 Backward: recompute the forward in registers, then walk the levels back, applying the transposed blocks to the
-gradient.  Strict (orthogonal) blocks recover each level's input from its output by the transposed block as well,
-so nothing is stored; free (qGOFT) blocks keep the level inputs in a transient per-program scratch (the tree: only
-its ``s = 0`` pairs).  Programs loop over row tiles (at most a few per multiprocessor run at once), so the scratch
-does not grow with the rows, and add their block (and scale) gradients into the result with atomics, or, under
-``torch.use_deterministic_algorithms``, into one partial row per program that the host sums.
+gradient.  Strict blocks (angles) recover each level's input from its output by the transposed block as well, so
+nothing is stored, and add one gradient per angle; free (qGOFT) blocks keep the level inputs in a transient
+per-program scratch (the tree: only its ``s = 0`` pairs).  Programs loop over row tiles (at most a few per
+multiprocessor run at once), so the scratch does not grow with the rows, and add their gradients into the result
+with atomics, or, under ``torch.use_deterministic_algorithms``, into one partial row per program that the host sums.
 
 Arrays: ``x, y, g`` (N, d) with unit stride in the last dim, any of fp32 / fp16 / bf16 (computed in fp32);
-``blocks`` (n, 4) fp32 holding ``a, b, c, e`` of ``[[a, b], [c, e]]`` in parameter order; ``index`` as above.
+``blocks`` (the kernels' ``blocks_ptr``), fp32 in parameter order: strict angles (n,), whose rotations
+``[[cos, -sin], [sin, cos]]`` the kernels form themselves (no separate launches for them or their gradient), or
+(n, 4) holding ``a, b, c, e`` of ``[[a, b], [c, e]]``; ``index`` as above.
 """
 
 from __future__ import annotations
@@ -105,18 +107,38 @@ if AVAILABLE:
         return tl.load(index_ptr + (STACK * L + R) * (D // 2) + position)
 
     @triton.jit
+    def _coefficients(params_ptr, q, live, ANGLES: tl.constexpr):
+        """The blocks ``[[a, b], [c, e]]`` at parameter indices q (identity where not live): from angles
+        (``[[cos, -sin], [sin, cos]]``, computed here) or from stored (n, 4) blocks."""
+        if ANGLES:
+            theta = tl.load(params_ptr + q, mask=live, other=0.0)
+            cos = tl.cos(theta)
+            sin = tl.sin(theta)
+            a = cos
+            b = -sin
+            c = sin
+            e = cos
+        else:
+            a = tl.load(params_ptr + 4 * q + 0, mask=live, other=1.0)
+            b = tl.load(params_ptr + 4 * q + 1, mask=live, other=0.0)
+            c = tl.load(params_ptr + 4 * q + 2, mask=live, other=0.0)
+            e = tl.load(params_ptr + 4 * q + 3, mask=live, other=1.0)
+        return a, b, c, e
+
+    @triton.jit
     def _apply_level(h, blocks_ptr, index_ptr, lo0, STACK: tl.constexpr, KV: tl.constexpr, L: tl.constexpr,
                      LEV_SHIFT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
-                     BM: tl.constexpr, TRANSPOSE: tl.constexpr, COMPACT: tl.constexpr):
+                     BM: tl.constexpr, TRANSPOSE: tl.constexpr, COMPACT: tl.constexpr, ANGLES: tl.constexpr):
         """Right-multiply the rows of h (BM, DV) by one level's matrix (or by its transpose)."""
         S: tl.constexpr = 1 << KV
         q = _level_index(index_ptr, lo0, STACK, KV, L, LEV_SHIFT, D, DV, C, W, COMPACT)
         live = q >= 0
         q = tl.where(live, q, 0)
-        a = tl.load(blocks_ptr + 4 * q + 0, mask=live, other=1.0)[None]
-        b = tl.load(blocks_ptr + 4 * q + 1, mask=live, other=0.0)[None]
-        c = tl.load(blocks_ptr + 4 * q + 2, mask=live, other=0.0)[None]
-        e = tl.load(blocks_ptr + 4 * q + 3, mask=live, other=1.0)[None]
+        a, b, c, e = _coefficients(blocks_ptr, q, live, ANGLES)
+        a = a[None]
+        b = b[None]
+        c = c[None]
+        e = e[None]
         if COMPACT:  # (G, 1) -> (G, S): only s = 0 holds a block (static branches, no `and` on constexprs)
             if S == 1:
                 active = live
@@ -191,8 +213,9 @@ if AVAILABLE:
                        HAS_SCALE: tl.constexpr, TOP_FIRST: tl.constexpr, L: tl.constexpr, STACK0: tl.constexpr,
                        NS: tl.constexpr, KV_FIRST: tl.constexpr, KV_END: tl.constexpr, LEV_SHIFT: tl.constexpr,
                        D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr, BM: tl.constexpr,
-                       COMPACT: tl.constexpr):
-        """Stacks STACK0 .. STACK0 + NS - 1, tile levels KV_FIRST .. KV_END - 1 of each, on a (BM, DV) tile."""
+                       COMPACT: tl.constexpr, ANGLES: tl.constexpr):
+        """Stacks STACK0 .. STACK0 + NS - 1, tile levels KV_FIRST .. KV_END - 1 of each, on a (BM, DV) tile.
+        ANGLES: ``blocks_ptr`` holds angles (n,), else (n, 4) blocks."""
         rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)  # int64: N * d may pass 2^31
         lo0 = tl.program_id(1) * chunk_step
         cols = _real_columns(tl.arange(0, DV), lo0, C, W)
@@ -203,12 +226,12 @@ if AVAILABLE:
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
                     h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + NS - 1 - si, KV_END - 1 - j, L,
-                                     LEV_SHIFT, D, DV, C, W, BM, False, COMPACT)
+                                     LEV_SHIFT, D, DV, C, W, BM, False, COMPACT, ANGLES)
         else:
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
                     h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + si, KV_FIRST + j, L, LEV_SHIFT, D,
-                                     DV, C, W, BM, False, COMPACT)
+                                     DV, C, W, BM, False, COMPACT, ANGLES)
         if HAS_SCALE:
             h = h * tl.load(scale_ptr + cols, mask=cols < d, other=0.0)[None, :]
         tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
@@ -221,8 +244,11 @@ if AVAILABLE:
                                 KV_FIRST: tl.constexpr, KV_END: tl.constexpr, LEV_SHIFT: tl.constexpr,
                                 D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
                                 BM: tl.constexpr, COMPACT: tl.constexpr,
-                                INVERT_BY_TRANSPOSE: tl.constexpr, ATOMIC: tl.constexpr, CHUNKS: tl.constexpr):
-        """The backward of ``_rotate_kernel`` (TOP_FIRST) on the same launch parameters, looping over row tiles."""
+                                ANGLES: tl.constexpr, ATOMIC: tl.constexpr, CHUNKS: tl.constexpr):
+        """The backward of ``_rotate_kernel`` (TOP_FIRST) on the same launch parameters, looping over row tiles.
+        ANGLES: the blocks are rotations, so a level's input is its output times the transposed level, and the
+        gradient is one value per angle; otherwise level inputs go through the scratch and the gradient is (n, 4)."""
+        GRAD_WIDTH: tl.constexpr = 1 if ANGLES else 4
         pid = tl.program_id(0)  # n_programs: the grid's first dimension; program pid takes tiles pid + k n_programs
         lo0 = tl.program_id(1) * chunk_step
         cols = _real_columns(tl.arange(0, DV), lo0, C, W)
@@ -232,7 +258,7 @@ if AVAILABLE:
             part_blocks = grad_blocks_ptr
             part_scale = grad_scale_ptr
         else:  # a row of partial sums per program (chunks of one row own disjoint blocks and columns)
-            part_blocks = grad_blocks_ptr + pid.to(tl.int64) * (4 * n_blocks)
+            part_blocks = grad_blocks_ptr + pid.to(tl.int64) * (GRAD_WIDTH * n_blocks)
             part_scale = grad_scale_ptr + pid.to(tl.int64) * d
         # (a while loop: Triton's interpreter cannot take a runtime bound in range(); a tile past the last row
         # loads zeros and adds nothing)
@@ -246,7 +272,7 @@ if AVAILABLE:
             # forward recompute (the top level first), keeping the level inputs unless they can be recovered
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
-                    if not INVERT_BY_TRANSPOSE:
+                    if not ANGLES:
                         left, right = _level_pairs(h, BM, DV, 1 << (KV_END - 1 - j), COMPACT)
                         base = scratch + _scratch_offset(NS - 1 - si, KV_END - 1 - j, KV_FIRST, KV_END, BM, DV,
                                                          COMPACT)
@@ -254,7 +280,7 @@ if AVAILABLE:
                         tl.store(base + at_left, left)
                         tl.store(base + at_right, right)
                     h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + NS - 1 - si, KV_END - 1 - j, L,
-                                     LEV_SHIFT, D, DV, C, W, BM, False, COMPACT)
+                                     LEV_SHIFT, D, DV, C, W, BM, False, COMPACT, ANGLES)
             tl.debug_barrier()  # the scratch is read back below by other threads of this program
             g = tl.load(g_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             if HAS_SCALE:
@@ -263,9 +289,9 @@ if AVAILABLE:
             # walk back: the bottom level was applied last
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
-                    if INVERT_BY_TRANSPOSE:  # h: this level's output -> its input
+                    if ANGLES:  # h: this level's output -> its input
                         h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + si, KV_FIRST + j, L, LEV_SHIFT, D,
-                                         DV, C, W, BM, True, COMPACT)
+                                         DV, C, W, BM, True, COMPACT, ANGLES)
                         in_left, in_right = _level_pairs(h, BM, DV, 1 << (KV_FIRST + j), COMPACT)
                     else:
                         base = scratch + _scratch_offset(si, KV_FIRST + j, KV_FIRST, KV_END, BM, DV, COMPACT)
@@ -277,14 +303,24 @@ if AVAILABLE:
                     if COMPACT:
                         q = tl.reshape(q, (DV // (2 << (KV_FIRST + j)),))
                     live = q >= 0
-                    out = part_blocks + 4 * tl.where(live, q, 0)
+                    q = tl.where(live, q, 0)
                     # out_q = sum_p in_p B_pq, so dB_pq = sum over rows of in_p * g_q
-                    _add_gradient(out + 0, tl.sum(in_left * g_left, axis=0), live, accumulate, ATOMIC)
-                    _add_gradient(out + 1, tl.sum(in_left * g_right, axis=0), live, accumulate, ATOMIC)
-                    _add_gradient(out + 2, tl.sum(in_right * g_left, axis=0), live, accumulate, ATOMIC)
-                    _add_gradient(out + 3, tl.sum(in_right * g_right, axis=0), live, accumulate, ATOMIC)
+                    d00 = tl.sum(in_left * g_left, axis=0)
+                    d01 = tl.sum(in_left * g_right, axis=0)
+                    d10 = tl.sum(in_right * g_left, axis=0)
+                    d11 = tl.sum(in_right * g_right, axis=0)
+                    if ANGLES:  # B = [[cos, -sin], [sin, cos]]: dθ = cos θ (d10 - d01) - sin θ (d00 + d11)
+                        theta = tl.load(blocks_ptr + q, mask=live, other=0.0)
+                        d_theta = tl.cos(theta) * (d10 - d01) - tl.sin(theta) * (d00 + d11)
+                        _add_gradient(part_blocks + q, d_theta, live, accumulate, ATOMIC)
+                    else:
+                        out = part_blocks + 4 * q
+                        _add_gradient(out + 0, d00, live, accumulate, ATOMIC)
+                        _add_gradient(out + 1, d01, live, accumulate, ATOMIC)
+                        _add_gradient(out + 2, d10, live, accumulate, ATOMIC)
+                        _add_gradient(out + 3, d11, live, accumulate, ATOMIC)
                     g = _apply_level(g, blocks_ptr, index_ptr, lo0, STACK0 + si, KV_FIRST + j, L, LEV_SHIFT, D, DV,
-                                     C, W, BM, True, COMPACT)
+                                     C, W, BM, True, COMPACT, ANGLES)
             tl.store(gx_ptr + rows[:, None] * stride_gx + cols[None, :], g.to(gx_ptr.dtype.element_ty), mask=mask)
             tl.debug_barrier()  # the next tile overwrites the scratch and reads back the partial sums
             k += 1
@@ -378,7 +414,12 @@ def _rows_view(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _forward_pass(step: _Pass, src, dst, flat_blocks, scale, index, per_stack, d, top_first, compact) -> None:
+def _flat(params: torch.Tensor) -> torch.Tensor:
+    """What the kernels read: angles (n,) as they are, blocks (n, 2, 2) as (n, 4)."""
+    return params.contiguous() if params.dim() == 1 else params.reshape(-1, 4).contiguous()
+
+
+def _forward_pass(step: _Pass, src, dst, flat_params, scale, index, per_stack, d, top_first, compact) -> None:
     """dst = src times the pass's levels (then diag(scale)); dst may be src."""
     n_rows = src.shape[0]
     if not step.every_column:
@@ -386,26 +427,28 @@ def _forward_pass(step: _Pass, src, dst, flat_blocks, scale, index, per_stack, d
             dst.copy_(src)
             src = dst
         if scale is not None:  # the scale reaches every column
-            _forward_pass(step, src, dst, flat_blocks, None, index, per_stack, d, top_first, compact)
+            _forward_pass(step, src, dst, flat_params, None, index, per_stack, d, top_first, compact)
             dst.mul_(scale)
             return
     _rotate_kernel[(triton.cdiv(n_rows, tile_rows(step.tile)), step.chunks)](
-        src, dst, flat_blocks, flat_blocks if scale is None else scale, index, n_rows, d, src.stride(0),
+        src, dst, flat_params, flat_params if scale is None else scale, index, n_rows, d, src.stride(0),
         dst.stride(0), step.chunk_step, HAS_SCALE=scale is not None, TOP_FIRST=top_first,
-        **step.constexprs(per_stack, padded_width(d), compact), num_warps=step.warps(),
+        ANGLES=flat_params.dim() == 1, **step.constexprs(per_stack, padded_width(d), compact),
+        num_warps=step.warps(),
     )
 
 
-def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale, top_first: bool, structure: str = "tree",
+def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale, top_first: bool, structure: str = "tree",
                 depth: int = 1) -> torch.Tensor:
     """A new (N, d) tensor in ``rows``' dtype: every row times all level matrices (P_M first when ``top_first``),
-    then ``diag(scale)``.  ``blocks`` (n, 2, 2) and ``scale`` (d,) are fp32 CUDA tensors."""
+    then ``diag(scale)``.  ``params`` (angles (n,) or blocks (n, 2, 2)) and ``scale`` (d,) are fp32 CUDA
+    tensors."""
     n_rows, d = rows.shape
     rows = _rows_view(rows)
     out = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
     if n_rows == 0:
         return out
-    flat_blocks = blocks.reshape(-1, 4).contiguous()
+    flat_params = _flat(params)
     scale = None if scale is None else scale.contiguous()
     index, per_stack = _pair_index(d, structure, depth, rows.device)
     compact = structure == "tree"
@@ -416,37 +459,38 @@ def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale, top_first: bool
     for k, step in enumerate(passes):
         last = k == len(passes) - 1
         dst = out if last else between
-        _forward_pass(step, src, dst, flat_blocks, scale if last else None, index, per_stack, d, top_first, compact)
+        _forward_pass(step, src, dst, flat_params, scale if last else None, index, per_stack, d, top_first, compact)
         src = dst
     return out
 
 
-def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1, orthogonal: bool = False, max_programs: int | None = None):
-    """grad_rows = grad @ R^T (in ``rows``' dtype) and the fp32 block / scale gradients (or None) of the forward
-    ``rotate_rows(rows, blocks, scale, top_first=True)``.  ``orthogonal``: the blocks are rotations, so the level
-    inputs are recovered by transposition instead of kept in a scratch.  ``max_programs``: at most this many
-    programs per row of the grid (default: PROGRAMS_PER_SM per multiprocessor)."""
+def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree",
+                         depth: int = 1, max_programs: int | None = None):
+    """grad_rows = grad @ R^T (in ``rows``' dtype) and the fp32 gradients of ``params`` (angles or blocks, in their
+    form) and ``scale`` (or None) of the forward ``rotate_rows(rows, params, scale, top_first=True)``.  Angles'
+    level inputs are recovered by transposition; blocks' are kept in a scratch.  ``max_programs``: at most this
+    many programs per row of the grid (default: PROGRAMS_PER_SM per multiprocessor)."""
     n_rows, d = rows.shape
     rows, grad = _rows_view(rows), _rows_view(grad)
     device = rows.device
     grad_rows = torch.empty(rows.shape, dtype=rows.dtype, device=device)
-    flat_blocks = blocks.reshape(-1, 4).contiguous()
+    flat_params = _flat(params)
+    angles = flat_params.dim() == 1
     scale = None if scale is None else scale.contiguous()
-    n_blocks = flat_blocks.shape[0]
+    n_blocks = flat_params.shape[0]
     index, per_stack = _pair_index(d, structure, depth, device)
     width = padded_width(d)
     compact = structure == "tree"
     passes = plan_passes(d, depth, compact, top_first=True)
-    grad_blocks = torch.zeros((n_blocks, 4), dtype=torch.float32, device=device)
+    grad_params = torch.zeros(flat_params.shape, dtype=torch.float32, device=device)
     # (no scale: a placeholder pointer the kernel never touches, so no fill launch)
     grad_scale = torch.zeros(d, device=device) if scale is not None else torch.empty(1, device=device)
     if n_rows == 0:
-        return grad_rows, grad_blocks.reshape(blocks.shape) if need_blocks else None, None
+        return grad_rows, grad_params.reshape(params.shape) if need_params else None, None
     inputs = [rows]  # each pass's input: the forward of the passes before it, transient, in fp32
     for step in passes[:-1]:
         inputs.append(torch.empty(rows.shape, dtype=torch.float32, device=device))
-        _forward_pass(step, inputs[-2], inputs[-1], flat_blocks, None, index, per_stack, d, True, compact)
+        _forward_pass(step, inputs[-2], inputs[-1], flat_params, None, index, per_stack, d, True, compact)
     atomic = not torch.are_deterministic_algorithms_enabled()
     cap = max_programs or _programs_per_launch(device)
     g = grad
@@ -457,7 +501,7 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
         n_tiles = triton.cdiv(n_rows, bm)
         n_programs = max(1, min(n_tiles, cap // step.chunks))
         levels = step.kv_end - step.kv_first
-        if orthogonal:
+        if angles:
             scratch_per_program = 0
         elif compact:
             scratch_per_program = step.stacks * 2 * bm * ((step.tile >> step.kv_first) - (step.tile >> step.kv_end))
@@ -466,24 +510,24 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
         scratch = torch.empty(max(1, n_programs * step.chunks * scratch_per_program), dtype=torch.float32,
                               device=device)
         if atomic:
-            part_blocks, part_scale = grad_blocks, grad_scale
+            part_params, part_scale = grad_params, grad_scale
         else:  # one row of partial sums per program; rows no program reaches stay zero
-            part_blocks = torch.zeros((n_programs, n_blocks, 4), dtype=torch.float32, device=device)
+            part_params = torch.zeros((n_programs, *flat_params.shape), dtype=torch.float32, device=device)
             part_scale = torch.zeros((n_programs, d) if has_scale else (1,), dtype=torch.float32, device=device)
         g_in = grad_rows if k == 0 else torch.empty(rows.shape, dtype=torch.float32, device=device)
         if not step.every_column:  # the columns the pass leaves alone keep their gradient
             g_in.copy_(g)
         _rotate_backward_kernel[(n_programs, step.chunks)](
-            inputs[k], g, g_in, flat_blocks, scale if has_scale else flat_blocks, index, scratch, part_blocks,
+            inputs[k], g, g_in, flat_params, scale if has_scale else flat_params, index, scratch, part_params,
             part_scale, n_rows, triton.cdiv(n_tiles, n_programs), n_programs, d, n_blocks, scratch_per_program,
             inputs[k].stride(0), g.stride(0), g_in.stride(0), step.chunk_step, HAS_SCALE=has_scale,
-            INVERT_BY_TRANSPOSE=orthogonal, ATOMIC=atomic, CHUNKS=step.chunks,
+            ANGLES=angles, ATOMIC=atomic, CHUNKS=step.chunks,
             **step.constexprs(per_stack, width, compact), num_warps=step.warps(),
         )
         if not atomic:
-            grad_blocks += part_blocks.sum(0)
+            grad_params += part_params.sum(0)
             if has_scale:
                 grad_scale += part_scale.sum(0)
         g = g_in
-    return (grad_rows, grad_blocks.reshape(blocks.shape) if need_blocks else None,
+    return (grad_rows, grad_params.reshape(params.shape) if need_params else None,
             grad_scale if (need_scale and scale is not None) else None)

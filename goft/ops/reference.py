@@ -3,8 +3,9 @@ dense R.
 
 It runs on any device and dtype and is the reference the compiled backends are tested against.  Its rows functions
 share one signature with :mod:`goft.ops.cpu_numba` and :mod:`goft.ops.cuda_triton`: ``rows`` (N, d) in any float
-dtype, ``blocks`` (n, 2, 2) and ``scale`` (d,) or None in the compute dtype, which is also the result's dtype, and the
-pairing as ``structure, depth``.
+dtype; ``params``, the blocks as strict angles (n,) (each block a rotation) or as (n, 2, 2) matrices, and ``scale``
+(d,) or None, in the compute dtype, which is also the result's dtype; and the pairing as ``structure, depth``.  A
+backward returns the gradient of ``params`` in their own form.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .blocks import as_blocks, check_scale, compute_dtype, transpose_blocks
+from .blocks import as_blocks, blocks_of, check_scale, compute_dtype, gradient_for, transpose_blocks
 from .pairing import Level, level_table
 
 
@@ -73,9 +74,10 @@ def sweep(buf: torch.Tensor, blocks: torch.Tensor, top_first: bool, structure: s
         mix_level(buf, level, blocks)
 
 
-def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.Tensor],
+def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor],
                 top_first: bool, structure: str = "tree", depth: int = 1) -> torch.Tensor:
     """A new (N, d) tensor: every row times all level matrices (P_M first when ``top_first``), then ``diag(scale)``."""
+    blocks = blocks_of(params)
     out = rows.to(blocks.dtype, copy=True)
     sweep(out, blocks, top_first, structure, depth)
     if scale is not None:
@@ -83,21 +85,20 @@ def rotate_rows(rows: torch.Tensor, blocks: torch.Tensor, scale: Optional[torch.
     return out
 
 
-def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1, orthogonal: bool = False):
-    """The backward of ``rotate_rows(rows, blocks, scale, top_first=True)`` for the output gradient ``grad`` (N, d).
-    ``orthogonal`` (the blocks are rotations) is a hint a backend may use to recover level inputs by transposition;
-    this one keeps them, for every kind of block.
+def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree",
+                         depth: int = 1):
+    """The backward of ``rotate_rows(rows, params, scale, top_first=True)`` for the output gradient ``grad`` (N, d).
 
     Recomputes the forward keeping each level's input pairs (transient: 2 values per block per row), then walks the
-    levels back.  Returns (grad_rows, grad_blocks or None, grad_scale or None) in the compute dtype.
+    levels back.  Returns (grad_rows, grad_params or None, grad_scale or None) in the compute dtype.
     """
+    blocks = blocks_of(params)
     levels = level_table(rows.shape[-1], structure, depth)
     buf = rows.to(blocks.dtype, copy=True)
     level_inputs = []
     for level in reversed(levels):
         left, right = level_members(buf, level)
-        if need_blocks:
+        if need_params:
             level_inputs.append((left.clone(), right.clone()))
         mix(left, right, blocks[level.offset:level.offset + level.npairs])
         store_members(buf, level, left, right)
@@ -109,11 +110,11 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
             grad_scale = (grad * buf).sum(0)
         grad.mul_(scale)
 
-    grad_blocks = torch.zeros_like(blocks) if need_blocks else None
+    grad_blocks = torch.zeros_like(blocks) if need_params else None
     for level in levels:  # P_1 was applied last: walk back from it
         g_left, g_right = level_members(grad, level)
         level_blocks = blocks[level.offset:level.offset + level.npairs]
-        if need_blocks:
+        if need_params:
             in_left, in_right = level_inputs.pop()
             # out_q = sum_p in_p B_pq, so dB_pq = sum over rows of in_p * g_q
             gb = grad_blocks[level.offset:level.offset + level.npairs]
@@ -123,7 +124,7 @@ def rotate_rows_backward(rows, grad, blocks, scale, need_blocks: bool, need_scal
             gb[:, 1, 1] = torch.linalg.vecdot(in_right, g_right, dim=0)
         mix(g_left, g_right, transpose_blocks(level_blocks))  # level input grad: g @ B^T
         store_members(grad, level, g_left, g_right)
-    return grad, grad_blocks, grad_scale
+    return grad, None if grad_blocks is None else gradient_for(params, grad_blocks), grad_scale
 
 
 def rotation_matrix(params: torch.Tensor, d: int, scale: Optional[torch.Tensor] = None, structure: str = "tree",
