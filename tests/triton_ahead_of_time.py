@@ -20,8 +20,8 @@ TARGET = GPUTarget("cuda", 90, 32)
 FORWARD = {"x_ptr": "*fp32", "y_ptr": "*bf16", "blocks_ptr": "*fp32", "scale_ptr": "*fp32", "index_ptr": "*i32",
            "n_rows": "i32", "d": "i32", "stride_x": "i32", "stride_y": "i32", "chunk_step": "i32"}
 BACKWARD = {"x_ptr": "*bf16", "g_ptr": "*fp32", "gx_ptr": "*bf16", "blocks_ptr": "*fp32", "scale_ptr": "*fp32",
-            "index_ptr": "*i32", "scratch_ptr": "*fp32", "grad_blocks_ptr": "*fp32", "grad_scale_ptr": "*fp32",
-            "n_rows": "i32", "tiles_per_program": "i32", "n_programs": "i32", "d": "i32", "n_blocks": "i32",
+            "index_ptr": "*i32", "scratch_ptr": "*fp32", "grad_ptr": "*fp32", "grad_row": "i32", "n_rows": "i32",
+            "tiles_per_program": "i32", "n_programs": "i32", "d": "i32", "n_blocks": "i32",
             "scratch_per_program": "i32", "stride_x": "i32", "stride_g": "i32", "stride_gx": "i32",
             "chunk_step": "i32"}
 

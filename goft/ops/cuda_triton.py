@@ -107,13 +107,29 @@ if AVAILABLE:
         return tl.load(index_ptr + (STACK * L + R) * (D // 2) + position)
 
     @triton.jit
+    def _sin_cos(theta):
+        """sin and cos of fp32 angles, within about an ulp of the correctly rounded values for |θ| < 10^6.
+        Written out rather than libdevice's sinf / cosf, whose path for huge arguments keeps an array in local
+        memory (a stack frame and spills in every kernel that calls them): the quadrant and the remainder
+        |r| <= π/4 are found in fp64, then r goes through the minimax polynomials of Cephes' sinf / cosf in fp32."""
+        t = theta.to(tl.float64)
+        k = tl.math.floor(t * 0.6366197723675814 + 0.5)  # nearest multiple of π/2
+        r = ((t - k * 1.5707963267341256) - k * 6.077100506506192e-11).to(tl.float32)  # π/2 in two parts (fdlibm)
+        r2 = r * r
+        s = r + r * r2 * (-1.6666654611e-1 + r2 * (8.3321608736e-3 + r2 * -1.9515295891e-4))
+        c = 1.0 - 0.5 * r2 + r2 * r2 * (4.166664568298827e-2 + r2 * (-1.388731625493765e-3
+                                                                    + r2 * 2.443315711809948e-5))
+        quadrant = k.to(tl.int32) & 3
+        sin = tl.where(quadrant == 0, s, tl.where(quadrant == 1, c, tl.where(quadrant == 2, -s, -c)))
+        cos = tl.where(quadrant == 0, c, tl.where(quadrant == 1, -s, tl.where(quadrant == 2, -c, s)))
+        return sin, cos
+
+    @triton.jit
     def _coefficients(params_ptr, q, live, ANGLES: tl.constexpr):
         """The blocks ``[[a, b], [c, e]]`` at parameter indices q (identity where not live): from angles
         (``[[cos, -sin], [sin, cos]]``, computed here) or from stored (n, 4) blocks."""
         if ANGLES:
-            theta = tl.load(params_ptr + q, mask=live, other=0.0)
-            cos = tl.cos(theta)
-            sin = tl.sin(theta)
+            sin, cos = _sin_cos(tl.load(params_ptr + q, mask=live, other=0.0))
             a = cos
             b = -sin
             c = sin
@@ -126,19 +142,16 @@ if AVAILABLE:
         return a, b, c, e
 
     @triton.jit
-    def _apply_level(h, blocks_ptr, index_ptr, lo0, STACK: tl.constexpr, KV: tl.constexpr, L: tl.constexpr,
-                     LEV_SHIFT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
-                     BM: tl.constexpr, TRANSPOSE: tl.constexpr, COMPACT: tl.constexpr, ANGLES: tl.constexpr):
-        """Right-multiply the rows of h (BM, DV) by one level's matrix (or by its transpose)."""
+    def _level_blocks(blocks_ptr, index_ptr, lo0, STACK: tl.constexpr, KV: tl.constexpr, L: tl.constexpr,
+                      LEV_SHIFT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
+                      COMPACT: tl.constexpr, ANGLES: tl.constexpr):
+        """One level's parameter indices q (0 where no block), where a block sits (``live``, like q; ``active``,
+        (G, S)), and its coefficients a, b, c, e (like q: (G, S), or (G, 1) for COMPACT)."""
         S: tl.constexpr = 1 << KV
         q = _level_index(index_ptr, lo0, STACK, KV, L, LEV_SHIFT, D, DV, C, W, COMPACT)
         live = q >= 0
         q = tl.where(live, q, 0)
         a, b, c, e = _coefficients(blocks_ptr, q, live, ANGLES)
-        a = a[None]
-        b = b[None]
-        c = c[None]
-        e = e[None]
         if COMPACT:  # (G, 1) -> (G, S): only s = 0 holds a block (static branches, no `and` on constexprs)
             if S == 1:
                 active = live
@@ -146,16 +159,31 @@ if AVAILABLE:
                 active = live & (tl.arange(0, S) == 0)[None, :]
         else:
             active = live
-        left, right = _pairs(h, BM, DV, S)
+        return q, live, active, a, b, c, e
+
+    @triton.jit
+    def _mix(h, a, b, c, e, active, KV: tl.constexpr, BM: tl.constexpr, DV: tl.constexpr,
+             TRANSPOSE: tl.constexpr):
+        """Right-multiply the rows of h (BM, DV) by one level's matrix (or its transpose), given its blocks."""
+        left, right = _pairs(h, BM, DV, 1 << KV)
         if TRANSPOSE:
-            new_left = a * left + b * right
-            new_right = c * left + e * right
+            new_left = a[None] * left + b[None] * right
+            new_right = c[None] * left + e[None] * right
         else:
-            new_left = a * left + c * right
-            new_right = b * left + e * right
+            new_left = a[None] * left + c[None] * right
+            new_right = b[None] * left + e[None] * right
         new_left = tl.where(active[None], new_left, left)
         new_right = tl.where(active[None], new_right, right)
         return _unpairs(new_left, new_right, BM, DV)
+
+    @triton.jit
+    def _apply_level(h, blocks_ptr, index_ptr, lo0, STACK: tl.constexpr, KV: tl.constexpr, L: tl.constexpr,
+                     LEV_SHIFT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
+                     BM: tl.constexpr, TRANSPOSE: tl.constexpr, COMPACT: tl.constexpr, ANGLES: tl.constexpr):
+        """Right-multiply the rows of h (BM, DV) by one level's matrix (or by its transpose)."""
+        q, live, active, a, b, c, e = _level_blocks(blocks_ptr, index_ptr, lo0, STACK, KV, L, LEV_SHIFT, D, DV, C,
+                                                    W, COMPACT, ANGLES)
+        return _mix(h, a, b, c, e, active, KV, BM, DV, TRANSPOSE)
 
     @triton.jit
     def _compact(t, S: tl.constexpr):
@@ -237,8 +265,8 @@ if AVAILABLE:
         tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rotate_backward_kernel(x_ptr, g_ptr, gx_ptr, blocks_ptr, scale_ptr, index_ptr, scratch_ptr,
-                                grad_blocks_ptr, grad_scale_ptr, n_rows, tiles_per_program, n_programs, d,
+    def _rotate_backward_kernel(x_ptr, g_ptr, gx_ptr, blocks_ptr, scale_ptr, index_ptr, scratch_ptr, grad_ptr,
+                                grad_row, n_rows, tiles_per_program, n_programs, d,
                                 n_blocks, scratch_per_program, stride_x, stride_g, stride_gx, chunk_step,
                                 HAS_SCALE: tl.constexpr, L: tl.constexpr, STACK0: tl.constexpr, NS: tl.constexpr,
                                 KV_FIRST: tl.constexpr, KV_END: tl.constexpr, LEV_SHIFT: tl.constexpr,
@@ -247,7 +275,9 @@ if AVAILABLE:
                                 ANGLES: tl.constexpr, ATOMIC: tl.constexpr, CHUNKS: tl.constexpr):
         """The backward of ``_rotate_kernel`` (TOP_FIRST) on the same launch parameters, looping over row tiles.
         ANGLES: the blocks are rotations, so a level's input is its output times the transposed level, and the
-        gradient is one value per angle; otherwise level inputs go through the scratch and the gradient is (n, 4)."""
+        gradient is one value per angle; otherwise level inputs go through the scratch and the gradient is (n, 4).
+        ``grad_ptr``: the parameters' gradient followed by the scale's (d, if any), or one such row of ``grad_row``
+        values per program."""
         GRAD_WIDTH: tl.constexpr = 1 if ANGLES else 4
         pid = tl.program_id(0)  # n_programs: the grid's first dimension; program pid takes tiles pid + k n_programs
         lo0 = tl.program_id(1) * chunk_step
@@ -255,11 +285,9 @@ if AVAILABLE:
         col_mask = cols < d
         scratch = scratch_ptr + (pid * CHUNKS + tl.program_id(1)).to(tl.int64) * scratch_per_program
         if ATOMIC:  # every program adds into the result
-            part_blocks = grad_blocks_ptr
-            part_scale = grad_scale_ptr
+            part_blocks = grad_ptr
         else:  # a row of partial sums per program (chunks of one row own disjoint blocks and columns)
-            part_blocks = grad_blocks_ptr + pid.to(tl.int64) * (GRAD_WIDTH * n_blocks)
-            part_scale = grad_scale_ptr + pid.to(tl.int64) * d
+            part_blocks = grad_ptr + pid.to(tl.int64) * grad_row
         # (a while loop: Triton's interpreter cannot take a runtime bound in range(); a tile past the last row
         # loads zeros and adds nothing)
         k = 0
@@ -284,14 +312,17 @@ if AVAILABLE:
             tl.debug_barrier()  # the scratch is read back below by other threads of this program
             g = tl.load(g_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             if HAS_SCALE:
-                _add_gradient(part_scale + cols, tl.sum(g * h, axis=0), col_mask, accumulate, ATOMIC)
+                _add_gradient(part_blocks + GRAD_WIDTH * n_blocks + cols, tl.sum(g * h, axis=0), col_mask,
+                              accumulate, ATOMIC)
                 g = g * tl.load(scale_ptr + cols, mask=col_mask, other=0.0)[None, :]
             # walk back: the bottom level was applied last
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
+                    q, live, active, a, b, c, e = _level_blocks(blocks_ptr, index_ptr, lo0, STACK0 + si,
+                                                                KV_FIRST + j, L, LEV_SHIFT, D, DV, C, W, COMPACT,
+                                                                ANGLES)
                     if ANGLES:  # h: this level's output -> its input
-                        h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + si, KV_FIRST + j, L, LEV_SHIFT, D,
-                                         DV, C, W, BM, True, COMPACT, ANGLES)
+                        h = _mix(h, a, b, c, e, active, KV_FIRST + j, BM, DV, True)
                         in_left, in_right = _level_pairs(h, BM, DV, 1 << (KV_FIRST + j), COMPACT)
                     else:
                         base = scratch + _scratch_offset(si, KV_FIRST + j, KV_FIRST, KV_END, BM, DV, COMPACT)
@@ -299,28 +330,29 @@ if AVAILABLE:
                         in_left = tl.load(base + at_left)
                         in_right = tl.load(base + at_right)
                     g_left, g_right = _level_pairs(g, BM, DV, 1 << (KV_FIRST + j), COMPACT)
-                    q = _level_index(index_ptr, lo0, STACK0 + si, KV_FIRST + j, L, LEV_SHIFT, D, DV, C, W, COMPACT)
-                    if COMPACT:
-                        q = tl.reshape(q, (DV // (2 << (KV_FIRST + j)),))
-                    live = q >= 0
-                    q = tl.where(live, q, 0)
                     # out_q = sum_p in_p B_pq, so dB_pq = sum over rows of in_p * g_q
                     d00 = tl.sum(in_left * g_left, axis=0)
                     d01 = tl.sum(in_left * g_right, axis=0)
                     d10 = tl.sum(in_right * g_left, axis=0)
                     d11 = tl.sum(in_right * g_right, axis=0)
+                    if COMPACT:  # the sums are (G,): one per s = 0 pair
+                        q = tl.reshape(q, (DV // (2 << (KV_FIRST + j)),))
+                        live = tl.reshape(live, (DV // (2 << (KV_FIRST + j)),))
+                        cos = tl.reshape(a, (DV // (2 << (KV_FIRST + j)),))
+                        sin = tl.reshape(c, (DV // (2 << (KV_FIRST + j)),))
+                    else:
+                        cos = a
+                        sin = c
                     if ANGLES:  # B = [[cos, -sin], [sin, cos]]: dθ = cos θ (d10 - d01) - sin θ (d00 + d11)
-                        theta = tl.load(blocks_ptr + q, mask=live, other=0.0)
-                        d_theta = tl.cos(theta) * (d10 - d01) - tl.sin(theta) * (d00 + d11)
-                        _add_gradient(part_blocks + q, d_theta, live, accumulate, ATOMIC)
+                        _add_gradient(part_blocks + q, cos * (d10 - d01) - sin * (d00 + d11), live, accumulate,
+                                      ATOMIC)
                     else:
                         out = part_blocks + 4 * q
                         _add_gradient(out + 0, d00, live, accumulate, ATOMIC)
                         _add_gradient(out + 1, d01, live, accumulate, ATOMIC)
                         _add_gradient(out + 2, d10, live, accumulate, ATOMIC)
                         _add_gradient(out + 3, d11, live, accumulate, ATOMIC)
-                    g = _apply_level(g, blocks_ptr, index_ptr, lo0, STACK0 + si, KV_FIRST + j, L, LEV_SHIFT, D, DV,
-                                     C, W, BM, True, COMPACT, ANGLES)
+                    g = _mix(g, a, b, c, e, active, KV_FIRST + j, BM, DV, True)
             tl.store(gx_ptr + rows[:, None] * stride_gx + cols[None, :], g.to(gx_ptr.dtype.element_ty), mask=mask)
             tl.debug_barrier()  # the next tile overwrites the scratch and reads back the partial sums
             k += 1
@@ -482,9 +514,11 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
     width = padded_width(d)
     compact = structure == "tree"
     passes = plan_passes(d, depth, compact, top_first=True)
-    grad_params = torch.zeros(flat_params.shape, dtype=torch.float32, device=device)
-    # (no scale: a placeholder pointer the kernel never touches, so no fill launch)
-    grad_scale = torch.zeros(d, device=device) if scale is not None else torch.empty(1, device=device)
+    # the parameters' gradient and the scale's in one buffer: one fill
+    n_grad = flat_params.numel() + (d if scale is not None else 0)
+    grads = torch.zeros(n_grad, dtype=torch.float32, device=device)
+    grad_params = grads[:flat_params.numel()].view(flat_params.shape)
+    grad_scale = grads[flat_params.numel():] if scale is not None else None
     if n_rows == 0:
         return grad_rows, grad_params.reshape(params.shape) if need_params else None, None
     inputs = [rows]  # each pass's input: the forward of the passes before it, transient, in fp32
@@ -509,25 +543,19 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
             scratch_per_program = step.stacks * levels * bm * step.tile
         scratch = torch.empty(max(1, n_programs * step.chunks * scratch_per_program), dtype=torch.float32,
                               device=device)
-        if atomic:
-            part_params, part_scale = grad_params, grad_scale
-        else:  # one row of partial sums per program; rows no program reaches stay zero
-            part_params = torch.zeros((n_programs, *flat_params.shape), dtype=torch.float32, device=device)
-            part_scale = torch.zeros((n_programs, d) if has_scale else (1,), dtype=torch.float32, device=device)
+        # partial rows (deterministic): one per program, laid out like ``grads`` (rows no program reaches stay zero)
+        part = grads if atomic else torch.zeros((n_programs, n_grad), dtype=torch.float32, device=device)
         g_in = grad_rows if k == 0 else torch.empty(rows.shape, dtype=torch.float32, device=device)
         if not step.every_column:  # the columns the pass leaves alone keep their gradient
             g_in.copy_(g)
         _rotate_backward_kernel[(n_programs, step.chunks)](
-            inputs[k], g, g_in, flat_params, scale if has_scale else flat_params, index, scratch, part_params,
-            part_scale, n_rows, triton.cdiv(n_tiles, n_programs), n_programs, d, n_blocks, scratch_per_program,
-            inputs[k].stride(0), g.stride(0), g_in.stride(0), step.chunk_step, HAS_SCALE=has_scale,
-            ANGLES=angles, ATOMIC=atomic, CHUNKS=step.chunks,
-            **step.constexprs(per_stack, width, compact), num_warps=step.warps(),
+            inputs[k], g, g_in, flat_params, scale if has_scale else flat_params, index, scratch, part, n_grad, n_rows,
+            triton.cdiv(n_tiles, n_programs), n_programs, d, n_blocks, scratch_per_program, inputs[k].stride(0),
+            g.stride(0), g_in.stride(0), step.chunk_step, HAS_SCALE=has_scale, ANGLES=angles, ATOMIC=atomic,
+            CHUNKS=step.chunks, **step.constexprs(per_stack, width, compact), num_warps=step.warps(),
         )
         if not atomic:
-            grad_params += part_params.sum(0)
-            if has_scale:
-                grad_scale += part_scale.sum(0)
+            grads += part.sum(0)
         g = g_in
     return (grad_rows, grad_params.reshape(params.shape) if need_params else None,
-            grad_scale if (need_scale and scale is not None) else None)
+            grad_scale if need_scale else None)
