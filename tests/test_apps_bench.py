@@ -47,7 +47,7 @@ def test_half_precision_layers_and_the_decoder_step_run(tmp_path, monkeypatch):
     rows = bench.run(tmp_path, dims=[8], tokens_list=[4], reps=1, e2e=False, merge=False,
                      methods=["frozen", "goft", "lora_r8"], dtypes=["bfloat16"])
     layer = [r for r in rows if r["bench"] == "layer"]
-    assert {r["dtype"] for r in layer} == {"bfloat16"} and all(r["peak_bytes"] is None for r in layer)
+    assert {r["dtype"] for r in layer} == {"bfloat16"} and all(r["step_peak_bytes"] is None for r in layer)
     monkeypatch.setitem(bench.E2E_SHAPES, "llama-1b", (2, 8))
     monkeypatch.setattr(bench, "LLAMA_1B", {**bench.LLAMA_1B, "vocab_size": 20001, "hidden_size": 16,
                                             "intermediate_size": 24, "num_hidden_layers": 1,

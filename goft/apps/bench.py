@@ -67,7 +67,9 @@ def interleaved_times(steps: dict[str, Callable[[], None]], reps: int, device: t
         for step in steps.values():
             step()
     _sync(device)
-    timers = {name: benchmark.Timer(stmt="step()", globals={"step": step}) for name, step in steps.items()}
+    # (Timer would run single-threaded by default: keep the threads the process has, as the steps will in use)
+    timers = {name: benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+              for name, step in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, timer in timers.items():
@@ -75,15 +77,17 @@ def interleaved_times(steps: dict[str, Callable[[], None]], reps: int, device: t
     return times
 
 
-def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | None:
-    """Peak CUDA memory allocated while ``step`` runs (all live tensors, the model's included); None on CPU."""
+def peak_step_bytes(step: Callable[[], None], device: torch.device, above_start: bool = False) -> int | None:
+    """Peak CUDA memory allocated while ``step`` runs: all live tensors, the model's included, or with
+    ``above_start`` only what the step adds to what was allocated when it began; None on CPU."""
     if device.type != "cuda":
         return None
     _sync(device)
+    start = torch.cuda.memory_allocated(device) if above_start else 0
     torch.cuda.reset_peak_memory_stats(device)
     step()
     _sync(device)
-    return torch.cuda.max_memory_allocated(device)
+    return torch.cuda.max_memory_allocated(device) - start
 
 
 def timing_fields(times: dict[str, list[float]], name: str, reference: str | None) -> dict:
@@ -192,7 +196,9 @@ def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LA
     times = interleaved_times(steps, reps, device)
     return [{"bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
              **timing_fields(times, name, "frozen"), "saved_bytes": saved_bytes(steps[name], exclude=x),
-             "peak_bytes": peak_step_bytes(steps[name], device), "trainable_params": count_parameters(model),
+             # every method's model is on the device: what a step adds above them
+             "step_peak_bytes": peak_step_bytes(steps[name], device, above_start=True),
+             "trainable_params": count_parameters(model),
              "reps": reps} for name, model in models.items()]
 
 
@@ -411,14 +417,14 @@ def _ratio_cell(row: dict, reference: str) -> str:
 def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, dtypes=("float32",)) -> None:
     """Print the measurements as rich tables (the JSON lines hold everything)."""
     ref_d = dims[min(1, len(dims) - 1)] if dims else None
-    with_peak = any(r.get("peak_bytes") is not None for r in rows)
+    with_peak = any(r.get("step_peak_bytes") is not None for r in rows if r["bench"] == "layer")
     for dtype in dtypes if dims else ():
         for tokens in tokens_list:
             table = Table(title=f"one linear layer, {tokens} tokens, {dtype}, forward+backward: time / frozen layer, "
                                 f"median [range of the {reps} interleaved repetitions]")
             columns = ["method", *(f"d={d} ratio" for d in dims), f"saved MiB d={ref_d}"]
             if with_peak:
-                columns.append(f"peak MiB d={ref_d}")
+                columns.append(f"step peak MiB d={ref_d}")
             for col in columns:
                 table.add_column(col, justify="left" if col == "method" else "right")
             for method in methods:
@@ -427,7 +433,7 @@ def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, dty
                 cells = [_ratio_cell(hits[d], "frozen") if d in hits else "—" for d in dims]
                 cells.append(_mib(hits[ref_d]["saved_bytes"]) if ref_d in hits else "—")
                 if with_peak:
-                    cells.append(_mib(hits[ref_d]["peak_bytes"]) if ref_d in hits else "—")
+                    cells.append(_mib(hits[ref_d]["step_peak_bytes"]) if ref_d in hits else "—")
                 table.add_row(method, *cells)
             console.print(table)
     for row in rows:
