@@ -228,6 +228,10 @@ def test_empty_and_strided_rows():
     assert T.rotate_rows(empty, blocks, None, True).shape == (0, d)
     gx, gb, _ = T.rotate_rows_backward(empty, empty, blocks, None, True, False)
     assert gx.shape == (0, d) and torch.count_nonzero(gb) == 0
+    scale = make_scale(d, 4).float().to(DEVICE)  # an empty batch still owes its scale a (zero) gradient
+    theta = make_params(d, False, 4).float().to(DEVICE)
+    gx, g_theta, gs = T.rotate_rows_backward(empty, empty, theta, scale, True, True)
+    assert g_theta.shape == (d - 1,) and gs.shape == (d,) and not g_theta.any() and not gs.any()
     wide = torch.randn(5, 2 * d, device=DEVICE)
     x = wide[:, ::2]  # last-dim stride 2: copied to unit stride
     want = x.double().cpu() @ F.rotation_matrix(blocks.double().cpu(), d)

@@ -519,8 +519,9 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
     grads = torch.zeros(n_grad, dtype=torch.float32, device=device)
     grad_params = grads[:flat_params.numel()].view(flat_params.shape)
     grad_scale = grads[flat_params.numel():] if scale is not None else None
-    if n_rows == 0:
-        return grad_rows, grad_params.reshape(params.shape) if need_params else None, None
+    if n_rows == 0:  # zero gradients (of the scale too, when asked: an empty batch still has a scale)
+        return (grad_rows, grad_params.reshape(params.shape) if need_params else None,
+                grad_scale if need_scale else None)
     inputs = [rows]  # each pass's input: the forward of the passes before it, transient, in fp32
     for step in passes[:-1]:
         inputs.append(torch.empty(rows.shape, dtype=torch.float32, device=device))
