@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from goft.apps.errors import OptionError
 from goft.apps.finetune import FinetuneConfig, finetune
@@ -57,6 +58,31 @@ def test_bad_finetune_options_are_refused():
         FinetuneConfig(depth=0)
     with pytest.raises(OptionError, match=r"^structure shapes GOFT's rotation \(--method goft or qgoft\), not lora"):
         FinetuneConfig(method="lora", structure="butterfly")
+    for bad in ("gpu", "tpu:0", "cpu:1", ""):
+        with pytest.raises(OptionError, match=f"^device must be one of cpu, cuda, cuda:N, got {bad!r}"):
+            FinetuneConfig(device=bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_gpu_is_refused_by_name_where_there_is_none():
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(OptionError, match=f"^device is {name!r}, but this PyTorch .* sees no CUDA device; use "
+                                              "--device cpu"):
+            FinetuneConfig(device=name)
+
+
+def test_a_run_records_the_device_it_trained_on(toy_config):
+    metrics = finetune(toy_config(method="goft", epochs=1, device="cpu"))
+    assert metrics["device"] == "cpu" and metrics["config"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_run_on_the_gpu_learns_as_on_the_cpu(toy_config):
+    on_cpu = finetune(toy_config(method="goft", lr=3e-2, device="cpu"))
+    on_gpu = finetune(toy_config(method="goft", lr=3e-2, device="cuda"))
+    assert on_gpu["device"].startswith("cuda (") and on_gpu["accuracy"] >= 0.9
+    # the same batches, initial adapter and schedule: the curves differ only by float rounding
+    assert on_gpu["curve"]["loss"] == pytest.approx(on_cpu["curve"]["loss"], rel=1e-3, abs=1e-4)
 
 
 @pytest.mark.slow

@@ -67,7 +67,7 @@ def _finetune_config(args: argparse.Namespace):
         task=args.task, model=args.model, train_file=args.train_file, eval_file=args.eval_file,
         val_file=args.val_file, val_fraction=args.val_fraction, target_modules=_comma_list(args.target_modules),
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-        train_size=args.train_size, progress=not args.no_progress,
+        train_size=args.train_size, progress=not args.no_progress, device=args.device,
     )
     # finetune's own options (compare's parser lacks them: FinetuneConfig's defaults apply)
     for name in ("method", "seed", "orth_reg_weight", "lora_r", "structure", "depth", "output", "save_every",
@@ -186,6 +186,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--max-length", type=int, default=64, help="max tokens per example (default: 64)")
     p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")
+    p.add_argument("--device", default="cpu",
+                   help="where to train: cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU "
+                        "(default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -81,7 +81,8 @@ def _run_once(results: RunsFile, task: str, base: FinetuneConfig, method: str, s
            "trainable_params": metrics["trainable_params"], "adapter_params": metrics["adapter_params"],
            "seconds": metrics["seconds"], "batch_size": cfg.batch_size, "train_examples": metrics["train_examples"],
            "val_examples": metrics["val_examples"], "eval_examples": metrics["eval_examples"],
-           "model": metrics["model"], "target_modules": cfg.target_modules or "all-linear"}
+           "model": metrics["model"], "target_modules": cfg.target_modules or "all-linear",
+           "device": metrics["device"]}
     results.add(row, task)
     test = "" if row["accuracy"] is None else f", test {row['accuracy']:.4f}"
     progress(f"{method} {stage} seed {seed} lr {lr:g}: validation {row['val_accuracy']:.4f}{test}, "
@@ -113,7 +114,9 @@ def summarize(results: dict) -> list[dict]:
                      "adapter_params": finals[0]["adapter_params"],
                      "trainable_params": finals[0]["trainable_params"],
                      # median: robust to a run that shared the CPU with other work
-                     "seconds": statistics.median(r["seconds"] for r in finals)})
+                     "seconds": statistics.median(r["seconds"] for r in finals),
+                     # runs recorded before rows named their device all trained on the CPU (the only choice then)
+                     "device": " / ".join(sorted({r.get("device", "cpu") for r in finals}))})
     return rows
 
 
@@ -137,11 +140,11 @@ def _accuracy_cell(row: dict) -> str:
 
 def results_table(results: dict) -> str:
     header = ("method", "test accuracy (mean ± std)", "seeds", "lr (how chosen)", "validation accuracy per epoch",
-              "adapter params", "trainable (with head)", "seconds per run (median)")
+              "adapter params", "trainable (with head)", "seconds per run (median), device")
     rows = [(r["label"], _accuracy_cell(r), str(r["n"]),
              f"{r['lr']:g} ({'best of ' + str(len(r['sweep'])) + ' on validation' if r['sweep'] else 'not swept'})",
              " → ".join(f"{100 * v:.1f}" for v in r["val_per_epoch"]), f"{r['adapter_params']:,}",
-             f"{r['trainable_params']:,}", f"{r['seconds']:.0f}") for r in summarize(results)]
+             f"{r['trainable_params']:,}", f"{r['seconds']:.0f} on {r['device']}") for r in summarize(results)]
     return setup_line(results) + markdown_table(header, rows)
 
 

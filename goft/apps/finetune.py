@@ -12,7 +12,7 @@ import torch
 from ..ops.pairing import STRUCTURES
 from . import data, io
 from .errors import OptionError
-from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, run_identity, train
+from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, device_description, run_identity, train, training_device
 from .merge import LABELS_FILE
 from .methods import METHODS, adapter_parameters, count_parameters, get_method, is_head_parameter, wrap
 from .pretrained import MINILM_NAME, load_sequence_classifier, model_reference
@@ -44,6 +44,7 @@ class FinetuneConfig:
     resume: bool = False  # continue from output/checkpoint.pt (which must exist)
     overwrite: bool = False  # replace an earlier run's checkpoint in output instead of refusing
     evaluate_test: bool = True  # False for runs that only choose a learning rate: the test split stays unread
+    device: str = "cpu"  # cpu, cuda or cuda:N
 
     def __post_init__(self):
         get_method(self.method)
@@ -72,6 +73,7 @@ class FinetuneConfig:
             raise OptionError("output", "is needed by --save-every and --resume (where the checkpoint lives)")
         if self.lr is not None and not (self.lr > 0):
             raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
+        training_device(self.device)  # refuses a device this machine lacks before any data or model is loaded
 
     @property
     def learning_rate(self) -> float:
@@ -108,17 +110,20 @@ def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
     return model, tokenizer
 
 
-def encode(tokenizer, dataset: data.Dataset, idx: list[int], max_length: int) -> dict:
-    return tokenizer([dataset.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                     return_tensors="pt")
+def encode(tokenizer, dataset: data.Dataset, idx: list[int], max_length: int,
+           device: torch.device | str = "cpu") -> dict:
+    return dict(tokenizer([dataset.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt").to(device))
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, dataset: data.Dataset, batch_size: int = 64, max_length: int = 64) -> float:
+    """Accuracy of ``model`` (on whatever device it is) on ``dataset``."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for idx in batch_order(len(dataset), batch_size, None):
-        pred = model(**encode(tokenizer, dataset, idx, max_length)).logits.argmax(-1)
+        pred = model(**encode(tokenizer, dataset, idx, max_length, device)).logits.argmax(-1).cpu()
         correct += int((pred == torch.tensor([dataset.labels[i] for i in idx])).sum())
     return correct / len(dataset)
 
@@ -148,11 +153,13 @@ def finetune(cfg: FinetuneConfig) -> dict:
     torch.manual_seed(cfg.seed)
     train_set, val_set, test_set = load_data(cfg)
     model, tokenizer = build_model(cfg, train_set.label_names)
+    device = training_device(cfg.device)
+    model.to(device)
     n_trainable = count_parameters(model)
 
     def make_batch(idx: list[int]) -> dict:
-        labels = torch.tensor([train_set.labels[i] for i in idx])
-        return {**encode(tokenizer, train_set, idx, cfg.max_length), "labels": labels}
+        labels = torch.tensor([train_set.labels[i] for i in idx], device=device)
+        return {**encode(tokenizer, train_set, idx, cfg.max_length, device), "labels": labels}
 
     options = LoopOptions(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
@@ -170,7 +177,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "model": model_reference(cfg.model, MINILM_NAME), "labels": list(train_set.label_names), "data": data_sources,
         "accuracy": test_accuracy, "val_accuracy": result.curve["eval_accuracy"][-1],
         "val_accuracy_per_epoch": result.curve["eval_accuracy"], "trainable_params": n_trainable,
-        "adapter_params": adapter_parameters(model), "seconds": result.seconds,
+        "adapter_params": adapter_parameters(model), "seconds": result.seconds, "device": device_description(device),
         "train_examples": len(train_set), "val_examples": len(val_set),
         "eval_examples": len(test_set) if cfg.evaluate_test else 0,
         "config": {**asdict(cfg), "lr": cfg.learning_rate}, "curve": result.curve,

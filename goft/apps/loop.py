@@ -68,7 +68,36 @@ class LoopResult:
 
 
 # Options of a run that cannot change what it trains: a checkpoint may be resumed with these changed.
-RUN_NEUTRAL_OPTIONS = frozenset({"progress", "resume", "overwrite", "save_every", "output", "evaluate_test"})
+# A run may also continue on another device than it started on (the checkpoint is loaded onto the run's device).
+RUN_NEUTRAL_OPTIONS = frozenset({"progress", "resume", "overwrite", "save_every", "output", "evaluate_test",
+                                 "device"})
+DEVICES = ("cpu", "cuda", "cuda:N")
+
+
+def training_device(name: str) -> torch.device:
+    """The device named by ``--device``: ``cpu``, ``cuda`` or ``cuda:N``; under torchrun, ``cuda`` is each process's
+    own GPU (``LOCAL_RANK``).  Refuses a device this PyTorch cannot use, naming the option."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise OptionError("device", f"must be one of {', '.join(DEVICES)}, got {name!r}") from None
+    if device.type == "cpu" and device.index is None:
+        return device
+    if device.type != "cuda":
+        raise OptionError("device", f"must be one of {', '.join(DEVICES)}, got {name!r}")
+    if not torch.cuda.is_available():
+        raise OptionError("device", f"is {name!r}, but this PyTorch ({torch.__version__}) sees no CUDA device; "
+                                    "use --device cpu")
+    if device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.index >= torch.cuda.device_count():
+        raise OptionError("device", f"is {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def device_description(device: torch.device) -> str:
+    """What a results row records of the device a run trained on: ``cpu``, or ``cuda (NVIDIA H100 80GB HBM3)``."""
+    return "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
 
 
 def run_identity(config, lr: float) -> dict:
@@ -214,6 +243,7 @@ def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState, ru
     io.write_torch(path, {
         "model": trainable_state(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
         "torch_rng": torch.get_rng_state(), "run": run_identity,
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "state": {"epoch": state.epoch, "batch": state.batch, "epoch_generator": state.epoch_generator,
                   "elapsed": state.elapsed, "curve": state.curve},
     })
@@ -221,7 +251,7 @@ def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState, ru
 
 def load_checkpoint(path: Path, model, optimizer, schedule, run_identity: Optional[dict] = None) -> LoopState:
     """Restore a run from ``path``; refuses one written with other options than ``run_identity``, naming them."""
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=False)  # load_state_dict copies to the run's device
     _check_same_run(path, payload.get("run"), run_identity)
     missing = set(trainable_state(model)) - set(payload["model"])
     if missing:
@@ -231,6 +261,9 @@ def load_checkpoint(path: Path, model, optimizer, schedule, run_identity: Option
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
     torch.set_rng_state(payload["torch_rng"])
+    if payload.get("cuda_rng") is not None and torch.cuda.is_available():  # dropout's masks on a GPU
+        for index, state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
     saved = payload["state"]
     return LoopState(saved["epoch"], saved["batch"], saved["epoch_generator"], saved["elapsed"], saved["curve"])
 
@@ -281,7 +314,8 @@ class Distributed:
     def wrap(self, model):
         if self.world_size == 1:
             return model
-        return DistributedDataParallel(model)
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     def shard(self, idx: list[int]) -> list[int]:
         if self.world_size == 1:
