@@ -264,6 +264,25 @@ def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi, monkeypatch)
         close(got, want.double(), rtol * 10)
 
 
+@pytest.mark.parametrize("quasi", [False, True])
+def test_the_custom_op_takes_the_kernels_gradients_as_separate_tensors(quasi, monkeypatch):
+    # the kernels add the parameters' and the scale's gradients into one buffer; torch refuses a custom op whose
+    # outputs alias one another, so this runs the kernels inside the registered op, as a layer on a GPU does
+    from goft.ops import autograd
+
+    monkeypatch.setattr(autograd, "backend_for", lambda rows, dtype: T)
+    d = 7
+    params = make_params(d, quasi, 3).float().to(DEVICE).requires_grad_()
+    scale = make_scale(d, 3).float().to(DEVICE).requires_grad_()
+    x = torch.randn(5, d, device=DEVICE, requires_grad=True)
+    F.rotate(x, params, scale).square().sum().backward()
+    want_x, want_p, want_s = (t.detach().double().cpu().requires_grad_() for t in (x, params, scale))
+    rows = want_x @ F.rotation_matrix(want_p if quasi else F.angles_to_blocks(want_p), d) * want_s
+    rows.square().sum().backward()
+    for got, want in [(x.grad, want_x.grad), (params.grad, want_p.grad), (scale.grad, want_s.grad)]:
+        close(got, want, 1e-5)
+
+
 def test_kernel_choice_per_device(monkeypatch):
     monkeypatch.setenv("GOFT_KERNEL", "auto")
     assert backends.kernel_choice("cuda") == "triton"  # triton is installed here (importorskip above)

@@ -520,8 +520,7 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
     grad_params = grads[:flat_params.numel()].view(flat_params.shape)
     grad_scale = grads[flat_params.numel():] if scale is not None else None
     if n_rows == 0:  # zero gradients (of the scale too, when asked: an empty batch still has a scale)
-        return (grad_rows, grad_params.reshape(params.shape) if need_params else None,
-                grad_scale if need_scale else None)
+        return _backward_result(grad_rows, grad_params, grad_scale, params.shape, need_params, need_scale)
     inputs = [rows]  # each pass's input: the forward of the passes before it, transient, in fp32
     for step in passes[:-1]:
         inputs.append(torch.empty(rows.shape, dtype=torch.float32, device=device))
@@ -558,5 +557,13 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
         if not atomic:
             grads += part.sum(0)
         g = g_in
-    return (grad_rows, grad_params.reshape(params.shape) if need_params else None,
+    return _backward_result(grad_rows, grad_params, grad_scale, params.shape, need_params, need_scale)
+
+
+def _backward_result(grad_rows, grad_params, grad_scale, params_shape, need_params: bool, need_scale: bool):
+    """The backward's outputs.  The parameters' and the scale's gradients are views of one buffer; the custom op's
+    outputs may not alias one another, so the scale's (d numbers) is copied out when both are returned."""
+    if need_params and need_scale and grad_scale is not None:
+        grad_scale = grad_scale.clone()
+    return (grad_rows, grad_params.reshape(params_shape) if need_params else None,
             grad_scale if need_scale else None)
