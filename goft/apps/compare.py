@@ -23,6 +23,7 @@ from . import io
 from .errors import OptionError
 from .finetune import FinetuneConfig, finetune
 from .methods import METHODS, method_list
+from .pretrained import model_reference
 from .results import RunsFile, best_rate_on_validation, markdown_table, mean_std
 
 LR_FACTORS = (1 / 5.5, 1 / 1.8, 1.8, 5.5)  # x the method's default rate: four rates spanning 30x
@@ -126,7 +127,9 @@ def setup_line(results: dict) -> str:
     if not finals:
         return ""
     first = finals[0]
-    return (f"Model {first['model']}, task {results.get('task', '?')}: {first['train_examples']} training / "
+    # one name per model: runs recorded before embedded models were named ``goft:<name>`` say ``<name>``
+    models = " / ".join(sorted({model_reference(r["model"], r["model"]) for r in finals}))
+    return (f"Model {models}, task {results.get('task', '?')}: {first['train_examples']} training / "
             f"{first['val_examples']} validation / {first['eval_examples']} test examples, {first['epochs']} "
             f"epoch(s), batch {first['batch_size']}, targets {first['target_modules']}.\n\n")
 
