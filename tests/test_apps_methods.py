@@ -87,3 +87,51 @@ def test_wrap_is_get_peft_model():
     config = METHODS["goft"].peft_config(TARGETS)
     a, b = methods.wrap(make_mlp(), config), get_peft_model(make_mlp(), METHODS["goft"].peft_config(TARGETS))
     assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+
+
+def test_finetunes_default_rate_is_the_rate_chosen_for_what_it_trains():
+    from goft.apps.finetune import FinetuneConfig
+
+    assert methods.default_lr("goft") == METHODS["goft"].chosen_lr
+    assert methods.default_lr("goft", structure="butterfly") == METHODS["goft_butterfly"].chosen_lr
+    assert methods.default_lr("lora") == METHODS["lora_r8"].chosen_lr  # --lora-r defaults to 8
+    assert methods.default_lr("lora", r=2) == METHODS["lora_r2"].chosen_lr
+    # no sweep chose a rate for these: the sweep's centre
+    assert methods.chosen_lr("goft", structure="butterfly", depth=2) is None
+    assert methods.default_lr("goft", structure="butterfly", depth=2) == METHODS["goft"].lr
+    assert methods.default_lr("qgoft") == METHODS["qgoft"].lr
+    assert FinetuneConfig(method="goft", orth_reg_weight=1e-3).learning_rate == METHODS["goft"].chosen_lr  # λ: qGOFT's
+    assert FinetuneConfig(method="qgoft", structure="butterfly").learning_rate == METHODS["qgoft"].lr
+    assert FinetuneConfig(method="lora", lora_r=4).learning_rate == METHODS["lora_r4"].chosen_lr
+    assert FinetuneConfig(method="goft", lr=0.5).learning_rate == 0.5
+
+
+def test_the_family_defaults_are_goftconfigs_and_the_commands():
+    from dataclasses import fields
+
+    from goft.apps.finetune import FinetuneConfig
+
+    goft_defaults = {f.name: f.default for f in fields(GOFTConfig)}
+    assert methods.FAMILY_DEFAULTS["goft"] == {k: goft_defaults[k] for k in methods.FAMILY_DEFAULTS["goft"]}
+    assert methods.FAMILY_DEFAULTS["lora"] == {"r": FinetuneConfig().lora_r}
+
+
+def test_each_chosen_rate_is_what_the_recorded_sweeps_chose_on_both_tasks():
+    # the evidence behind chosen_lr: results/<task>.json's validation sweeps (MiniLM, 3 epochs), and chosen_lr is
+    # set exactly where both tasks' sweeps chose the same rate
+    import json
+    from pathlib import Path
+
+    from goft.apps.compare import choose_lr, lr_grid
+
+    results = Path(__file__).resolve().parent.parent / "results"
+    runs = {task: json.loads((results / f"{task}.json").read_text())["runs"] for task in ("polarity", "hedge")}
+    for name, entry in METHODS.items():
+        grid = lr_grid(entry.lr)
+        swept = [task for task in runs if {r["lr"] for r in runs[task] if r["method"] == name
+                                           and r["stage"] == "sweep" and r["epochs"] == 3} >= set(grid)]
+        chosen = {choose_lr(runs[task], name, 3, grid) for task in swept}
+        if entry.chosen_lr is not None:
+            assert len(swept) == 2 and chosen == {entry.chosen_lr}, name
+        elif len(swept) == 2:
+            assert len(chosen) == 2, f"{name}: both tasks chose {chosen}, so its chosen_lr should say so"

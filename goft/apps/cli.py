@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import AppError, Interrupted, OptionError
-from .methods import COMPARE_DEFAULT, FINETUNE_METHODS, INSTRUCT_METHODS, METHODS
+from .methods import COMPARE_DEFAULT, FINETUNE_METHODS, INSTRUCT_METHODS, METHODS, chosen_lr, default_lr
 
 
 def _int_list(minimum: int):
@@ -181,8 +181,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-modules", default=None,
                    help="comma-separated module names to adapt (default: all linear layers of the encoder)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate; default per method: "
-                   + ", ".join(f"{name} {METHODS[name].lr:g}" for name in FINETUNE_METHODS))
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate; default per method (chosen on validation where marked *): "
+                   + ", ".join(f"{name} {default_lr(name):g}{'*' if chosen_lr(name) is not None else ''}"
+                               for name in FINETUNE_METHODS)
+                   + "; goft with --structure butterfly " + f"{default_lr('goft', structure='butterfly'):g}*")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--max-length", type=int, default=64, help="max tokens per example (default: 64)")
     p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")

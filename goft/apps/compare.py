@@ -22,7 +22,7 @@ from pathlib import Path
 from . import io
 from .errors import OptionError
 from .finetune import FinetuneConfig, finetune
-from .methods import METHODS, method_list
+from .methods import METHODS, default_lr, method_list
 from .pretrained import model_reference
 from .results import RunsFile, best_rate_on_validation, markdown_table, mean_std
 
@@ -61,7 +61,7 @@ def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Pa
             chosen = choose_lr(results.runs, method, base.epochs, grid)
             progress(f"{method}: chose lr {chosen:g} of {[f'{lr:g}' for lr in grid]} by validation accuracy")
         else:
-            chosen = base.lr if base.lr is not None else METHODS[method].lr
+            chosen = base.lr if base.lr is not None else default_lr(method)
         for seed in seeds:
             _run_once(results, task, base, method, "final", seed, chosen, progress)
     write_report(results.data, Path(results_dir) / f"{task}.md", Path(results_dir) / f"{task}.png")

@@ -14,7 +14,15 @@ from . import data, io
 from .errors import OptionError
 from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, device_description, run_identity, train, training_device
 from .merge import LABELS_FILE
-from .methods import METHODS, adapter_parameters, count_parameters, get_method, is_head_parameter, wrap
+from .methods import (
+    METHODS,
+    adapter_parameters,
+    count_parameters,
+    default_lr,
+    get_method,
+    is_head_parameter,
+    wrap,
+)
 from .pretrained import MINILM_NAME, load_sequence_classifier, model_reference
 
 
@@ -77,7 +85,17 @@ class FinetuneConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else METHODS[self.method].lr
+        """``lr``, or the method's default for this setting (see :func:`goft.apps.methods.default_lr`)."""
+        return self.lr if self.lr is not None else default_lr(self.method, **self.method_setting)
+
+    @property
+    def method_setting(self) -> dict:
+        """The options of this config that shape the method's adapter (its family's, not the others')."""
+        entry = METHODS[self.method]
+        if entry.family == "goft":  # λ only weighs qGOFT's penalty: strict GOFT trains the same thing at any λ
+            setting = {"structure": self.structure, "depth": self.depth}
+            return {**setting, "orth_reg_weight": self.orth_reg_weight} if entry.options.get("quasi") else setting
+        return {"r": self.lora_r} if entry.family == "lora" else {}
 
     @property
     def method_label(self) -> str:
