@@ -172,6 +172,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     train_set, val_set, test_set = load_data(cfg)
     model, tokenizer = build_model(cfg, train_set.label_names)
     device = training_device(cfg.device)
+    if device.type == "cuda":  # NCCL under torchrun talks through the current device: each process's own GPU
+        torch.cuda.set_device(device)
     model.to(device)
     n_trainable = count_parameters(model)
 
