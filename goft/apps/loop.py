@@ -125,7 +125,7 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
     total_steps = math.ceil(n_examples / options.batch_size) * options.epochs
     schedule = warmup_linear_schedule(optimizer, total_steps, options.warmup_fraction)
-    dist = Distributed.from_environment()
+    dist = Distributed.from_environment(next(model.parameters()).device)
     train_model = dist.wrap(model)
     generator = torch.Generator().manual_seed(options.seed)
     state = _starting_state(options, model, optimizer, schedule, generator)
@@ -287,7 +287,7 @@ def _check_same_run(path: Path, saved: Optional[dict], now: Optional[dict]) -> N
 
 
 class Distributed:
-    """Data parallelism under ``torchrun`` (gloo on CPU, nccl on GPU); a no-op for a single process.
+    """Data parallelism under ``torchrun`` (gloo for a model on the CPU, nccl on GPUs); a no-op for one process.
 
     Each optimizer step takes the same global batch as a single-process run and gives every rank an equal, strided
     share of it; DDP averages the gradients, so the adapters stay identical across ranks and equal (up to float
@@ -303,12 +303,14 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls) -> Distributed:
+    def from_environment(cls, device: torch.device) -> Distributed:
+        """One process, or torchrun's group: nccl for a model on a GPU, gloo for one on the CPU (also on a machine
+        with GPUs, where a CPU run's tensors cannot go through nccl)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         if not tdist.is_initialized():
-            tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(tdist.get_world_size(), tdist.get_rank())
 
     def wrap(self, model):
