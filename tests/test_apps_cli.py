@@ -2,6 +2,7 @@
 
 
 import json
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from toys import tiny_gpt2
 from goft import GOFTConfig
 from goft.apps.cli import main
 from goft.apps.errors import OptionError
+from goft.apps.methods import default_lr
 
 
 def test_cli_names_the_flag_and_exits_with_a_message(capsys):
@@ -113,7 +115,8 @@ def test_a_target_that_matches_nothing_is_named(finetune_args, tmp_path):
 def test_resume_refuses_options_that_change_the_run(finetune_args, tmp_path, toy_val_file):
     out = str(tmp_path / "run")
     assert main([*finetune_args, "--output", out]) == 0
-    with pytest.raises(SystemExit, match=r"trained with other options \(--lr 0\.01 there, 0\.05 now; "
+    default = re.escape(f"{default_lr('goft')!r}")  # the run above trained at goft's default rate
+    with pytest.raises(SystemExit, match=rf"trained with other options \(--lr {default} there, 0\.05 now; "
                                          r"--val-file None there, '.*val\.csv' now\)"):
         main([*finetune_args, "--output", out, "--resume", "--lr", "0.05", "--val-file", str(toy_val_file)])
     assert main([*finetune_args[:-1], "--output", out, "--resume", "--save-every", "3"]) == 0  # progress: harmless

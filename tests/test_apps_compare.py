@@ -6,6 +6,7 @@ import pytest
 
 from goft.apps import compare
 from goft.apps.compare import choose_lr, lr_grid, run_compare
+from goft.apps.methods import METHODS
 
 
 def test_the_protocol_sweeps_chooses_on_validation_and_runs_every_seed_at_the_choice(toy_config, tmp_path):
@@ -51,11 +52,14 @@ def test_the_default_grid_spans_30x_around_the_default():
 def test_without_a_sweep_every_seed_runs_at_the_default_and_the_table_says_so(toy_config, tmp_path):
     results = run_compare("toy", ["goft", "head"], [0], toy_config(epochs=1), tmp_path, sweep=False,
                           progress=lambda *_: None)
-    assert [(r["method"], r["stage"], r["lr"]) for r in results["runs"]] == [("goft", "final", 1e-2),
+    # each method's default: the rate chosen on validation where there is one (GOFT), else the sweep's centre
+    chosen = METHODS["goft"].chosen_lr
+    assert chosen is not None and METHODS["head"].chosen_lr is None
+    assert [(r["method"], r["stage"], r["lr"]) for r in results["runs"]] == [("goft", "final", chosen),
                                                                             ("head", "final", 5e-3)]
     text = compare.report_text(results)
     assert "64 training / 16 validation / 32 test examples, 1 epoch(s), batch 16" in text
-    assert "| GOFT |" in text and "0.01 (not swept)" in text and "validation accuracy at each rate" not in text
+    assert "| GOFT |" in text and f"{chosen:g} (not swept)" in text and "validation accuracy at each rate" not in text
 
 
 def test_the_plot_joins_each_capacity_dial_and_nothing_else():
