@@ -182,7 +182,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated module names to adapt (default: all linear layers of the encoder)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
     p.add_argument("--lr", type=float, default=None,
-                   help="AdamW learning rate; default per method (chosen on validation where marked *): "
+                   help="AdamW learning rate (compare without it sweeps four rates per method); finetune's default "
+                        "per method (* chosen on validation): "
                    + ", ".join(f"{name} {default_lr(name):g}{'*' if chosen_lr(name) is not None else ''}"
                                for name in FINETUNE_METHODS)
                    + "; goft with --structure butterfly " + f"{default_lr('goft', structure='butterfly'):g}*")
