@@ -6,7 +6,7 @@ import pytest
 
 from goft.apps import compare
 from goft.apps.compare import choose_lr, lr_grid, run_compare
-from goft.apps.methods import METHODS
+from goft.apps.methods import METHODS, default_lr
 
 
 def test_the_protocol_sweeps_chooses_on_validation_and_runs_every_seed_at_the_choice(toy_config, tmp_path):
@@ -70,3 +70,59 @@ def test_the_plot_joins_each_capacity_dial_and_nothing_else():
     assert {curve_family(m) for m in ("lora_r1", "lora_r2", "lora_r4", "lora_r8")} == {"LoRA"}
     singles = ("qgoft_l3", "goft_scaling", "oft", "boft")
     assert len({curve_family(m) for m in singles} | {"GOFT", "qGOFT", "LoRA"}) == len(singles) + 3
+
+
+def test_an_interrupted_compare_continues_its_run_from_the_checkpoint(toy_config, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import torch
+
+    from goft.apps.errors import Interrupted
+
+    real_step, steps = torch.optim.AdamW.step, {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C after the third step
+        return result
+
+    monkeypatch.setattr(compare, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    base = toy_config(epochs=2)  # 64 examples, batch 16: 8 steps
+    with pytest.raises(Interrupted) as stopped:
+        run_compare("toy", ["goft"], [0], base, tmp_path / "cut", sweep=False, progress=lambda *_: None)
+    run = f"goft-final-seed0-lr{default_lr('goft'):g}-epochs2"
+    checkpoint = tmp_path / "cut" / "unfinished" / "toy" / run / "checkpoint.pt"
+    assert stopped.value.checkpoint == checkpoint and checkpoint.is_file()
+    assert not (tmp_path / "cut" / "toy.json").exists()  # nothing finished, nothing recorded
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    messages = []
+    resumed = run_compare("toy", ["goft"], [0], base, tmp_path / "cut", sweep=False, progress=messages.append)
+    assert any(m.startswith("continue goft final seed 0") for m in messages)
+    assert not (tmp_path / "cut" / "unfinished").exists()  # a finished run keeps its row, not its checkpoint
+    whole = run_compare("toy", ["goft"], [0], base, tmp_path / "whole", sweep=False, progress=lambda *_: None)
+    same = ("accuracy", "val_accuracy_per_epoch", "adapter_params")
+    assert [{k: r[k] for k in same} for r in resumed["runs"]] == [{k: r[k] for k in same} for r in whole["runs"]]
+
+
+def test_a_results_file_holds_one_comparison(toy_config, tmp_path):
+    from goft.apps.errors import OptionError
+
+    base = toy_config(epochs=1)
+    run_compare("toy", ["head"], [0], base, tmp_path, sweep=False, progress=lambda *_: None)
+    assert json.loads((tmp_path / "toy.json").read_text())["setup"] == compare.comparison_setup(base)
+    for changed, option in ((dict(batch_size=8), "batch_size"), (dict(max_length=16), "max_length"),
+                            (dict(train_size=32), "train_size"), (dict(train_file=base.val_file), "train_file")):
+        with pytest.raises(OptionError, match=rf"^{option} .* differs from the runs in .*toy.json.*another --results"):
+            run_compare("toy", ["head"], [0], toy_config(epochs=1, **changed), tmp_path, sweep=False,
+                        progress=lambda *_: None)
+    # a file from before the setup was recorded is judged by what its runs recorded
+    legacy = json.loads((tmp_path / "toy.json").read_text())
+    del legacy["setup"]
+    legacy["runs"][0]["model"] = "goft:minilm"
+    (tmp_path / "toy.json").write_text(json.dumps(legacy))
+    with pytest.raises(OptionError, match=r"^model .* differs .*\('goft:minilm'\)"):
+        run_compare("toy", ["head"], [0], base, tmp_path, sweep=False, progress=lambda *_: None)

@@ -77,10 +77,14 @@ def _finetune_config(args: argparse.Namespace):
     return FinetuneConfig(**values)
 
 
+def data_stem(args: argparse.Namespace) -> str:
+    """What the data are called in file names: the embedded task, or the training file's name without suffix."""
+    return Path(args.train_file).stem if args.train_file else args.task
+
+
 def default_output(args: argparse.Namespace) -> str:
     """Where ``goft finetune`` keeps a run when ``--output`` is not given: a new directory under ./runs."""
-    data = Path(args.train_file).stem if args.train_file else args.task
-    return f"runs/{args.method}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"runs/{args.method}-{data_stem(args)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -106,8 +110,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .methods import method_list
 
     methods = method_list(args.methods, tuple(METHODS))
-    results = run_compare(args.task, methods, list(range(args.seeds)), _finetune_config(args), Path(args.results),
-                          sweep=not args.no_sweep)
+    results = run_compare(data_stem(args), methods, list(range(args.seeds)), _finetune_config(args),
+                          Path(args.results), sweep=not args.no_sweep)
     print(report_text(results))
     return 0
 
@@ -230,11 +234,13 @@ def _add_finetune_parser(sub) -> None:
 
 
 def _add_compare_parser(sub) -> None:
-    p = sub.add_parser("compare", help="methods x seeds on one task, rates chosen on validation -> results/<task>.*",
+    p = sub.add_parser("compare", help="methods x seeds on one task, rates chosen on validation -> results/<data>.*",
                        description="For each method: train at four rates spanning 30x around its default (seed 0), "
                                    "choose the rate with the best validation accuracy, then train every seed at that "
                                    "rate and score it on the test split. --lr replaces the sweep by one rate. "
-                                   "Results are recorded run by run; a rerun skips what is recorded.")
+                                   "Results are recorded run by run in RESULTS/<task or training file's name>.json; "
+                                   "a rerun skips what is recorded and continues an interrupted run from its "
+                                   "checkpoint (RESULTS/unfinished/).")
     p.add_argument("--methods", default=",".join(COMPARE_DEFAULT),
                    help=f"comma-separated runs from {', '.join(METHODS)} (default: {','.join(COMPARE_DEFAULT)}); "
                         "lora_r2 matches qGOFT's parameter count")
@@ -364,10 +370,12 @@ def main(argv: list[str] | None = None, before_command: Callable[[], object] | N
     except OptionError as err:
         raise SystemExit(f"goft {args.command}: {err.as_flag()}") from None
     except Interrupted as err:
-        if err.checkpoint is not None:
-            resume = f"\nto continue: {resume_command(argv, args.output)}"
-        else:  # compare keeps what it finished in its results file
+        if args.command == "compare":  # finished runs are in the results file, the one in progress checkpointed
             resume = "\nruns already in the results file are kept: the same command continues from there"
+        elif err.checkpoint is not None:
+            resume = f"\nto continue: {resume_command(argv, args.output)}"
+        else:
+            resume = ""
         print(f"goft {args.command}: {err}{resume}", file=sys.stderr)
         raise SystemExit(130) from None
     except (AppError, ValueError) as err:  # ValueError: the library's input errors (GivensError, AdapterFileError)

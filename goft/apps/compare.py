@@ -10,11 +10,17 @@ The protocol, the same for every method:
 
 Every run gets the same data, epochs and batch size.  Each run is recorded as it completes (the file is resumable:
 rerunning the command skips what it holds), with its rate, stage, validation accuracy per epoch and, for final runs,
-its test accuracy.
+its test accuracy.  A results file holds one comparison: it records the options its runs share (``SETUP_OPTIONS``:
+model, data, sizes, batch, targets) and a compare with other ones is refused, since its rows would mix.
+
+A run in progress checkpoints every ``CHECKPOINT_EVERY`` steps under ``RESULTS/unfinished/``; an interrupted compare
+(Ctrl-C, a closed session) continues that run from its checkpoint when rerun.  A finished run keeps its row, not its
+weights (``goft finetune`` at the chosen rate keeps a model).
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from dataclasses import fields, replace
 from pathlib import Path
@@ -22,12 +28,17 @@ from pathlib import Path
 from . import io
 from .errors import OptionError
 from .finetune import FinetuneConfig, finetune
+from .loop import CHECKPOINT_NAME
 from .methods import METHODS, default_lr, method_list
-from .pretrained import model_reference
+from .pretrained import MINILM_NAME, model_reference
 from .results import RunsFile, best_rate_on_validation, markdown_table, mean_std
 
 LR_FACTORS = (1 / 5.5, 1 / 1.8, 1.8, 5.5)  # x the method's default rate: four rates spanning 30x
 KEY_FIELDS = ("method", "stage", "seed", "lr", "epochs")
+# The options every run of one results file shares (its rows are keyed by KEY_FIELDS alone).
+SETUP_OPTIONS = ("model", "task", "train_file", "eval_file", "val_file", "val_fraction", "train_size", "batch_size",
+                 "max_length", "target_modules")
+CHECKPOINT_EVERY = 25  # optimizer steps between checkpoints of a run in progress (a MiniLM run has 270)
 # Options that change what a method trains: rows are keyed by method name, so each name stands for one setting of
 # them, and compare takes only their defaults (option -> the registry's rows that vary it).
 FIXED_BY_METHOD_NAME = {"structure": "goft_butterfly, qgoft_butterfly and goft_tree_depth2",
@@ -52,7 +63,9 @@ def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Pa
         if getattr(base, option) != defaults[option]:
             raise OptionError(option, f"is not taken by compare, whose rows are keyed by method name; compare the "
                                       f"registry's {rows} instead")
+    base = replace(base, task=task)  # with the user's files the config drops the task: ``task`` only names the file
     results = RunsFile(Path(results_dir) / f"{task}.json", key_fields=KEY_FIELDS)
+    check_setup(results, comparison_setup(base))
     for method in methods:
         if sweep:
             grid = [base.lr] if base.lr is not None else lr_grid(METHODS[method].lr, lr_factors)
@@ -68,13 +81,46 @@ def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Pa
     return results.data
 
 
+def comparison_setup(base: FinetuneConfig) -> dict:
+    """The values of ``SETUP_OPTIONS`` for ``base``, as the results file records them."""
+    setup = {name: getattr(base, name) for name in SETUP_OPTIONS}
+    setup["model"] = model_reference(base.model, MINILM_NAME)
+    setup["target_modules"] = base.target_modules or "all-linear"
+    return setup
+
+
+def check_setup(results: RunsFile, setup: dict) -> None:
+    """Refuse to add runs of another setup to ``results``; record the setup for the runs to come.
+
+    Files written before the setup was recorded are checked on what their runs recorded (model, batch size,
+    targets); they were made with the defaults of the options runs did not record."""
+    recorded = results.data.get("setup")
+    if recorded is None:
+        recorded = {}
+        for run in results.runs:
+            recorded.setdefault("model", model_reference(run["model"], MINILM_NAME))
+            recorded.setdefault("batch_size", run["batch_size"])
+            recorded.setdefault("target_modules", run["target_modules"])
+    for name, value in recorded.items():
+        if setup.get(name) != value:
+            raise OptionError(name, f"{setup.get(name)!r} differs from the runs in {results.path} ({value!r}): a "
+                                    "results file holds one comparison; pass another --results directory, or that "
+                                    "file's options")
+    results.data["setup"] = setup
+
+
 def _run_once(results: RunsFile, task: str, base: FinetuneConfig, method: str, stage: str, seed: int, lr: float,
               progress) -> None:
     if results.has(method, stage, seed, lr, base.epochs):
         progress(f"skip {method} {stage} seed {seed} lr {lr:g}: already in {results.path}")
         return
-    cfg = replace(base, method=method, seed=seed, lr=lr, task=task, output=None, resume=False, save_every=0,
-                  evaluate_test=stage == "final")
+    run_name = f"{method}-{stage}-seed{seed}-lr{lr:g}-epochs{base.epochs}"
+    unfinished = results.path.parent / "unfinished" / task / run_name
+    resume = (unfinished / CHECKPOINT_NAME).is_file()
+    if resume:
+        progress(f"continue {method} {stage} seed {seed} lr {lr:g} from {unfinished / CHECKPOINT_NAME}")
+    cfg = replace(base, method=method, seed=seed, lr=lr, output=str(unfinished), resume=resume,
+                  save_every=CHECKPOINT_EVERY, overwrite=not resume, evaluate_test=stage == "final")
     metrics = finetune(cfg)
     row = {"method": method, "stage": stage, "seed": seed, "lr": lr, "epochs": cfg.epochs,
            "accuracy": metrics["accuracy"], "val_accuracy": metrics["val_accuracy"],
@@ -84,7 +130,11 @@ def _run_once(results: RunsFile, task: str, base: FinetuneConfig, method: str, s
            "val_examples": metrics["val_examples"], "eval_examples": metrics["eval_examples"],
            "model": metrics["model"], "target_modules": cfg.target_modules or "all-linear",
            "device": metrics["device"]}
-    results.add(row, task)
+    results.add(row, cfg.data_name)
+    shutil.rmtree(unfinished)  # the row is what compare keeps of a finished run
+    for folder in (unfinished.parent, unfinished.parent.parent):  # unfinished/<task>/, then unfinished/, once empty
+        if not any(folder.iterdir()):
+            folder.rmdir()
     test = "" if row["accuracy"] is None else f", test {row['accuracy']:.4f}"
     progress(f"{method} {stage} seed {seed} lr {lr:g}: validation {row['val_accuracy']:.4f}{test}, "
              f"{row['seconds']:.0f} s")
