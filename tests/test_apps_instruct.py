@@ -168,3 +168,26 @@ def test_an_int8_base_loads_quantized_and_smaller(tiny_llama, chat_tokenizer, tm
     saved = pretrained.weight_bytes(fp32) - pretrained.weight_bytes(int8)
     # 4 bytes -> 1 a weight, and each row gains a scale and zero point (fp32 + int8 in torchao 0.18: 5 bytes)
     assert 3 * weights - 8 * rows <= saved <= 3 * weights - rows
+
+
+def test_a_results_file_holds_one_setup(monkeypatch, tmp_path):
+    from goft.apps.errors import OptionError
+
+    monkeypatch.setattr(instruct, "instruct", lambda cfg, base_logprobs_cache=None: fake_metrics(cfg, accuracy=0.7,
+                                                                                                  val_accuracy=0.6))
+    path = tmp_path / "r.json"
+    quick = dict(progress=lambda *_: None, learning_rates=[1e-3], sweep=False)
+    instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path, **quick)
+    assert json.loads(path.read_text())["setup"]["model"] == "goft:smollm2"
+    for option, value in (("epochs", 2), ("train_size", 64), ("lora_r", 4), ("model", str(tmp_path))):
+        with pytest.raises(OptionError, match=rf"^{option} .* differs from the runs in .*r\.json"):
+            instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False, **{option: value}),
+                                          path, **quick)
+    # a file from before setups were recorded: judged by the sizes its runs recorded
+    older = json.loads(path.read_text())
+    del older["setup"]
+    path.write_text(json.dumps(older))
+    with pytest.raises(OptionError, match=r"^train_size 64 differs .*\(512\)"):
+        instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False, train_size=64), path,
+                                      **quick)
+    instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path, **quick)

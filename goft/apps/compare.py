@@ -65,7 +65,7 @@ def run_compare(task: str, methods, seeds, base: FinetuneConfig, results_dir: Pa
                                       f"registry's {rows} instead")
     base = replace(base, task=task)  # with the user's files the config drops the task: ``task`` only names the file
     results = RunsFile(Path(results_dir) / f"{task}.json", key_fields=KEY_FIELDS)
-    check_setup(results, comparison_setup(base))
+    results.check_setup(comparison_setup(base), older_setup)
     for method in methods:
         if sweep:
             grid = [base.lr] if base.lr is not None else lr_grid(METHODS[method].lr, lr_factors)
@@ -89,24 +89,10 @@ def comparison_setup(base: FinetuneConfig) -> dict:
     return setup
 
 
-def check_setup(results: RunsFile, setup: dict) -> None:
-    """Refuse to add runs of another setup to ``results``; record the setup for the runs to come.
-
-    Files written before the setup was recorded are checked on what their runs recorded (model, batch size,
-    targets); they were made with the defaults of the options runs did not record."""
-    recorded = results.data.get("setup")
-    if recorded is None:
-        recorded = {}
-        for run in results.runs:
-            recorded.setdefault("model", model_reference(run["model"], MINILM_NAME))
-            recorded.setdefault("batch_size", run["batch_size"])
-            recorded.setdefault("target_modules", run["target_modules"])
-    for name, value in recorded.items():
-        if setup.get(name) != value:
-            raise OptionError(name, f"{setup.get(name)!r} differs from the runs in {results.path} ({value!r}): a "
-                                    "results file holds one comparison; pass another --results directory, or that "
-                                    "file's options")
-    results.data["setup"] = setup
+def older_setup(run: dict) -> dict:
+    """The setup options a run recorded before files recorded their setup (the others had their defaults)."""
+    return {"model": model_reference(run["model"], MINILM_NAME), "batch_size": run["batch_size"],
+            "target_modules": run["target_modules"]}
 
 
 def _run_once(results: RunsFile, task: str, base: FinetuneConfig, method: str, stage: str, seed: int, lr: float,

@@ -45,6 +45,9 @@ TASK = "polarity-instruct"
 SCHEDULE = "warmup 6% + linear decay"
 KEY_DEFAULTS = {"schedule": "constant", "base_weights": "fp32", "stage": LEGACY_STAGE}
 KEY_FIELDS = ("method", "stage", "seed", "lr", "schedule", "base_weights")
+# The options every run of one results file shares (its rows are keyed by KEY_FIELDS alone).
+SETUP_OPTIONS = ("model", "target_modules", "train_size", "eval_size", "val_size", "epochs", "batch_size",
+                 "orth_reg_weight", "lora_r", "forget_passages", "forget_tokens")
 
 
 @dataclass
@@ -219,8 +222,8 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     if cfg.evaluate_test and "base_accuracy" not in cache:
         cache["base_accuracy"] = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
     model = build_instruct_model(cfg, model)
-    model.peft_config["default"].base_model_name_or_path = pretrained.model_reference(cfg.model,
-                                                                                      pretrained.SMOLLM2_NAME)
+    reference = pretrained.model_reference(cfg.model, pretrained.SMOLLM2_NAME)  # how outputs name the base
+    model.peft_config["default"].base_model_name_or_path = reference
     examples = [(prompt_ids(tokenizer, t), answer_ids(tokenizer, y))
                 for t, y in zip(train_set.texts, train_set.labels, strict=True)]
     options = LoopOptions(
@@ -235,7 +238,8 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     val_accuracy = generation_accuracy(model, tokenizer, val_set.texts, val_set.labels)
     accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels) if cfg.evaluate_test else None
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)
-    return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy, "val_accuracy": val_accuracy,
+    return {"method": cfg.method, "seed": cfg.seed, "model": reference, "accuracy": accuracy,
+            "val_accuracy": val_accuracy,
             "base_accuracy": cache.get("base_accuracy") if cfg.evaluate_test else None,
             "base_val_accuracy": cache["base_val_accuracy"],
             "trainable_params": count_parameters(model), "seconds": result.seconds, **forget,
@@ -256,6 +260,7 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
     from .compare import lr_grid  # the one grid of both comparisons
 
     results = RunsFile(results_path, key_fields=KEY_FIELDS, key_defaults=KEY_DEFAULTS)
+    results.check_setup(instruct_setup(base), older_setup)
     cache: dict = {}
     for method in methods:
         if sweep:
@@ -275,6 +280,20 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
     plot_accuracy_vs_forgetting(results.data, results.path.with_suffix(".png"))
     io.write_text(results.path.with_suffix(".md"), instruct_table(results.data))
     return results.data
+
+
+def instruct_setup(base: InstructConfig) -> dict:
+    """The values of ``SETUP_OPTIONS`` for ``base``, as the results file records them."""
+    return {**{name: getattr(base, name) for name in SETUP_OPTIONS},
+            "model": pretrained.model_reference(base.model, pretrained.SMOLLM2_NAME)}
+
+
+def older_setup(run: dict) -> dict:
+    """The setup options a run recorded before files recorded their setup (the others had their defaults)."""
+    setup = {"train_size": run["train_examples"]} if "train_examples" in run else {}
+    if run.get("eval_examples"):  # a sweep run reads no test sentences
+        setup["eval_size"] = run["eval_examples"]
+    return setup
 
 
 def choose_instruct_lr(runs: list[dict], method: str, base: InstructConfig, grid) -> float:

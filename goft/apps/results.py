@@ -1,19 +1,21 @@
 """Results files of ``goft compare`` and ``goft instruct``: one JSON of runs, resumable, with summaries and tables.
 
-A results file is ``{"task": ..., "runs": [{...}, ...]}``.  Each run is identified by the values of the file's key
-fields (e.g. method and seed); a run already recorded is skipped on the next invocation, and the file is rewritten
-atomically after every run, so an interrupted comparison continues where it stopped.
+A results file is ``{"task": ..., "setup": {...}, "runs": [{...}, ...]}``.  Each run is identified by the values of
+the file's key fields (e.g. method and seed); a run already recorded is skipped on the next invocation, and the file
+is rewritten atomically after every run, so an interrupted comparison continues where it stopped.  ``setup`` holds
+the options every run of the file shares (model, data, sizes): runs of another setup are refused, since their rows
+would be taken for these.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import io
-from .errors import OutputError
+from .errors import OptionError, OutputError
 
 
 class RunsFile:
@@ -40,6 +42,20 @@ class RunsFile:
 
     def has(self, *key) -> bool:
         return any(self.key(run) == tuple(key) for run in self.runs)
+
+    def check_setup(self, setup: dict, older_setup: Callable[[dict], dict]) -> None:
+        """Refuse to add runs of another ``setup`` (option -> value) than the file's, naming the first option that
+        differs; the file then records ``setup`` with its next run.  A file from before setups were recorded is
+        judged by ``older_setup(first run)``: the options its runs did record."""
+        recorded = self.data.get("setup")
+        if recorded is None:
+            recorded = older_setup(self.runs[0]) if self.runs else {}
+        for name, value in recorded.items():
+            if setup.get(name) != value:
+                raise OptionError(name, f"{setup.get(name)!r} differs from the runs in {self.path} ({value!r}): a "
+                                        "results file holds one comparison; pass another --results, or that file's "
+                                        "options")
+        self.data["setup"] = setup
 
     def add(self, run: dict, task: str) -> None:
         """Record one run and rewrite the file atomically."""
