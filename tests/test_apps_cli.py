@@ -306,3 +306,37 @@ def test_a_command_run_through_the_entry_point_finds_goft_registered(tmp_path):
     result = _run_entry_point(["inspect", str(tmp_path / "adapter")])
     assert "GOFT adapter" in result.stdout, result.stdout + result.stderr
     assert f"loaded: {sorted(_HEAVY)} status: 0" in result.stdout
+
+
+def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_continue(tiny_checkpoint, toy_files,
+                                                                                       tmp_path, monkeypatch,
+                                                                                       capsys):
+    import os
+    import signal
+
+    train, evals = toy_files
+    results = tmp_path / "results"
+    args = ["compare", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
+            "--methods", "head", "--seeds", "1", "--epochs", "1", "--batch-size", "16", "--no-sweep", "--no-progress",
+            "--results", str(results)]
+    real_step = torch.optim.AdamW.step
+
+    def step_then_ctrl_c(self, *a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C during the first step
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130 and "stopped after step 1; checkpoint written to" in err
+    assert "the same command continues from there" in err
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert main(args) == 0
+    assert "continue head final seed 0" in capsys.readouterr().out
+    recorded = json.loads((results / "train.json").read_text())  # the training file's name, not the default task
+    assert recorded["task"] == f"user:{train}" and recorded["setup"]["task"] is None
+    assert [r["stage"] for r in recorded["runs"]] == ["final"] and not (results / "polarity.json").exists()
+    refused = r"^goft compare: --batch-size 8 differs from the runs in .*train\.json \(16\)"
+    with pytest.raises(SystemExit, match=refused):
+        main([*args, "--batch-size", "8"])
