@@ -24,6 +24,8 @@ def test_cli_names_the_flag_and_exits_with_a_message(capsys):
         main(["compare", "--methods", "goft,lora_r9"])
     with pytest.raises(SystemExit, match="^goft compare: --device must be one of cpu, cuda, cuda:N, got 'gpu'$"):
         main(["compare", "--device", "gpu"])
+    with pytest.raises(SystemExit, match="^goft instruct: --device must be one of cpu, cuda, cuda:N, got 'gpu'$"):
+        main(["instruct", "--device", "gpu"])
 
 
 def test_cli_finetune_and_inspect(tiny_checkpoint, toy_files, tmp_path, capsys):

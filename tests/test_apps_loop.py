@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
+from goft.apps.errors import OptionError
+
 # Runs `goft finetune` in a child process; FAULT decides where the child dies abruptly (os._exit, no clean-up).
 RUNNER = textwrap.dedent("""
     import os, sys, torch
@@ -158,3 +160,25 @@ def test_instruct_keeps_its_run_and_a_killed_run_resumes_to_the_same_result(tiny
     cut = load_file(tmp_path / "cut" / "qgoft-seed0-lr0.005" / "adapter" / "adapter_model.safetensors")
     kept = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert cut.keys() == kept.keys() and all(torch.equal(cut[k], kept[k]) for k in kept)
+
+
+def test_instruct_records_its_device_and_refuses_one_it_cannot_use(tiny_instruct):
+    run = tiny_instruct.instruct(tiny_instruct.InstructConfig(method="goft", train_size=8, eval_size=2, val_size=2,
+                                                              batch_size=4, forget_passages=2, forget_tokens=3,
+                                                              progress=False))
+    assert run["device"] == "cpu"
+    with pytest.raises(OptionError, match="^device must be one of cpu, cuda, cuda:N, got 'gpu'$"):
+        tiny_instruct.InstructConfig(device="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_instruct_on_the_gpu_learns_as_on_the_cpu(tiny_instruct):
+    common = dict(method="goft", train_size=24, eval_size=4, val_size=2, epochs=2, batch_size=4, forget_passages=2,
+                  forget_tokens=3, progress=False)
+    on_gpu = tiny_instruct.instruct(tiny_instruct.InstructConfig(device="cuda", **common))
+    on_cpu = tiny_instruct.instruct(tiny_instruct.InstructConfig(**common))
+    assert on_gpu["device"].startswith("cuda (")
+    assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-3, abs=1e-4)
+    assert on_gpu["kl_base_to_tuned"] == pytest.approx(on_cpu["kl_base_to_tuned"], rel=1e-2, abs=1e-5)
+    with pytest.raises(OptionError, match="^base_weights int8 loads the base for the CPU"):
+        tiny_instruct.InstructConfig(device="cuda", base_weights="int8")

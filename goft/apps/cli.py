@@ -17,6 +17,8 @@ from pathlib import Path
 from .errors import AppError, Interrupted, OptionError
 from .methods import COMPARE_DEFAULT, FINETUNE_METHODS, INSTRUCT_METHODS, METHODS, chosen_lr, default_lr
 
+DEVICE_HELP = "where to train: cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU (default: cpu)"
+
 
 def _int_list(minimum: int):
     def parse(text: str) -> list[int]:
@@ -143,7 +145,7 @@ def cmd_instruct(args: argparse.Namespace) -> int:
                           train_size=args.train_size, eval_size=args.eval_size, val_size=args.val_size,
                           epochs=args.epochs, batch_size=args.batch_size, output=args.output,
                           save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, device=args.device)
     run_instruct_compare(methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr,
                          sweep=not args.no_sweep)
     return 0
@@ -194,9 +196,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--max-length", type=int, default=64, help="max tokens per example (default: 64)")
     p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")
-    p.add_argument("--device", default="cpu",
-                   help="where to train: cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU "
-                        "(default: cpu)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -281,6 +281,7 @@ def _add_instruct_parser(sub) -> None:
                    help="skip the sweep: run every seed at each --lr rate (or the method's default) and score it on "
                         "the test sentences; recorded as stage 'unswept'")
     p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--output", default=None,
                    help="keep each run's checkpoint and adapter in OUTPUT/<method>-seed<N>-lr<rate>[-sweep]/ "
                         "(default: none)")

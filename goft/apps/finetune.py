@@ -12,7 +12,16 @@ import torch
 from ..ops.pairing import STRUCTURES
 from . import data, io
 from .errors import OptionError
-from .loop import CHECKPOINT_NAME, LoopOptions, batch_order, device_description, run_identity, train, training_device
+from .loop import (
+    CHECKPOINT_NAME,
+    LoopOptions,
+    batch_order,
+    device_description,
+    run_identity,
+    train,
+    training_device,
+    use_device,
+)
 from .merge import LABELS_FILE
 from .methods import (
     METHODS,
@@ -171,9 +180,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     torch.manual_seed(cfg.seed)
     train_set, val_set, test_set = load_data(cfg)
     model, tokenizer = build_model(cfg, train_set.label_names)
-    device = training_device(cfg.device)
-    if device.type == "cuda":  # NCCL under torchrun talks through the current device: each process's own GPU
-        torch.cuda.set_device(device)
+    device = use_device(cfg.device)
     model.to(device)
     n_trainable = count_parameters(model)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import data, io, pretrained
 from .errors import OptionError
-from .loop import CHECKPOINT_NAME, LoopOptions, run_identity, train
+from .loop import CHECKPOINT_NAME, LoopOptions, device_description, run_identity, train, training_device, use_device
 from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
 from .results import RunsFile, best_rate_on_validation, group_runs, markdown_table, mean_std
 
@@ -73,10 +73,14 @@ class InstructConfig:
     overwrite: bool = False  # replace an unfinished run's checkpoint instead of refusing
     progress: bool = True
     evaluate_test: bool = True  # False for runs that only choose a learning rate: the test sentences stay unread
+    device: str = "cpu"  # cpu, cuda or cuda:N
 
     def __post_init__(self):
         get_method(self.method, INSTRUCT_METHODS)
         pretrained.check_base_weights(self.base_weights)
+        if training_device(self.device).type != "cpu" and self.base_weights != "fp32":
+            raise OptionError("base_weights", f"{self.base_weights} loads the base for the CPU (torchao weight-only); "
+                                              "use --device cpu with it, or fp32 on a GPU")
         for name in ("train_size", "eval_size", "val_size", "epochs", "batch_size", "lora_r"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -111,8 +115,9 @@ def answer_ids(tokenizer, label: int) -> list[int]:
     return list(ids) + ([end] if end is not None else [])
 
 
-def build_batch(tokenizer, examples: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-    """Right-padded input ids with labels -100 everywhere except the answer tokens."""
+def build_batch(tokenizer, examples: list[tuple[list[int], list[int]]],
+                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Right-padded input ids with labels -100 everywhere except the answer tokens, on ``device``."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     length = max(len(p) + len(a) for p, a in examples)
     ids = torch.full((len(examples), length), pad, dtype=torch.long)
@@ -123,7 +128,7 @@ def build_batch(tokenizer, examples: list[tuple[list[int], list[int]]]) -> dict[
         ids[row, :len(seq)] = torch.tensor(seq)
         mask[row, :len(seq)] = 1
         labels[row, len(p):len(seq)] = torch.tensor(a)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 def parse_answer(reply: str) -> Optional[int]:
@@ -151,8 +156,9 @@ def generation_accuracy(model, tokenizer, texts: list[str], labels: list[int], b
         for row, p in enumerate(prompts):
             ids[row, length - len(p):] = torch.tensor(p)
             mask[row, length - len(p):] = 1
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                             pad_token_id=pad)
+        device = next(model.parameters()).device
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=4,
+                             do_sample=False, pad_token_id=pad)
         for row, label in enumerate(labels[start:start + batch_size]):
             reply = tokenizer.decode(out[row, length:], skip_special_tokens=True)
             correct += int(parse_answer(reply) == label)
@@ -208,12 +214,14 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     torch.manual_seed(cfg.seed)
     model, tokenizer = pretrained.load_causal_lm(cfg.model, cfg.base_weights)
     base_bytes = pretrained.weight_bytes(model)
+    device = use_device(cfg.device)
+    model.to(device)
     train_set, test_set = data.load_task("polarity")
     train_set, val_set = data.split_validation(train_set)
     train_set = train_set.subset(cfg.train_size, cfg.seed)
     val_set = val_set.subset(cfg.val_size, 0)  # the same validation prompts for every run
     test_set = test_set.subset(cfg.eval_size, 0)  # the same evaluation sentences for every run
-    passages = heldout_passages(tokenizer, cfg.forget_passages, cfg.forget_tokens)
+    passages = heldout_passages(tokenizer, cfg.forget_passages, cfg.forget_tokens).to(device)
     # the base's own numbers, per base weights: a tuned model's forgetting is measured against the base it tuned
     cache = (base_logprobs_cache if base_logprobs_cache is not None else {}).setdefault(cfg.base_weights, {})
     if "base" not in cache:
@@ -232,7 +240,8 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
         resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress, description=f"{cfg.method} instruct",
         run_identity=run_identity(cfg, cfg.learning_rate),
     )
-    result = train(model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx]), options)
+    result = train(model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx], device),
+                   options)
     if cfg.run_dir is not None and result.is_main:
         io.save_pretrained(model, cfg.run_dir / "adapter")
     val_accuracy = generation_accuracy(model, tokenizer, val_set.texts, val_set.labels)
@@ -244,6 +253,7 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
             "base_val_accuracy": cache["base_val_accuracy"],
             "trainable_params": count_parameters(model), "seconds": result.seconds, **forget,
             "base_weights": cfg.base_weights, "base_weight_mib": base_bytes / 2**20,
+            "device": device_description(device),
             "loss": result.curve["loss"], "config": {**asdict(cfg), "lr": cfg.learning_rate}}
 
 

@@ -95,6 +95,15 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+def use_device(name: str) -> torch.device:
+    """:func:`training_device`, made the current CUDA device when it is one: NCCL under torchrun talks through the
+    current device, which must be each process's own GPU."""
+    device = training_device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def device_description(device: torch.device) -> str:
     """What a results row records of the device a run trained on: ``cpu``, or ``cuda (NVIDIA H100 80GB HBM3)``."""
     return "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
