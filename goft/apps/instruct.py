@@ -147,6 +147,7 @@ def generation_accuracy(model, tokenizer, texts: list[str], labels: list[int], b
     """Greedy generation (4 new tokens), left-padded batches; a reply without 'positive'/'negative' is wrong."""
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(texts), batch_size):
         prompts = [prompt_ids(tokenizer, t) for t in texts[start:start + batch_size]]
@@ -156,7 +157,6 @@ def generation_accuracy(model, tokenizer, texts: list[str], labels: list[int], b
         for row, p in enumerate(prompts):
             ids[row, length - len(p):] = torch.tensor(p)
             mask[row, length - len(p):] = 1
-        device = next(model.parameters()).device
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=4,
                              do_sample=False, pad_token_id=pad)
         for row, label in enumerate(labels[start:start + batch_size]):
