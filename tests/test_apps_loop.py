@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -160,6 +161,39 @@ def test_instruct_keeps_its_run_and_a_killed_run_resumes_to_the_same_result(tiny
     cut = load_file(tmp_path / "cut" / "qgoft-seed0-lr0.005" / "adapter" / "adapter_model.safetensors")
     kept = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert cut.keys() == kept.keys() and all(torch.equal(cut[k], kept[k]) for k in kept)
+
+
+def test_the_final_run_with_the_sweeps_seed_scores_the_sweep_runs_weights(tiny_instruct, tmp_path, monkeypatch):
+    """With --output, the final run at the chosen rate and the sweep's seed resumes the sweep run's finished
+    checkpoint (no step is taken) and gets the adapter a fresh training of the final run gives."""
+    base = tiny_instruct.InstructConfig(train_size=16, eval_size=4, val_size=4, batch_size=4, forget_passages=2,
+                                        forget_tokens=3, progress=False, output=str(tmp_path / "runs"))
+    real_step, steps = torch.optim.AdamW.step, {"n": 0}
+
+    def counted_step(self, *args, **kwargs):
+        steps["n"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted_step)
+    said = []
+    data = tiny_instruct.run_instruct_compare(["goft"], [0, 1], base, tmp_path / "runs.json", progress=said.append,
+                                              learning_rates=[0.01, 0.03])
+    assert steps["n"] == 3 * 4  # two sweep runs and the final of seed 1, 4 steps each; seed 0's final took none
+    runs = {(r["stage"], r["seed"], r["lr"]): r for r in data["runs"]}
+    chosen = next(lr for (stage, _, lr) in runs if stage == "final")
+    sweep, final = runs[("sweep", 0, chosen)], runs[("final", 0, chosen)]
+    assert final["trained_by"] == str(tmp_path / "runs" / f"goft-seed0-lr{chosen:g}-sweep")
+    assert "trained_by" not in runs[("final", 1, chosen)]
+    assert any("scoring its weights instead of training again" in line for line in said)
+    assert final["val_accuracy"] == sweep["val_accuracy"] and final["accuracy"] is not None
+    assert final["kl_base_to_tuned"] == sweep["kl_base_to_tuned"]
+
+    fresh = tiny_instruct.instruct(replace(base, lr=chosen, output=str(tmp_path / "fresh")))
+    assert steps["n"] == 4 * 4
+    assert fresh["kl_base_to_tuned"] == final["kl_base_to_tuned"] and fresh["accuracy"] == final["accuracy"]
+    reused = load_file(tmp_path / "runs" / f"goft-seed0-lr{chosen:g}" / "adapter" / "adapter_model.safetensors")
+    trained = load_file(tmp_path / "fresh" / f"goft-seed0-lr{chosen:g}" / "adapter" / "adapter_model.safetensors")
+    assert reused.keys() == trained.keys() and all(torch.equal(reused[k], trained[k]) for k in trained)
 
 
 def test_instruct_records_its_device_and_refuses_one_it_cannot_use(tiny_instruct):

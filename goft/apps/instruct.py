@@ -12,7 +12,9 @@ next-token distributions, and the change in perplexity.
 The protocol of :func:`run_instruct_compare` is ``goft compare``'s: per method, a sweep over a grid of rates with the
 first seed, each run scored on validation prompts (a fixed share of the training split, see
 :func:`goft.apps.data.split_validation`; the test sentences are not read); the rate with the best validation accuracy
-(ties: the smaller); then the final runs at that rate with every seed, scored on the test sentences once.  Every run
+(ties: the smaller); then the final runs at that rate with every seed, scored on the test sentences once.  The final
+run with the sweep's seed trains exactly what the chosen sweep run trained (which sentences are scored does not change
+the training): with ``output`` it starts from that run's finished checkpoint and only scores it.  Every run
 records its stage, rate, validation and (finals only) test accuracy and its forgetting, so the file also holds the
 accuracy-vs-forgetting frontier over the grid.
 """
@@ -29,7 +31,16 @@ import torch.nn.functional as F
 
 from . import data, io, pretrained
 from .errors import OptionError
-from .loop import CHECKPOINT_NAME, LoopOptions, device_description, run_identity, train, training_device, use_device
+from .loop import (
+    CHECKPOINT_NAME,
+    LoopOptions,
+    device_description,
+    run_identity,
+    train,
+    trained_to_the_end,
+    training_device,
+    use_device,
+)
 from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
 from .results import RunsFile, best_rate_on_validation, group_runs, markdown_table, mean_std
 
@@ -317,8 +328,15 @@ def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, p
     if results.has(cfg.method, stage, cfg.seed, cfg.learning_rate, SCHEDULE, cfg.base_weights):
         progress(f"skip {cfg.method} {stage} seed {cfg.seed} lr {cfg.learning_rate:g}: already in {results.path}")
         return
+    trained_by_sweep = _start_from_the_sweep_run(cfg) if stage == "final" else None
+    if trained_by_sweep:
+        progress(f"{cfg.method} final seed {cfg.seed} lr {cfg.learning_rate:g}: the sweep run in {trained_by_sweep} "
+                 "trained the same; scoring its weights instead of training again")
+        cfg = replace(cfg, resume=True)
     metrics = instruct(cfg, base_logprobs_cache=cache)
     row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
+    if trained_by_sweep:
+        row["trained_by"] = str(trained_by_sweep)
     row["stage"], row["lr"] = stage, metrics["config"]["lr"]
     row["train_examples"], row["val_examples"] = cfg.train_size, cfg.val_size
     row["eval_examples"] = cfg.eval_size if cfg.evaluate_test else 0
@@ -328,6 +346,20 @@ def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, p
     progress(f"{cfg.method} {stage} seed {cfg.seed} lr {row['lr']:g}: validation {row['val_accuracy']:.3f}{test}, "
              f"KL {row['kl_base_to_tuned']:.4f}, perplexity {row['perplexity_base']:.2f} -> "
              f"{row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s")
+
+
+def _start_from_the_sweep_run(cfg: InstructConfig) -> Optional[Path]:
+    """With ``output``: when the sweep run of ``cfg``'s seed and rate finished its training and this run has no
+    checkpoint of its own, copy the sweep's checkpoint into this run's directory (resuming it then trains nothing) and
+    return the sweep run's directory; else None."""
+    if cfg.run_dir is None or (cfg.run_dir / CHECKPOINT_NAME).exists():
+        return None
+    sweep_dir = replace(cfg, evaluate_test=False).run_dir
+    sweep_checkpoint = sweep_dir / CHECKPOINT_NAME
+    if not sweep_checkpoint.is_file() or not trained_to_the_end(sweep_checkpoint, cfg.epochs):
+        return None
+    io.write_bytes(cfg.run_dir / CHECKPOINT_NAME, sweep_checkpoint.read_bytes())
+    return sweep_dir
 
 
 def summarize_instruct(results: dict) -> list[dict]:
