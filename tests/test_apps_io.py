@@ -71,3 +71,21 @@ def test_cache_dir_and_offline_respect_the_user(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     io.offline()
     assert os.environ["HF_HUB_OFFLINE"] == "0"
+
+
+def test_saving_an_adapter_of_an_embedded_base_is_quiet_and_keeps_its_name(tiny_llama, tmp_path):
+    """PEFT looks for the base's config to see whether the vocabulary was resized; "goft:smollm2" names no directory,
+    and the warning it gives would come with every save.  Other warnings still show."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_llama), LoraConfig(target_modules=["q_proj"]))
+    model.peft_config["default"].base_model_name_or_path = "goft:smollm2"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        io.save_pretrained(model, tmp_path / "adapter")
+        warnings.warn("a warning of the user's own", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning of the user's own"]
+    assert '"base_model_name_or_path": "goft:smollm2"' in (tmp_path / "adapter" / "adapter_config.json").read_text()

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -128,7 +129,11 @@ def give_normal_permissions(directory: Path) -> None:
 def save_pretrained(model, directory: str | os.PathLike, *extras) -> Path:
     """``model.save_pretrained`` (and ``extra.save_pretrained`` for each extra, e.g. a tokenizer) into a staged
     directory that replaces ``directory`` whole, with normal file permissions."""
-    with staged_directory(directory) as staged:
+    with staged_directory(directory) as staged, warnings.catch_warnings():
+        # An adapter names an embedded base "goft:<name>" (see goft.apps.pretrained), which is neither a directory nor
+        # a hub repository, so PEFT's check for a resized vocabulary finds no config and warns on every save; goft
+        # never resizes a vocabulary.
+        warnings.filterwarnings("ignore", message=r"Could not find a config file in goft:")
         for item in (model, *extras):
             item.save_pretrained(staged)
         give_normal_permissions(staged)
