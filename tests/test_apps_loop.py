@@ -1,10 +1,12 @@
 """The one training loop: a killed run resumes to the same result, torchrun matches one process, instruct shares it."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
@@ -194,6 +196,13 @@ def test_the_final_run_with_the_sweeps_seed_scores_the_sweep_runs_weights(tiny_i
     reused = load_file(tmp_path / "runs" / f"goft-seed0-lr{chosen:g}" / "adapter" / "adapter_model.safetensors")
     trained = load_file(tmp_path / "fresh" / f"goft-seed0-lr{chosen:g}" / "adapter" / "adapter_model.safetensors")
     assert reused.keys() == trained.keys() and all(torch.equal(reused[k], trained[k]) for k in trained)
+
+    # only a sweep run of the same options is taken: another training size trains afresh
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "runs" / f"goft-seed0-lr{chosen:g}-sweep", other / f"goft-seed0-lr{chosen:g}-sweep")
+    final_of = partial(replace, base, lr=chosen, output=str(other))
+    assert tiny_instruct._start_from_the_sweep_run(final_of(train_size=8)) is None
+    assert tiny_instruct._start_from_the_sweep_run(final_of()) == other / f"goft-seed0-lr{chosen:g}-sweep"
 
 
 def test_instruct_records_its_device_and_refuses_one_it_cannot_use(tiny_instruct):

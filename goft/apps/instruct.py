@@ -349,14 +349,15 @@ def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, p
 
 
 def _start_from_the_sweep_run(cfg: InstructConfig) -> Optional[Path]:
-    """With ``output``: when the sweep run of ``cfg``'s seed and rate finished its training and this run has no
-    checkpoint of its own, copy the sweep's checkpoint into this run's directory (resuming it then trains nothing) and
-    return the sweep run's directory; else None."""
+    """With ``output``: when the sweep run with ``cfg``'s options, seed and rate finished its training and this run
+    has no checkpoint of its own, copy the sweep's checkpoint into this run's directory (resuming it then trains
+    nothing) and return the sweep run's directory; else None."""
     if cfg.run_dir is None or (cfg.run_dir / CHECKPOINT_NAME).exists():
         return None
     sweep_dir = replace(cfg, evaluate_test=False).run_dir
     sweep_checkpoint = sweep_dir / CHECKPOINT_NAME
-    if not sweep_checkpoint.is_file() or not trained_to_the_end(sweep_checkpoint, cfg.epochs):
+    if not sweep_checkpoint.is_file() or not trained_to_the_end(sweep_checkpoint,
+                                                                run_identity(cfg, cfg.learning_rate), cfg.epochs):
         return None
     io.write_bytes(cfg.run_dir / CHECKPOINT_NAME, sweep_checkpoint.read_bytes())
     return sweep_dir

@@ -277,11 +277,12 @@ def load_checkpoint(path: Path, model, optimizer, schedule, run_identity: Option
     return LoopState(saved["epoch"], saved["batch"], saved["epoch_generator"], saved["elapsed"], saved["curve"])
 
 
-def trained_to_the_end(path: Path, epochs: int) -> bool:
-    """Whether the checkpoint at ``path`` was written at the end of epoch ``epochs``, its run's last: resuming it
-    trains nothing."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)["state"]
-    return saved["epoch"] == epochs and saved["batch"] == 0
+def trained_to_the_end(path: Path, run_identity: dict, epochs: int) -> bool:
+    """Whether the checkpoint at ``path`` holds the run ``run_identity`` written at the end of epoch ``epochs``, its
+    last: resuming it trains nothing."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    saved = payload["state"]
+    return payload.get("run") == run_identity and saved["epoch"] == epochs and saved["batch"] == 0
 
 
 def _check_same_run(path: Path, saved: Optional[dict], now: Optional[dict]) -> None:
