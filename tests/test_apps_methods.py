@@ -135,3 +135,29 @@ def test_each_chosen_rate_is_what_the_recorded_sweeps_chose_on_both_tasks():
             assert len(swept) == 2 and chosen == {entry.chosen_lr}, name
         elif len(swept) == 2:
             assert len(chosen) == 2, f"{name}: both tasks chose {chosen}, so its chosen_lr should say so"
+
+
+def test_each_instruct_default_is_what_the_recorded_sweep_chose():
+    # the evidence behind instruct_chosen_lr: results/smollm2-instruct.json's validation sweeps (SmolLM2, fp32 base,
+    # today's schedule); a method whose sweep is complete must have its choice as the default, and one whose sweep is
+    # not must keep the grid's centre
+    import json
+    from pathlib import Path
+
+    from goft.apps.compare import lr_grid
+    from goft.apps.instruct import SCHEDULE, InstructConfig, choose_instruct_lr
+
+    path = Path(__file__).resolve().parent.parent / "results" / "smollm2-instruct.json"
+    runs = json.loads(path.read_text())["runs"]
+    base = InstructConfig()
+    for name in methods.INSTRUCT_METHODS:
+        entry, grid = METHODS[name], lr_grid(METHODS[name].instruct_lr)
+        swept = {r["lr"] for r in runs if r["method"] == name and r.get("stage") == "sweep"
+                 and r.get("base_weights", "fp32") == "fp32" and r.get("schedule") == SCHEDULE}
+        if swept >= set(grid):
+            assert entry.instruct_chosen_lr == choose_instruct_lr(runs, name, base, grid), name
+            assert InstructConfig(method=name).learning_rate == entry.instruct_chosen_lr
+        else:
+            assert entry.instruct_chosen_lr is None, f"{name}: its sweep in {path.name} is not complete"
+            assert InstructConfig(method=name).learning_rate == entry.instruct_lr
+    assert METHODS["goft"].instruct_chosen_lr is not None  # its sweep is recorded: the test above is not vacuous

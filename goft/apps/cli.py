@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import AppError, Interrupted, OptionError
-from .methods import COMPARE_DEFAULT, FINETUNE_METHODS, INSTRUCT_METHODS, METHODS, chosen_lr, default_lr
+from .methods import (
+    COMPARE_DEFAULT,
+    FINETUNE_METHODS,
+    INSTRUCT_METHODS,
+    METHODS,
+    chosen_lr,
+    default_lr,
+    instruct_default_lr,
+)
 
 DEVICE_HELP = "where to train: cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU (default: cpu)"
 
@@ -278,8 +286,10 @@ def _add_instruct_parser(sub) -> None:
                    help="comma-separated rates to sweep (default: four rates spanning 30x around each method's "
                         "default: " + ", ".join(f"{m} {METHODS[m].instruct_lr:g}" for m in INSTRUCT_METHODS) + ")")
     p.add_argument("--no-sweep", action="store_true",
-                   help="skip the sweep: run every seed at each --lr rate (or the method's default) and score it on "
-                        "the test sentences; recorded as stage 'unswept'")
+                   help="skip the sweep: run every seed at each --lr rate (or the method's default: the rate its "
+                        "recorded sweep chose, else the sweep's centre; "
+                        + ", ".join(f"{m} {instruct_default_lr(m):g}" for m in INSTRUCT_METHODS)
+                        + ") and score it on the test sentences; recorded as stage 'unswept'")
     p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--output", default=None,

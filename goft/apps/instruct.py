@@ -41,7 +41,7 @@ from .loop import (
     training_device,
     use_device,
 )
-from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, wrap
+from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, instruct_default_lr, wrap
 from .results import RunsFile, best_rate_on_validation, group_runs, markdown_table, mean_std
 
 # Runs recorded before the validated protocol were all scored on the test sentences, at rates compared there.
@@ -72,7 +72,7 @@ class InstructConfig:
     val_size: int = 100  # validation prompts, from the share of the training split set aside for validation
     epochs: int = 1
     batch_size: int = 8
-    lr: Optional[float] = None  # None = the method's instruct_lr
+    lr: Optional[float] = None  # None = methods.instruct_default_lr(method)
     seed: int = 0
     orth_reg_weight: float = 1e-2
     lora_r: int = 8
@@ -101,7 +101,7 @@ class InstructConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else METHODS[self.method].instruct_lr
+        return self.lr if self.lr is not None else instruct_default_lr(self.method)
 
     @property
     def run_dir(self) -> Optional[Path]:
@@ -275,8 +275,8 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
 
     The sweep's grid is ``learning_rates`` when given, else four rates spanning 30× around the method's
     ``instruct_lr`` (:func:`goft.apps.compare.lr_grid`).  ``sweep=False`` skips the sweep and runs every seed at
-    each of ``learning_rates`` or at the method's default, scored on test, as stage ``unswept`` (quick looks; the
-    table says so).  A run is
+    each of ``learning_rates`` or at :func:`~goft.apps.methods.instruct_default_lr` (the rate a recorded sweep chose,
+    else the grid's centre), scored on test, as stage ``unswept`` (quick looks; the table says so).  A run is
     identified by (method, stage, seed, rate, schedule, base weights): a rerun skips what is recorded."""
     from .compare import lr_grid  # the one grid of both comparisons
 
@@ -293,7 +293,7 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
             progress(f"{method}: chose lr {chosen:g} of {[f'{lr:g}' for lr in grid]} by validation accuracy")
             finals, stage = [chosen], "final"
         else:
-            finals, stage = list(learning_rates or [METHODS[method].instruct_lr]), "unswept"
+            finals, stage = list(learning_rates or [instruct_default_lr(method)]), "unswept"
         for lr in finals:
             for seed in seeds:
                 _run_once(replace(base, method=method, seed=seed, lr=lr, evaluate_test=True), stage, results, cache,

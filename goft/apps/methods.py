@@ -6,9 +6,11 @@ Learning rates (AdamW, 6% warmup, linear decay), for sequence classification wit
 ``lr`` is the centre of ``goft compare``'s sweep (kept fixed, so the sweeps recorded in results files stay on the
 grid); ``chosen_lr`` is the rate those sweeps chose on validation on both embedded tasks (polarity and hedge, 3
 epochs; the README's Results), set only where the two tasks agreed.  :func:`default_lr` gives ``goft finetune``'s
-default: the chosen rate of the entry that trains the same thing, else ``lr``.  ``instruct_lr`` is the centre for
-``goft instruct`` on SmolLM2-135M (None: not offered there).  ``budget`` says what the method's parameter count is
-meant to match, where it is meant to match something.
+default: the chosen rate of the entry that trains the same thing, else ``lr``.  ``instruct_lr`` is the centre of
+``goft instruct``'s sweep on SmolLM2-135M (None: not offered there; kept fixed like ``lr``), and
+``instruct_chosen_lr`` the rate that sweep chose on validation (results/smollm2-instruct.json);
+:func:`instruct_default_lr` gives ``goft instruct --no-sweep``'s default.  ``budget`` says what the method's
+parameter count is meant to match, where it is meant to match something.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Method:
     lr: float
     instruct_lr: Optional[float] = None
     chosen_lr: Optional[float] = None
+    instruct_chosen_lr: Optional[float] = None
     options: dict = field(default_factory=dict)  # fixed options of the family, e.g. {"quasi": True}, {"r": 8}
     budget: str = ""
 
@@ -64,7 +67,7 @@ class Method:
 
 
 METHODS = {m.name: m for m in (
-    Method("goft", "GOFT", "goft", lr=1e-2, instruct_lr=3e-3, chosen_lr=0.018),
+    Method("goft", "GOFT", "goft", lr=1e-2, instruct_lr=3e-3, chosen_lr=0.018, instruct_chosen_lr=0.00167),
     Method("goft_scaling", "GOFT* (scaling)", "goft", lr=1e-2, chosen_lr=0.018, options={"scaling": True}),
     Method("qgoft", "qGOFT", "goft", lr=1e-2, instruct_lr=5e-3, options={"quasi": True}),
     Method("qgoft_l3", "qGOFT λ=1e-3", "goft", lr=1e-2, options={"quasi": True, "orth_reg_weight": 1e-3}),
@@ -113,6 +116,12 @@ def default_lr(name: str, **setting) -> float:
     """``goft finetune``'s default rate: :func:`chosen_lr`, else the entry's ``lr``."""
     chosen = chosen_lr(name, **setting)
     return METHODS[name].lr if chosen is None else chosen
+
+
+def instruct_default_lr(name: str) -> float:
+    """``goft instruct``'s rate without a sweep: the rate its validation sweep chose, else the sweep's centre."""
+    entry = METHODS[name]
+    return entry.instruct_lr if entry.instruct_chosen_lr is None else entry.instruct_chosen_lr
 
 
 def get_method(name: str, allowed=None, option: str = "method") -> Method:
