@@ -129,6 +129,11 @@ def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_pa
     legacy_stage = instruct.LEGACY_STAGE
     assert f"| goft | 0.003 | {legacy_stage} | constant | 1 |" in table
     assert f"| goft | 0.003 | unswept | {instruct.SCHEDULE} | 1 |" in table
+    # the plot leaves the superseded run out, unless nothing else is recorded
+    data = json.loads(path.read_text())
+    assert [key for key, _ in instruct.plotted_curves(data)] == [("goft", "fp32", instruct.SCHEDULE, "unswept")]
+    assert [key for key, _ in instruct.plotted_curves({"runs": [legacy]})] == [("goft", "fp32", "constant",
+                                                                               legacy_stage)]
 
 
 def test_runs_on_an_int8_base_are_recorded_and_labelled_apart(monkeypatch, tmp_path):

@@ -410,14 +410,17 @@ def instruct_table(results: dict) -> str:
 
 
 def plot_accuracy_vs_forgetting(results: dict, path) -> None:
-    """Accuracy against forgetting, one curve per (method, base weights, schedule, stage) joined in order of rate:
-    sweep curves plot validation accuracy (the frontier over the grid), the others test accuracy."""
+    """Accuracy against forgetting, one curve per (method, base weights, schedule, stage) of :func:`plotted_curves`
+    joined in order of rate: sweep curves plot validation accuracy (the frontier over the grid), the others test
+    accuracy."""
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    curves = _curves(summarize_instruct(results))
+    curves = plotted_curves(results)
     several_schedules = len({key[2] for key, _ in curves}) > 1
     runs_of = group_runs(results["runs"], CURVE_FIELDS, KEY_DEFAULTS)
-    for colour, (key, rows) in enumerate(curves):
+    colours = {}  # one colour per (method, base weights): its sweep and its finals side by side
+    for key, rows in curves:
+        colour = colours.setdefault(key[:2], len(colours))
         field = "val_accuracy" if key[3] == "sweep" else "accuracy"
         runs = [r for r in runs_of[key] if r.get(field) is not None]
         rows = [r for r in rows if r[field] is not None]
@@ -428,8 +431,10 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
                    color=f"C{colour}")
         xs, ys = [r["kl"][0] for r in rows], [100 * r[field][0] for r in rows]
         label = rows[0]["label"] + (f", {key[2]}" if several_schedules else "")
-        label += ", sweep (validation)" if key[3] == "sweep" else ("" if key[3] == "final" else f", {key[3]}")
-        ax.plot(xs, ys, marker="o", color=f"C{colour}", label=label, linestyle="--" if key[3] == "sweep" else "-")
+        sweep = key[3] == "sweep"
+        label += ", sweep (validation)" if sweep else f", {key[3]} (test)"
+        ax.plot(xs, ys, marker="o" if sweep else "s", color=f"C{colour}", label=label,
+                linestyle="--" if sweep else "-")
         for r, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=f"C{colour}")
@@ -446,6 +451,15 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
 
 
 CURVE_FIELDS = ("method", "base_weights", "schedule", "stage")
+
+
+def plotted_curves(results: dict) -> list[tuple[tuple, list[dict]]]:
+    """The curves of today's protocol (this schedule, stages other than the legacy test-scored one): the superseded
+    runs stay in the table, labelled, but mixing rates chosen on test into the frontier would mislead.  A file that
+    holds only superseded runs plots them all."""
+    curves = _curves(summarize_instruct(results))
+    current = [(key, rows) for key, rows in curves if key[2] == SCHEDULE and key[3] != LEGACY_STAGE]
+    return current or curves
 
 
 def _curves(summary: list[dict]) -> list[tuple[tuple, list[dict]]]:
