@@ -74,7 +74,7 @@ METHODS = {m.name: m for m in (
     Method("goft_butterfly", "GOFT butterfly", "goft", lr=1e-2, chosen_lr=0.00556, options={"structure": "butterfly"}),
     Method("goft_tree_depth2", "GOFT tree, depth 2", "goft", lr=1e-2, options={"depth": 2}),
     Method("qgoft_butterfly", "qGOFT butterfly", "goft", lr=1e-2, options={"quasi": True, "structure": "butterfly"}),
-    Method("lora", "LoRA (rank --lora-r)", "lora", lr=2e-3, instruct_lr=1e-3),
+    Method("lora", "LoRA (rank --lora-r)", "lora", lr=2e-3, instruct_lr=1e-3, instruct_chosen_lr=0.000182),
     Method("lora_r8", "LoRA r=8", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 8}),
     Method("lora_r2", "LoRA r=2", "lora", lr=2e-3, chosen_lr=0.0036, options={"r": 2},
            budget="qGOFT's parameter count"),
