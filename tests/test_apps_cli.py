@@ -342,3 +342,21 @@ def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_con
     refused = r"^goft compare: --batch-size 8 differs from the runs in .*train\.json \(16\)"
     with pytest.raises(SystemExit, match=refused):
         main([*args, "--batch-size", "8"])
+
+
+def test_only_the_foreign_kernel_noise_is_dropped(caplog):
+    import logging
+
+    from goft.apps import cli
+
+    cli.drop_foreign_kernel_noise()
+    cli.drop_foreign_kernel_noise()  # idempotent: one filter per logger
+    assert sum(type(f).__name__ == "_DropMessages" for f in logging.getLogger("torchao").filters) == 1
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no")
+        logging.getLogger("torch.utils._pytree").warning(
+            "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an")
+        logging.getLogger("torchao").warning("Failed to quantize layer q_proj")
+        logging.getLogger("torch.utils._pytree").warning("something else about pytree")
+    assert [r.getMessage() for r in caplog.records] == ["Failed to quantize layer q_proj",
+                                                        "something else about pytree"]

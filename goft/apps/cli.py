@@ -8,6 +8,8 @@ that needs them, so ``goft --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import shlex
 import sys
 import time
@@ -366,6 +368,32 @@ def resume_command(argv: list[str] | None, output: str | None) -> str:
     return shlex.join(["goft", *args, *([] if "--resume" in args else ["--resume"])])
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+# torchao, which transformers imports on every command, logs one line for each of its compiled extensions built for
+# another platform (a CUDA architecture, another Python), and torch one deprecation for each enum torchao registers
+# with pytree: four lines on every run that say nothing about the user's work.  Only those messages are dropped.
+FOREIGN_KERNEL_NOISE = {
+    "torchao": r"^Failed to load .*_C_\w+.*\.so",
+    "torch.utils._pytree": r"is an Enum subclass and is now natively supported by torch\.compile",
+}
+
+
+def drop_foreign_kernel_noise() -> None:
+    """Install the filters of ``FOREIGN_KERNEL_NOISE`` on their loggers (once per logger)."""
+    for name, pattern in FOREIGN_KERNEL_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(pattern))
+
+
 def main(argv: list[str] | None = None, before_command: Callable[[], object] | None = None) -> int:
     """Run one command.  A user's mistake (a bad option, file, model or adapter) or the file system's refusal ends in
     one line on stderr and exit status 1, Ctrl-C in exit status 130, never a traceback; anything else is a bug and
@@ -374,6 +402,7 @@ def main(argv: list[str] | None = None, before_command: Callable[[], object] | N
     ``before_command`` runs after the options are parsed and before the command: the ``goft`` script's entry point
     (:mod:`goft_cli`) passes the loading of the library there, so ``--help`` and bad options never wait for torch."""
     args = build_parser().parse_args(argv)
+    drop_foreign_kernel_noise()
     if before_command is not None:
         before_command()
     try:
