@@ -69,7 +69,7 @@ class Method:
 METHODS = {m.name: m for m in (
     Method("goft", "GOFT", "goft", lr=1e-2, instruct_lr=3e-3, chosen_lr=0.018, instruct_chosen_lr=0.00167),
     Method("goft_scaling", "GOFT* (scaling)", "goft", lr=1e-2, chosen_lr=0.018, options={"scaling": True}),
-    Method("qgoft", "qGOFT", "goft", lr=1e-2, instruct_lr=5e-3, options={"quasi": True}),
+    Method("qgoft", "qGOFT", "goft", lr=1e-2, instruct_lr=5e-3, instruct_chosen_lr=0.000909, options={"quasi": True}),
     Method("qgoft_l3", "qGOFT λ=1e-3", "goft", lr=1e-2, options={"quasi": True, "orth_reg_weight": 1e-3}),
     Method("goft_butterfly", "GOFT butterfly", "goft", lr=1e-2, chosen_lr=0.00556, options={"structure": "butterfly"}),
     Method("goft_tree_depth2", "GOFT tree, depth 2", "goft", lr=1e-2, options={"depth": 2}),
