@@ -137,7 +137,7 @@ def tiny_instruct(monkeypatch, tiny_llama, chat_tokenizer):
 
 
 def test_instruct_keeps_its_run_and_a_killed_run_resumes_to_the_same_result(tiny_instruct, tmp_path, monkeypatch):
-    common = dict(method="qgoft", train_size=24, eval_size=4, epochs=2, batch_size=4, forget_passages=2,
+    common = dict(method="qgoft", lr=0.005, train_size=24, eval_size=4, epochs=2, batch_size=4, forget_passages=2,
                   forget_tokens=3, progress=False, save_every=2)
     whole = tiny_instruct.instruct(tiny_instruct.InstructConfig(output=str(tmp_path / "whole"), **common))
     run_dir = tmp_path / "whole" / "qgoft-seed0-lr0.005"
