@@ -379,9 +379,12 @@ class _DropMessages(logging.Filter):
 
 # torchao, which transformers imports on every command, logs one line for each of its compiled extensions built for
 # another platform (a CUDA architecture, another Python), and torch one deprecation for each enum torchao registers
-# with pytree: four lines on every run that say nothing about the user's work.  Only those messages are dropped.
+# with pytree; bitsandbytes, on CPUs with AVX512-BF16, one line saying that the optional `kernels` package (a faster
+# 4-bit CPU matmul fetched from a hub) is missing.  Lines on every run that say nothing about the user's work; only
+# those messages are dropped.
 FOREIGN_KERNEL_NOISE = {
     "torchao": r"^Failed to load .*_C_\w+.*\.so",
+    "bitsandbytes.backends.cpu.ops": r"^Failed to load CPU gemm_4bit_forward from kernels-community",
     "torch.utils._pytree": r"is an Enum subclass and is now natively supported by torch\.compile",
 }
 
