@@ -220,6 +220,7 @@ def write_report(results: dict, md_path: Path, png_path: Path) -> None:
     plt = io.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves: dict[str, list[dict]] = {}
+    labels, unlabelled = [], []
     for r in summarize(results):
         if r["adapter_params"] == 0:
             ax.axhline(100 * r["mean"], color="grey", linestyle="--", linewidth=1, label=f"{r['label']} (no adapter)")
@@ -231,13 +232,16 @@ def write_report(results: dict, md_path: Path, png_path: Path) -> None:
                            yerr=[100 * r["std"] for r in points], fmt="o-", capsize=3, label=family)
         for r in points:  # name the step of the dial: "r=8", "butterfly", "tree, depth 2"
             step = r["label"].removeprefix(family).strip(" ,")
+            point = (r["adapter_params"], 100 * r["mean"])
             if step:
-                ax.annotate(step, (r["adapter_params"], 100 * r["mean"]), textcoords="offset points", xytext=(4, -10),
-                            fontsize=7, color=line[0].get_color())
+                labels.append((*point, step, line[0].get_color()))
+            else:
+                unlabelled.append(point)
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (without the classifier head), log scale")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{results.get('task', '')}: test accuracy at the validated rate (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    io.label_points(ax, labels, unlabelled)
     io.save_figure(fig, png_path)

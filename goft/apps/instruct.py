@@ -419,6 +419,7 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     several_schedules = len({key[2] for key, _ in curves}) > 1
     runs_of = group_runs(results["runs"], CURVE_FIELDS, KEY_DEFAULTS)
     colours = {}  # one colour per (method, base weights): its sweep and its finals side by side
+    labels = []
     for key, rows in curves:
         colour = colours.setdefault(key[:2], len(colours))
         field = "val_accuracy" if key[3] == "sweep" else "accuracy"
@@ -435,9 +436,7 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
         label += ", sweep (validation)" if sweep else f", {key[3]} (test)"
         ax.plot(xs, ys, marker="o" if sweep else "s", color=f"C{colour}", label=label,
                 linestyle="--" if sweep else "-")
-        for r, x, y in zip(rows, xs, ys, strict=True):
-            ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=f"C{colour}")
+        labels += [(x, y, f"{r['lr']:g}", f"C{colour}") for r, x, y in zip(rows, xs, ys, strict=True)]
     base_test = next((r["base_accuracy"] for r in results["runs"] if r.get("base_accuracy") is not None), None)
     if base_test is not None:
         ax.axhline(100 * base_test, color="grey", linestyle="--", label="base model (test)")
@@ -447,6 +446,7 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     ax.set_title("SmolLM2-135M-Instruct, polarity-instruct (labels: learning rate)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    io.label_points(ax, labels)
     io.save_figure(fig, path)
 
 
