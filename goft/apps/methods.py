@@ -81,7 +81,7 @@ METHODS = {m.name: m for m in (
            budget="qGOFT's parameter count"),
     Method("lora_r1", "LoRA r=1", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 1}),
     Method("lora_r4", "LoRA r=4", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 4}),
-    Method("oft", "OFT (PEFT, block 32)", "oft", lr=5e-3, instruct_lr=3e-4),
+    Method("oft", "OFT (PEFT, block 32)", "oft", lr=5e-3, instruct_lr=3e-4, instruct_chosen_lr=0.000167),
     Method("boft", "BOFT (PEFT)", "boft", lr=5e-3),
     Method("head", "head only", "head", lr=5e-3),
     Method("full", "full fine-tuning", "full", lr=5e-5),
