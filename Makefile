@@ -55,7 +55,7 @@ conformance: install-test
 	$(BIN)/python tests/peft_conformance.py -- -p no:warnings
 
 # GOFT on the embedded MiniLM and real Pang & Lee sentences (1024 training examples, 2 epochs, the default rates),
-# next to the head-only baseline on the same data, in one table; about 2.6 minutes of training on a 2-core CPU.
+# next to the head-only baseline on the same data, in one table; 1.6–2.6 minutes of training on a 2-core CPU.
 # The runs are recorded in runs/demo/polarity.json: a second `make demo` prints the table without retraining.
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/goft compare --task polarity --methods goft,head --seeds 1 --epochs 2 --train-size 1024 \
