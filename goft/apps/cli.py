@@ -245,12 +245,12 @@ def _add_finetune_parser(sub) -> None:
 
 def _add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="methods x seeds on one task, rates chosen on validation -> results/<data>.*",
-                       description="For each method: train at four rates spanning 30x around its default (seed 0), "
-                                   "choose the rate with the best validation accuracy, then train every seed at that "
-                                   "rate and score it on the test split. --lr replaces the sweep by one rate. "
-                                   "Results are recorded run by run in RESULTS/<task or training file's name>.json; "
-                                   "a rerun skips what is recorded and continues an interrupted run from its "
-                                   "checkpoint (RESULTS/unfinished/).")
+                       description="For each method: train at four rates spanning 30x around its sweep centre "
+                                   "(seed 0), choose the rate with the best validation accuracy, then train every "
+                                   "seed at that rate and score it on the test split. --lr replaces the sweep by one "
+                                   "rate. Results are recorded run by run in RESULTS/<task or training file's "
+                                   "name>.json; a rerun skips what is recorded and continues an interrupted run from "
+                                   "its checkpoint (RESULTS/unfinished/).")
     p.add_argument("--methods", default=",".join(COMPARE_DEFAULT),
                    help=f"comma-separated runs from {', '.join(METHODS)} (default: {','.join(COMPARE_DEFAULT)}); "
                         "lora_r2 matches qGOFT's parameter count")
@@ -285,8 +285,8 @@ def _add_instruct_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
     p.add_argument("--lr", type=_positive_float_list, default=None,
-                   help="comma-separated rates to sweep (default: four rates spanning 30x around each method's "
-                        "default: " + ", ".join(f"{m} {METHODS[m].instruct_lr:g}" for m in INSTRUCT_METHODS) + ")")
+                   help="comma-separated rates to sweep (default: four rates spanning 30x around each method's sweep "
+                        "centre: " + ", ".join(f"{m} {METHODS[m].instruct_lr:g}" for m in INSTRUCT_METHODS) + ")")
     p.add_argument("--no-sweep", action="store_true",
                    help="skip the sweep: run every seed at each --lr rate (or the method's default: the rate its "
                         "recorded sweep chose, else the sweep's centre; "
