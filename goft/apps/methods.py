@@ -9,9 +9,8 @@ epochs; the README's Results), set only where the two tasks agreed.  :func:`defa
 default: the chosen rate of the entry that trains the same thing, else ``lr``.  ``instruct_lr`` is the centre of
 ``goft instruct``'s sweep on SmolLM2-135M (None: not offered there; kept fixed like ``lr``), and
 ``instruct_chosen_lr`` the rate that sweep chose on validation (results/smollm2-instruct.json, at instruct's default
-LoRA rank 8 and λ 1e-2);
-:func:`instruct_default_lr` gives ``goft instruct --no-sweep``'s default.  ``budget`` says what the method's
-parameter count is meant to match, where it is meant to match something.
+LoRA rank 8 and λ 1e-2); :func:`instruct_default_lr` gives ``goft instruct --no-sweep``'s default.  ``budget`` says
+what the method's parameter count is meant to match, where it is meant to match something.
 """
 
 from __future__ import annotations
