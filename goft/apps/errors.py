@@ -1,6 +1,6 @@
 """The applications' error family: a user's mistake or a missing resource, never a bug.
 
-``goft.apps.cli`` turns each of these (and the library's own input errors) into one line on stderr and exit code 2;
+``goft.apps.cli`` turns each of these (and the library's own input errors) into one line on stderr and exit status 1;
 anything else is a bug and keeps its traceback.
 """
 

@@ -1,4 +1,4 @@
-"""The PEFT tuner class for GOFT: finds the target layers and replaces them with :class:`goft.layer.GOFTLayer`."""
+"""The PEFT tuner class for GOFT: replaces the target layers with :class:`goft.tuner.layer.GOFTLayer`."""
 
 from __future__ import annotations
 
