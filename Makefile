@@ -39,8 +39,10 @@ $(TEST_STAMP): $(STAMP)
 models: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -c "from goft.apps import pretrained as p; print(p.mpnet_path()); print(p.smollm2_path())"
 
+# Lint and format: ruff's rules of pyproject.toml, and `ruff format` (run `$(BIN)/ruff format goft_cli goft tests bench examples` to apply).
 lint: install-test
-	$(BIN)/ruff check goft tests bench examples
+	$(BIN)/ruff check goft goft_cli tests bench examples
+	$(BIN)/ruff format --check goft goft_cli tests bench examples
 
 # The suite: lint, our tests (real-data runs marked slow are left to test-slow), then PEFT's own custom-model tests
 # with GOFT rows added.  CI runs both `make test` and `make test-slow`.

@@ -37,13 +37,15 @@ def main() -> None:
                 row["orth_err_max"] = (r32.T @ r32 - torch.eye(d)).abs().max().item()
                 row["orth_err_bound_10d_eps"] = 10 * d * torch.finfo(torch.float32).eps
             y = F.rotate(x, params)
-            row["rotate_vs_fp64_dense_max_rel"] = ((y.double() - x.double() @ r64).abs().max()
-                                                   / (x.double() @ r64).abs().max()).item()
+            row["rotate_vs_fp64_dense_max_rel"] = (
+                (y.double() - x.double() @ r64).abs().max() / (x.double() @ r64).abs().max()
+            ).item()
             merged = F.merge_weight(w, params)
             merged_out = x @ merged.T
             unmerged_out = F.rotate(x, params) @ w.T
-            row["merged_vs_unmerged_max_rel"] = ((merged_out - unmerged_out).abs().max()
-                                                 / unmerged_out.abs().max()).item()
+            row["merged_vs_unmerged_max_rel"] = (
+                (merged_out - unmerged_out).abs().max() / unmerged_out.abs().max()
+            ).item()
             restored = F.unmerge_weight(merged, params)
             row["unmerge_restore_max_rel"] = ((restored - w).abs().max() / w.abs().max()).item()
             print(json.dumps(row), flush=True)

@@ -42,12 +42,16 @@ def main() -> None:
     base, _ = load_sequence_classifier()
     model = get_peft_model(base, GOFTConfig(target_modules="all-linear", task_type="SEQ_CLS"))
     compiled_model = copy.deepcopy(model)
-    batch = {"input_ids": torch.randint(1000, 20000, (32, 64)), "attention_mask": torch.ones(32, 64, dtype=torch.long),
-             "labels": torch.randint(0, 2, (32,))}
+    batch = {
+        "input_ids": torch.randint(1000, 20000, (32, 64)),
+        "attention_mask": torch.ones(32, 64, dtype=torch.long),
+        "labels": torch.randint(0, 2, (32,)),
+    }
     eager_step = training_step(model, batch, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]))
     compiled = torch.compile(compiled_model)
     compiled_step = training_step(
-        compiled, batch, torch.optim.AdamW([p for p in compiled_model.parameters() if p.requires_grad]))
+        compiled, batch, torch.optim.AdamW([p for p in compiled_model.parameters() if p.requires_grad])
+    )
     start = time.perf_counter()
     compiled_step()  # compiles forward and backward
     compile_seconds = time.perf_counter() - start
@@ -55,19 +59,25 @@ def main() -> None:
 
     times = interleaved_times({"eager": eager_step, "compiled": compiled_step}, args.reps, torch.device("cpu"))
     result = {
-        "model": "goft:minilm", "method": "goft (all-linear)", "batch": [32, 64], "reps": args.reps,
-        "graph_breaks": explanation.graph_break_count, "graphs": explanation.graph_count,
+        "model": "goft:minilm",
+        "method": "goft (all-linear)",
+        "batch": [32, 64],
+        "reps": args.reps,
+        "graph_breaks": explanation.graph_break_count,
+        "graphs": explanation.graph_count,
         "compile_seconds": compile_seconds,
         "eager": timing_fields(times, "eager", None),
         "compiled": timing_fields(times, "compiled", "eager"),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}",
+        f"torch {torch.__version__}",
     }
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"compiled / eager step: {result['compiled']['ratio_to_eager']:.2f} "
-          f"(median of {args.reps}; eager {statistics.median(times['eager']) * 1e3:.0f} ms)")
+    print(
+        f"compiled / eager step: {result['compiled']['ratio_to_eager']:.2f} "
+        f"(median of {args.reps}; eager {statistics.median(times['eager']) * 1e3:.0f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ for d, dtype in itertools.product(dims, (torch.float32,)):
         for setting in settings:
             factor, warps, per_sm = setting
             T.tile_rows = lambda width, f=factor: max(1, int(default_tile_rows(width) * f))  # noqa: E731
-            T._Pass.warps = (lambda self, w=warps: w or default_warps(self))
+            T._Pass.warps = lambda self, w=warps: w or default_warps(self)
             T.PROGRAMS_PER_SM = per_sm
             T._programs_per_launch.cache_clear()
-            timer = benchmark.Timer(stmt="F.rotate(x, theta).sum().backward()", globals={"F": F, "x": x,
-                                                                                         "theta": theta})
+            timer = benchmark.Timer(
+                stmt="F.rotate(x, theta).sum().backward()", globals={"F": F, "x": x, "theta": theta}
+            )
             try:
                 times[setting].append(timer.timeit(3).median)
             except Exception as error:  # e.g. too many registers for a setting: say so and go on
@@ -43,7 +44,9 @@ for d, dtype in itertools.product(dims, (torch.float32,)):
     ranked = sorted(times, key=lambda s: statistics.median(times[s]))
     for setting in ranked[:8]:
         factor, warps, per_sm = setting
-        print(f"d={d} {str(dtype)[6:]}: BM x{factor} warps {warps or 'default'} programs/SM {per_sm}: "
-              f"{statistics.median(times[setting]) * 1e3:.3f} ms [{min(times[setting]) * 1e3:.3f}–"
-              f"{max(times[setting]) * 1e3:.3f}]")
+        print(
+            f"d={d} {str(dtype)[6:]}: BM x{factor} warps {warps or 'default'} programs/SM {per_sm}: "
+            f"{statistics.median(times[setting]) * 1e3:.3f} ms [{min(times[setting]) * 1e3:.3f}–"
+            f"{max(times[setting]) * 1e3:.3f}]"
+        )
     T.tile_rows, T._Pass.warps = default_tile_rows, default_warps

@@ -74,8 +74,9 @@ def digit_halves(train_per_class: int) -> tuple[Split, Split, Split, Split]:
     y = torch.tensor(digits.target)
     source = y < 5
     target_x, target_y = x[~source], y[~source] - 5
-    train_idx, rest_idx = train_test_split(range(len(target_y)), train_size=train_per_class * len(TARGET_CLASSES),
-                                           stratify=target_y, random_state=0)
+    train_idx, rest_idx = train_test_split(
+        range(len(target_y)), train_size=train_per_class * len(TARGET_CLASSES), stratify=target_y, random_state=0
+    )
     val_idx, test_idx = train_test_split(rest_idx, train_size=150, stratify=target_y[rest_idx], random_state=0)
     pick = lambda idx: Split(target_x[idx], target_y[idx])  # noqa: E731
     return Split(x[source], y[source]), pick(train_idx), pick(val_idx), pick(test_idx)
@@ -88,7 +89,7 @@ def train(model: nn.Module, data: Split, epochs: int, lr: float, seed: int, batc
     for _ in range(epochs):
         order = torch.randperm(len(data.y), generator=generator)
         for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             loss = nn.functional.cross_entropy(model(data.x[batch]), data.y[batch])
             loss.backward()
             optimizer.step()
@@ -147,12 +148,22 @@ def _run(out: Path, train_per_class: int, epochs: int) -> dict:
         for seed in SEEDS:
             model, trainable = adapt(base, method, target_train, epochs, chosen, seed)
             finals.append(accuracy(model, test))
-        rows.append({"method": method, "trainable_params": trainable, "sweep_val_accuracy": sweep, "lr": chosen,
-                     "test_accuracy": finals})
+        rows.append(
+            {
+                "method": method,
+                "trainable_params": trainable,
+                "sweep_val_accuracy": sweep,
+                "lr": chosen,
+                "test_accuracy": finals,
+            }
+        )
     result = {
         "data": "scikit-learn digits; source digits 0-4, target digits 5-9",
         "sizes": {"source": len(source.y), "train": len(target_train.y), "val": len(val.y), "test": len(test.y)},
-        "epochs": epochs, "seeds": list(SEEDS), "adapted_layers": ADAPTED, "rows": rows,
+        "epochs": epochs,
+        "seeds": list(SEEDS),
+        "adapted_layers": ADAPTED,
+        "rows": rows,
         "pretrained_source_accuracy": accuracy(base, source),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -176,8 +187,10 @@ def report(result: dict) -> str:
     for row in result["rows"]:
         sweep = ", ".join(f"{lr:g}: {acc * 100:.1f}" for lr, acc in row["sweep_val_accuracy"].items())
         acc = [a * 100 for a in row["test_accuracy"]]
-        lines.append(f"| {row['method']} | {row['trainable_params']:,} | {row['lr']:g} | {sweep} | "
-                     f"{statistics.fmean(acc):.2f} ± {statistics.stdev(acc):.2f} |")
+        lines.append(
+            f"| {row['method']} | {row['trainable_params']:,} | {row['lr']:g} | {sweep} | "
+            f"{statistics.fmean(acc):.2f} ± {statistics.stdev(acc):.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

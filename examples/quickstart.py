@@ -56,8 +56,10 @@ def main() -> None:
     layer = model.base_model.model.bert.encoder.layer[0].attention.self.query
     r = layer.rotation_matrix("default")
     angles = layer.goft_theta["default"].detach()
-    print(f"layer 0 query: |angle| max {angles.abs().max():.4f} rad, "
-          f"||R^T R - I||_max = {(r.T @ r - torch.eye(r.shape[0])).abs().max():.2e}")
+    print(
+        f"layer 0 query: |angle| max {angles.abs().max():.4f} rad, "
+        f"||R^T R - I||_max = {(r.T @ r - torch.eye(r.shape[0])).abs().max():.2e}"
+    )
     with torch.no_grad():
         unmerged = model(**batch).logits
         merged_model = model.merge_and_unload(safe_merge=True)

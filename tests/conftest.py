@@ -21,10 +21,19 @@ def tiny_checkpoint(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(path)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=24, max_position_embeddings=32, num_labels=2,
-                        # larger init and no dropout: a random 1-layer model whose features separate the toy classes
-                        initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        num_labels=2,
+        # larger init and no dropout: a random 1-layer model whose features separate the toy classes
+        initializer_range=0.2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     return path
 
@@ -34,8 +43,15 @@ def tiny_llama(tmp_path_factory):
     """A randomly initialised 2-layer Llama (vocabulary 40, grouped-query attention), saved like a real checkpoint."""
     path = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=40, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=24,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
 
@@ -59,8 +75,15 @@ def toy_config(tiny_checkpoint, toy_files, toy_val_file):
 
     def make(**overrides):
         train, evals = toy_files
-        values = dict(model=str(tiny_checkpoint), train_file=str(train), eval_file=str(evals),
-                      val_file=str(toy_val_file), epochs=10, batch_size=16, progress=False)
+        values = dict(
+            model=str(tiny_checkpoint),
+            train_file=str(train),
+            eval_file=str(evals),
+            val_file=str(toy_val_file),
+            epochs=10,
+            batch_size=16,
+            progress=False,
+        )
         return FinetuneConfig(**{**values, **overrides})
 
     return make
@@ -73,12 +96,43 @@ def chat_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "is", "this", "review",
-             "positive", "or", "negative", "?", "answer", "with", "one", "word", ".", '"', "a", "fine", "film",
-             "dull", "plot", "great", "cast", "bad", "good", "show", "poor"]
+    words = [
+        "<pad>",
+        "<unk>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "user",
+        "assistant",
+        "is",
+        "this",
+        "review",
+        "positive",
+        "or",
+        "negative",
+        "?",
+        "answer",
+        "with",
+        "one",
+        "word",
+        ".",
+        '"',
+        "a",
+        "fine",
+        "film",
+        "dull",
+        "plot",
+        "great",
+        "cast",
+        "bad",
+        "good",
+        "show",
+        "poor",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>")
-    fast.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
-                          "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+    )
     return fast

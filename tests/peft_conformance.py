@@ -21,7 +21,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-GOFT_TEST_CASES = '''
+GOFT_TEST_CASES = """
     ########
     # GOFT #
     ########
@@ -60,9 +60,9 @@ GOFT_TEST_CASES = '''
     ("Conv2d2 GOFT", "Conv2d2", GOFTConfig, {"target_modules": ["conv2d", "lin0"]}),
     ("Conv3d 1 GOFT", "Conv3d", GOFTConfig, {"target_modules": ["conv3d"]}),
     ("Conv3d 2 qGOFT", "Conv3d", GOFTConfig, {"target_modules": ["conv3d", "lin0"], "quasi": True}),
-'''
+"""
 
-GOFT_MULTI_ADAPTER_CASES = '''
+GOFT_MULTI_ADAPTER_CASES = """
     (
         "GOFT Same",
         "goft",
@@ -98,7 +98,7 @@ GOFT_MULTI_ADAPTER_CASES = '''
         {"target_modules": ["lin0"], "init_weights": False, "structure": "butterfly"},
         {"target_modules": ["lin0"], "init_weights": False, "depth": 2},
     ),
-'''
+"""
 
 # PEFT lowers the learning rate of test_parameters_after_loading_model for methods whose free parameters blow up at
 # lr 0.5 on its inputs (values up to 89): without this, qGOFT's free 2x2 blocks reach NaN after 3 SGD steps there
@@ -106,15 +106,17 @@ GOFT_MULTI_ADAPTER_CASES = '''
 LR_ANCHOR = "        elif issubclass(config_cls, (VBLoRAConfig, RandLoraConfig, UniLoraConfig, OSFConfig)):\n"
 LR_PATCHED = (
     "        elif issubclass(config_cls, (VBLoRAConfig, RandLoraConfig, UniLoraConfig, OSFConfig)) or (\n"
-    "            config_cls is GOFTConfig and config_kwargs.get(\"quasi\")\n"
+    '            config_cls is GOFTConfig and config_kwargs.get("quasi")\n'
     "        ):\n"
 )
 
 PATCHES = [
     ("import torch\n", "import torch\nfrom goft import GOFTConfig  # importing goft registers GOFT with peft\n"),
     ("\nTEST_CASES = [\n", "\nTEST_CASES = [\n" + GOFT_TEST_CASES),
-    ("\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n",
-     "\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n" + GOFT_MULTI_ADAPTER_CASES),
+    (
+        "\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n",
+        "\nMULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [\n" + GOFT_MULTI_ADAPTER_CASES,
+    ),
     (LR_ANCHOR, LR_PATCHED),
 ]
 
@@ -137,8 +139,19 @@ def fetch_peft_tests(cache: Path, version: str) -> Path:
     sdist = cache / f"peft-{version}.tar.gz"
     if not sdist.is_file():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             f"peft=={version}", "-d", str(cache)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"peft=={version}",
+                "-d",
+                str(cache),
+            ],
             check=True,
         )
     with tarfile.open(sdist) as tar:
@@ -179,8 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     tests = fetch_peft_tests(args.cache, peft_version())
     target = generate(tests)
     cmd = [
-        sys.executable, "-m", "pytest", str(target), "-c", str(tests / "pytest.ini"), "--rootdir", str(tests.parent),
-        "-k", "GOFT", "-q", "-rs", "-p", "no:randomly", *args.pytest_args,
+        sys.executable,
+        "-m",
+        "pytest",
+        str(target),
+        "-c",
+        str(tests / "pytest.ini"),
+        "--rootdir",
+        str(tests.parent),
+        "-k",
+        "GOFT",
+        "-q",
+        "-rs",
+        "-p",
+        "no:randomly",
+        *args.pytest_args,
     ]
     print("running:", " ".join(cmd), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -44,14 +44,33 @@ def test_dense_reference_matches_goft_rotation():
 def test_half_precision_layers_and_the_decoder_step_run(tmp_path, monkeypatch):
     """bf16 layer rows carry their dtype; the decoder step runs (at toy width: the real one is for a GPU) and names
     its model; no peak memory is claimed on CPU."""
-    rows = bench.run(tmp_path, dims=[8], tokens_list=[4], reps=1, e2e=False, merge=False,
-                     methods=["frozen", "goft", "lora_r8"], dtypes=["bfloat16"])
+    rows = bench.run(
+        tmp_path,
+        dims=[8],
+        tokens_list=[4],
+        reps=1,
+        e2e=False,
+        merge=False,
+        methods=["frozen", "goft", "lora_r8"],
+        dtypes=["bfloat16"],
+    )
     layer = [r for r in rows if r["bench"] == "layer"]
     assert {r["dtype"] for r in layer} == {"bfloat16"} and all(r["step_peak_bytes"] is None for r in layer)
     monkeypatch.setitem(bench.E2E_SHAPES, "llama-1b", (2, 8))
-    monkeypatch.setattr(bench, "LLAMA_1B", {**bench.LLAMA_1B, "vocab_size": 20001, "hidden_size": 16,
-                                            "intermediate_size": 24, "num_hidden_layers": 1,
-                                            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8})
+    monkeypatch.setattr(
+        bench,
+        "LLAMA_1B",
+        {
+            **bench.LLAMA_1B,
+            "vocab_size": 20001,
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 8,
+        },
+    )
     e2e = bench.bench_e2e(torch.device("cpu"), 1, 2, 8, ["goft", "lora_r8"], model_name="llama-1b")
     assert [r["method"] for r in e2e] == ["goft", "lora_r8"]
     assert all(r["model"] == "llama-1b" and r["dtype"] == "bfloat16" and r["seconds"] > 0 for r in e2e)

@@ -1,6 +1,5 @@
 """The command line: a user's mistake is one line naming the flag; a run ends with its outputs inspectable."""
 
-
 import json
 import re
 import subprocess
@@ -31,8 +30,27 @@ def test_cli_names_the_flag_and_exits_with_a_message(capsys):
 def test_cli_finetune_and_inspect(tiny_checkpoint, toy_files, tmp_path, capsys):
     train, evals = toy_files
     out = tmp_path / "cli"
-    assert main(["finetune", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
-                 "--epochs", "2", "--method", "goft", "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                str(tiny_checkpoint),
+                "--train-file",
+                str(train),
+                "--eval-file",
+                str(evals),
+                "--epochs",
+                "2",
+                "--method",
+                "goft",
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert f"goft on user:{train}: test accuracy" in capsys.readouterr().out
     assert main(["inspect", str(out / "adapter")]) == 0
     printed = capsys.readouterr().out
@@ -70,8 +88,9 @@ def test_inspect_reads_a_butterfly_adapter(tmp_path, capsys):
     from goft import GOFTConfig
     from goft.apps.inspect import layer_statistics
 
-    model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0", "lin1"], structure="butterfly", depth=2,
-                                                  init_weights=False))
+    model = get_peft_model(
+        make_mlp(), GOFTConfig(target_modules=["lin0", "lin1"], structure="butterfly", depth=2, init_weights=False)
+    )
     model.save_pretrained(tmp_path / "adapter")
     assert main(["inspect", str(tmp_path / "adapter")]) == 0
     assert "GOFT (butterfly, depth 2) adapter" in capsys.readouterr().out
@@ -89,11 +108,17 @@ def test_counts_must_be_positive(capsys):
 
 
 def test_bench_names_a_bad_dtype_or_model_and_the_allowed_ones():
-    with pytest.raises(SystemExit, match=r"^goft bench: --dtypes has unknown \['float8'\]; allowed: float32, "
-                                         r"bfloat16, float16$"):
+    with pytest.raises(
+        SystemExit,
+        match=r"^goft bench: --dtypes has unknown \['float8'\]; allowed: float32, "
+        r"bfloat16, float16$",
+    ):
         main(["bench", "--dtypes", "float32,float8"])
-    with pytest.raises(SystemExit, match=r"^goft bench: --e2e-models has unknown \['llama-70b'\]; allowed: minilm, "
-                                         r"llama-1b$"):
+    with pytest.raises(
+        SystemExit,
+        match=r"^goft bench: --e2e-models has unknown \['llama-70b'\]; allowed: minilm, "
+        r"llama-1b$",
+    ):
         main(["bench", "--e2e-models", "llama-70b"])
 
 
@@ -105,8 +130,20 @@ def test_bench_names_a_bad_dtype_or_model_and_the_allowed_ones():
 @pytest.fixture
 def finetune_args(tiny_checkpoint, toy_files):
     train, evals = toy_files
-    return ["finetune", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
-            "--epochs", "2", "--batch-size", "16", "--no-progress"]
+    return [
+        "finetune",
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(train),
+        "--eval-file",
+        str(evals),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--no-progress",
+    ]
 
 
 def test_a_target_that_matches_nothing_is_named(finetune_args, tmp_path):
@@ -118,8 +155,11 @@ def test_resume_refuses_options_that_change_the_run(finetune_args, tmp_path, toy
     out = str(tmp_path / "run")
     assert main([*finetune_args, "--output", out]) == 0
     default = re.escape(f"{default_lr('goft')!r}")  # the run above trained at goft's default rate
-    with pytest.raises(SystemExit, match=rf"trained with other options \(--lr {default} there, 0\.05 now; "
-                                         r"--val-file None there, '.*val\.csv' now\)"):
+    with pytest.raises(
+        SystemExit,
+        match=rf"trained with other options \(--lr {default} there, 0\.05 now; "
+        r"--val-file None there, '.*val\.csv' now\)",
+    ):
         main([*finetune_args, "--output", out, "--resume", "--lr", "0.05", "--val-file", str(toy_val_file)])
     assert main([*finetune_args[:-1], "--output", out, "--resume", "--save-every", "3"]) == 0  # progress: harmless
 
@@ -129,8 +169,11 @@ def test_no_silent_overwrite_and_no_resume_from_nothing(finetune_args, tmp_path)
     with pytest.raises(SystemExit, match=r"--resume finds no checkpoint at .*checkpoint\.pt: nothing to continue"):
         main([*finetune_args, "--output", out, "--resume"])
     assert main([*finetune_args, "--output", out]) == 0
-    with pytest.raises(SystemExit, match=r"holds a checkpoint of an earlier run; pass --resume to continue it, or "
-                                         r"--overwrite to start over"):
+    with pytest.raises(
+        SystemExit,
+        match=r"holds a checkpoint of an earlier run; pass --resume to continue it, or "
+        r"--overwrite to start over",
+    ):
         main([*finetune_args, "--output", out])
     assert main([*finetune_args, "--output", out, "--overwrite"]) == 0
 
@@ -144,8 +187,9 @@ def test_without_output_the_run_is_kept_in_a_new_directory(finetune_args, tmp_pa
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "metrics.json").is_file()
 
 
-def test_ctrl_c_stops_after_a_step_keeps_a_checkpoint_and_prints_the_resume_command(finetune_args, tmp_path,
-                                                                                    monkeypatch, capsys):
+def test_ctrl_c_stops_after_a_step_keeps_a_checkpoint_and_prints_the_resume_command(
+    finetune_args, tmp_path, monkeypatch, capsys
+):
     import os
     import shlex
     import signal
@@ -191,8 +235,17 @@ def test_outputs_name_their_classes_data_and_model_and_have_normal_permissions(t
             writer = csv.writer(f)
             writer.writerow(["text", "label"])
             writer.writerows([w, names[w]] for w in list(names) * (n // 4))
-    common = ["--model", str(tiny_checkpoint), "--train-file", str(tmp_path / "train.csv"),
-              "--eval-file", str(tmp_path / "eval.csv"), "--epochs", "1", "--no-progress"]
+    common = [
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(tmp_path / "train.csv"),
+        "--eval-file",
+        str(tmp_path / "eval.csv"),
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
     assert main(["finetune", *common, "--output", str(tmp_path / "goft")]) == 0
     assert main(["finetune", *common, "--method", "head", "--output", str(tmp_path / "head")]) == 0
     metrics = json.loads((tmp_path / "goft" / "metrics.json").read_text())
@@ -207,9 +260,16 @@ def test_outputs_name_their_classes_data_and_model_and_have_normal_permissions(t
         assert json.loads(f.metadata()["labels"]) == ["negative", "positive"]
     umask = os.umask(0)
     os.umask(umask)
-    for path in [tmp_path / "goft" / name for name in ("adapter/adapter_model.safetensors", "checkpoint.pt",
-                                                        "metrics.json", "curve.png", "adapter/labels.json")] + \
-                [tmp_path / "head" / "head.safetensors", tmp_path / "merged" / "model.safetensors"]:
+    for path in [
+        tmp_path / "goft" / name
+        for name in (
+            "adapter/adapter_model.safetensors",
+            "checkpoint.pt",
+            "metrics.json",
+            "curve.png",
+            "adapter/labels.json",
+        )
+    ] + [tmp_path / "head" / "head.safetensors", tmp_path / "merged" / "model.safetensors"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
@@ -221,14 +281,21 @@ def test_messages_say_what_was_written(finetune_args, tmp_path, capsys):
 
 def test_bench_writes_a_new_directory_by_default_with_the_spread(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["bench", "--dims", "8,16", "--tokens", "4", "--reps", "3", "--methods", "goft",
-                 "--no-e2e", "--no-merge"]) == 0
+    assert (
+        main(
+            ["bench", "--dims", "8,16", "--tokens", "4", "--reps", "3", "--methods", "goft", "--no-e2e", "--no-merge"]
+        )
+        == 0
+    )
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("bench-") and not (tmp_path / "results").exists()
     rows = [json.loads(line) for line in (run / "bench.jsonl").read_text().splitlines()]
     layer = [r for r in rows if r["bench"] == "layer"]
-    assert all(r["ratio_to_frozen_range"][0] <= r["ratio_to_frozen"] <= r["ratio_to_frozen_range"][1]
-               or r["method"] == "frozen" for r in layer)
+    assert all(
+        r["ratio_to_frozen_range"][0] <= r["ratio_to_frozen"] <= r["ratio_to_frozen_range"][1]
+        or r["method"] == "frozen"
+        for r in layer
+    )
 
 
 def test_inspect_names_qgoft_and_separates_what_its_penalty_controls(tmp_path, capsys):
@@ -255,8 +322,13 @@ def test_curve_of_a_short_run_has_no_one_step_mean_and_labels_its_single_epoch(t
 
     drawn = []
     monkeypatch.setattr(io, "save_figure", lambda fig, path, dpi=110: drawn.append(fig))
-    metrics = {"method": "goft", "task": "polarity", "model": "goft:minilm", "seed": 0,
-               "curve": {"step": [1, 2, 3], "loss": [0.7, 0.6, 0.5], "eval_epoch": [1], "eval_accuracy": [0.8]}}
+    metrics = {
+        "method": "goft",
+        "task": "polarity",
+        "model": "goft:minilm",
+        "seed": 0,
+        "curve": {"step": [1, 2, 3], "loss": [0.7, 0.6, 0.5], "eval_epoch": [1], "eval_accuracy": [0.8]},
+    }
     finetune_module.plot_curve(metrics, tmp_path / "curve.png")
     loss_axes, accuracy_axes = drawn[0].axes
     assert [t.get_text() for t in loss_axes.get_legend().get_texts()] == ["per step"]
@@ -288,15 +360,25 @@ _HEAVY = ("torch", "peft", "transformers")
 
 
 def _run_entry_point(argv: list[str]) -> subprocess.CompletedProcess:
-    code = ("import sys, goft_cli\n"
-            f"try:\n    status = goft_cli.main({argv!r})\nexcept SystemExit as stop:\n    status = stop.code\n"
-            f"print('loaded:', sorted(m for m in {_HEAVY!r} if m in sys.modules), 'status:', status)")
+    code = (
+        "import sys, goft_cli\n"
+        f"try:\n    status = goft_cli.main({argv!r})\nexcept SystemExit as stop:\n    status = stop.code\n"
+        f"print('loaded:', sorted(m for m in {_HEAVY!r} if m in sys.modules), 'status:', status)"
+    )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
 # Values that only the command can judge (a method name, a file) are checked after the library has loaded.
-@pytest.mark.parametrize("argv", [["--help"], ["finetune", "--help"], ["finetune", "--epochs", "x"],
-                                  ["compare", "--no-such-option"], ["no-such-command"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["finetune", "--help"],
+        ["finetune", "--epochs", "x"],
+        ["compare", "--no-such-option"],
+        ["no-such-command"],
+    ],
+)
 def test_help_and_malformed_options_never_load_torch(argv):
     result = _run_entry_point(argv)
     assert "loaded: [] status:" in result.stdout, result.stdout + result.stderr
@@ -310,17 +392,35 @@ def test_a_command_run_through_the_entry_point_finds_goft_registered(tmp_path):
     assert f"loaded: {sorted(_HEAVY)} status: 0" in result.stdout
 
 
-def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_continue(tiny_checkpoint, toy_files,
-                                                                                       tmp_path, monkeypatch,
-                                                                                       capsys):
+def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_continue(
+    tiny_checkpoint, toy_files, tmp_path, monkeypatch, capsys
+):
     import os
     import signal
 
     train, evals = toy_files
     results = tmp_path / "results"
-    args = ["compare", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
-            "--methods", "head", "--seeds", "1", "--epochs", "1", "--batch-size", "16", "--no-sweep", "--no-progress",
-            "--results", str(results)]
+    args = [
+        "compare",
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(train),
+        "--eval-file",
+        str(evals),
+        "--methods",
+        "head",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--no-sweep",
+        "--no-progress",
+        "--results",
+        str(results),
+    ]
     real_step = torch.optim.AdamW.step
 
     def step_then_ctrl_c(self, *a, **kw):
@@ -355,11 +455,16 @@ def test_only_the_foreign_kernel_noise_is_dropped(caplog):
     with caplog.at_level(logging.WARNING):
         logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no")
         logging.getLogger("torch.utils._pytree").warning(
-            "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an")
+            "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an"
+        )
         logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
-            "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure")
+            "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure"
+        )
         logging.getLogger("torchao").warning("Failed to quantize layer q_proj")
         logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to dequantize")
         logging.getLogger("torch.utils._pytree").warning("something else about pytree")
-    assert [r.getMessage() for r in caplog.records] == ["Failed to quantize layer q_proj", "Failed to dequantize",
-                                                        "something else about pytree"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Failed to quantize layer q_proj",
+        "Failed to dequantize",
+        "something else about pytree",
+    ]

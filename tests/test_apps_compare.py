@@ -12,8 +12,9 @@ from goft.apps.methods import METHODS, default_lr
 def test_the_protocol_sweeps_chooses_on_validation_and_runs_every_seed_at_the_choice(toy_config, tmp_path):
     base = toy_config(epochs=1)
     messages = []
-    results = run_compare("toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, lr_factors=(0.5, 2.0),
-                          progress=messages.append)
+    results = run_compare(
+        "toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, lr_factors=(0.5, 2.0), progress=messages.append
+    )
     runs = results["runs"]
     for method, default in (("goft", 1e-2), ("lora_r2", 2e-3)):
         sweep = [r for r in runs if r["method"] == method and r["stage"] == "sweep"]
@@ -29,14 +30,17 @@ def test_the_protocol_sweeps_chooses_on_validation_and_runs_every_seed_at_the_ch
     table = (tmp_path / "toy.md").read_text()
     assert "| GOFT |" in table and "| LoRA r=2 |" in table and "**" in table  # the chosen rate is marked
     assert (tmp_path / "toy.png").stat().st_size > 0
-    again = run_compare("toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, lr_factors=(0.5, 2.0),
-                        progress=messages.append)
+    again = run_compare(
+        "toy", ["goft", "lora_r2"], [0, 1], base, tmp_path, lr_factors=(0.5, 2.0), progress=messages.append
+    )
     assert again["runs"] == runs and sum("skip" in m for m in messages) == len(runs)
 
 
 def test_the_choice_is_the_best_validation_score_and_ties_go_to_the_smaller_rate():
-    runs = [{"method": "goft", "stage": "sweep", "epochs": 3, "lr": lr, "val_accuracy": v}
-            for lr, v in ((0.001, 0.7), (0.003, 0.8), (0.01, 0.8), (0.03, 0.6))]
+    runs = [
+        {"method": "goft", "stage": "sweep", "epochs": 3, "lr": lr, "val_accuracy": v}
+        for lr, v in ((0.001, 0.7), (0.003, 0.8), (0.01, 0.8), (0.03, 0.6))
+    ]
     runs.append({"method": "goft", "stage": "sweep", "epochs": 1, "lr": 0.1, "val_accuracy": 0.99})  # other budget
     runs.append({"method": "goft", "stage": "final", "epochs": 3, "lr": 0.03, "val_accuracy": 0.99})
     assert choose_lr(runs, "goft", 3, [0.001, 0.003, 0.01, 0.03]) == 0.003
@@ -45,18 +49,21 @@ def test_the_choice_is_the_best_validation_score_and_ties_go_to_the_smaller_rate
 def test_the_default_grid_spans_30x_around_the_default():
     grid = lr_grid(1e-2)
     assert len(grid) >= 4 and grid[-1] / grid[0] == pytest.approx(30.25, rel=0.01)
-    assert grid[0] * grid[-1] == pytest.approx(1e-2 ** 2, rel=0.01)  # centred (geometrically) on the default
+    assert grid[0] * grid[-1] == pytest.approx(1e-2**2, rel=0.01)  # centred (geometrically) on the default
     assert compare.KEY_FIELDS == ("method", "stage", "seed", "lr", "epochs")
 
 
 def test_without_a_sweep_every_seed_runs_at_the_default_and_the_table_says_so(toy_config, tmp_path):
-    results = run_compare("toy", ["goft", "head"], [0], toy_config(epochs=1), tmp_path, sweep=False,
-                          progress=lambda *_: None)
+    results = run_compare(
+        "toy", ["goft", "head"], [0], toy_config(epochs=1), tmp_path, sweep=False, progress=lambda *_: None
+    )
     # each method's default: the rate chosen on validation where there is one (GOFT), else the sweep's centre
     chosen = METHODS["goft"].chosen_lr
     assert chosen is not None and METHODS["head"].chosen_lr is None
-    assert [(r["method"], r["stage"], r["lr"]) for r in results["runs"]] == [("goft", "final", chosen),
-                                                                            ("head", "final", 5e-3)]
+    assert [(r["method"], r["stage"], r["lr"]) for r in results["runs"]] == [
+        ("goft", "final", chosen),
+        ("head", "final", 5e-3),
+    ]
     text = compare.report_text(results)
     assert "64 training / 16 validation / 32 test examples, 1 epoch(s), batch 16" in text
     assert "| GOFT |" in text and f"{chosen:g} (not swept)" in text and "validation accuracy at each rate" not in text
@@ -114,11 +121,16 @@ def test_a_results_file_holds_one_comparison(toy_config, tmp_path):
     base = toy_config(epochs=1)
     run_compare("toy", ["head"], [0], base, tmp_path, sweep=False, progress=lambda *_: None)
     assert json.loads((tmp_path / "toy.json").read_text())["setup"] == compare.comparison_setup(base)
-    for changed, option in ((dict(batch_size=8), "batch_size"), (dict(max_length=16), "max_length"),
-                            (dict(train_size=32), "train_size"), (dict(train_file=base.val_file), "train_file")):
+    for changed, option in (
+        (dict(batch_size=8), "batch_size"),
+        (dict(max_length=16), "max_length"),
+        (dict(train_size=32), "train_size"),
+        (dict(train_file=base.val_file), "train_file"),
+    ):
         with pytest.raises(OptionError, match=rf"^{option} .* differs from the runs in .*toy.json.*another --results"):
-            run_compare("toy", ["head"], [0], toy_config(epochs=1, **changed), tmp_path, sweep=False,
-                        progress=lambda *_: None)
+            run_compare(
+                "toy", ["head"], [0], toy_config(epochs=1, **changed), tmp_path, sweep=False, progress=lambda *_: None
+            )
     # a file from before the setup was recorded is judged by what its runs recorded
     legacy = json.loads((tmp_path / "toy.json").read_text())
     del legacy["setup"]

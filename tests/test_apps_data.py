@@ -49,8 +49,10 @@ def test_bad_csv_names_file_and_line(tmp_path, content, message):
 
 def test_unknown_eval_label_names_file_and_line(tmp_path):
     train = write(tmp_path / "train.csv", "text,label\na,0\nb,1\n")
-    evals = write(tmp_path / "eval.jsonl", json.dumps({"text": "x", "label": 0}) + "\n" +
-                  json.dumps({"text": "y", "label": 2}) + "\n")
+    evals = write(
+        tmp_path / "eval.jsonl",
+        json.dumps({"text": "x", "label": 0}) + "\n" + json.dumps({"text": "y", "label": 2}) + "\n",
+    )
     with pytest.raises(DataError, match=r"eval\.jsonl:2: unknown label '2'; the training file has \['0', '1'\]"):
         data.load_user_files(train, evals)
 

@@ -20,13 +20,15 @@ def test_batches_train_only_on_the_answer(chat_tokenizer):
     assert chat_tokenizer.decode(a) == "positive <|im_end|>"
     batch = instruct.build_batch(chat_tokenizer, [(p, a), (p[:-2], instruct.answer_ids(chat_tokenizer, 0))])
     labels = batch["labels"]
-    assert (labels[0, :len(p)] == -100).all() and labels[0, len(p):len(p) + 2].tolist() == a
+    assert (labels[0, : len(p)] == -100).all() and labels[0, len(p) : len(p) + 2].tolist() == a
     assert batch["attention_mask"][1].sum() == len(p) - 2 + 2
-    assert (labels[1, len(p) - 2 + 2:] == -100).all()
+    assert (labels[1, len(p) - 2 + 2 :] == -100).all()
 
 
-@pytest.mark.parametrize("reply, want", [(" Positive.", 1), ("negative, clearly", 0), ("This review is positive", 1),
-                                         ("I cannot tell", None), ("", None)])
+@pytest.mark.parametrize(
+    "reply, want",
+    [(" Positive.", 1), ("negative, clearly", 0), ("This review is positive", 1), ("I cannot tell", None), ("", None)],
+)
 def test_parse_answer(reply, want):
     assert instruct.parse_answer(reply) == want
 
@@ -46,19 +48,39 @@ def test_forgetting_measures():
 
 def test_generation_accuracy_runs_on_a_tiny_chat_model(chat_tokenizer):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=16, intermediate_size=24,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(chat_tokenizer),
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+        )
+    )
     acc = instruct.generation_accuracy(model, chat_tokenizer, ["a fine film", "a film"], [1, 0])
     assert 0.0 <= acc <= 1.0
 
 
 def fake_metrics(cfg, accuracy, val_accuracy, **extra):
     """What :func:`instruct` returns, without a model: test accuracy only when the run may read the test split."""
-    return {"method": cfg.method, "seed": cfg.seed, "accuracy": accuracy if cfg.evaluate_test else None,
-            "val_accuracy": val_accuracy, "base_accuracy": 0.5 if cfg.evaluate_test else None,
-            "base_val_accuracy": 0.45, "trainable_params": 10, "seconds": 1.0,
-            "kl_base_to_tuned": cfg.learning_rate, "perplexity_base": 10.0, "perplexity_tuned": 11.0,
-            "perplexity_change": 1.0, "loss": [1.0], "config": {"lr": cfg.learning_rate}, **extra}
+    return {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "accuracy": accuracy if cfg.evaluate_test else None,
+        "val_accuracy": val_accuracy,
+        "base_accuracy": 0.5 if cfg.evaluate_test else None,
+        "base_val_accuracy": 0.45,
+        "trainable_params": 10,
+        "seconds": 1.0,
+        "kl_base_to_tuned": cfg.learning_rate,
+        "perplexity_base": 10.0,
+        "perplexity_tuned": 11.0,
+        "perplexity_change": 1.0,
+        "loss": [1.0],
+        "config": {"lr": cfg.learning_rate},
+        **extra,
+    }
 
 
 def test_instruct_sweeps_on_validation_then_runs_every_seed_at_the_chosen_rate(monkeypatch, tmp_path):
@@ -68,8 +90,9 @@ def test_instruct_sweeps_on_validation_then_runs_every_seed_at_the_chosen_rate(m
         calls.append((cfg.method, cfg.seed, cfg.learning_rate, cfg.evaluate_test))
         # validation peaks at the second-smallest rate of each grid; test accuracy is deliberately unrelated
         grid = lr_grid(METHODS[cfg.method].instruct_lr)
-        return fake_metrics(cfg, accuracy=0.9 - cfg.learning_rate, val_accuracy=0.8 if cfg.learning_rate == grid[1]
-                            else 0.6)
+        return fake_metrics(
+            cfg, accuracy=0.9 - cfg.learning_rate, val_accuracy=0.8 if cfg.learning_rate == grid[1] else 0.6
+        )
 
     monkeypatch.setattr(instruct, "instruct", fake_instruct)
     path = tmp_path / "r.json"
@@ -103,8 +126,15 @@ def test_without_a_sweep_every_rate_runs_on_test_and_says_so(monkeypatch, tmp_pa
 
     monkeypatch.setattr(instruct, "instruct", fake_instruct)
     path = tmp_path / "r.json"
-    instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path,
-                                  progress=lambda *_: None, learning_rates=[1e-3, 3e-3], sweep=False)
+    instruct.run_instruct_compare(
+        ["goft"],
+        [0],
+        instruct.InstructConfig(progress=False),
+        path,
+        progress=lambda *_: None,
+        learning_rates=[1e-3, 3e-3],
+        sweep=False,
+    )
     assert calls == [(0, 1e-3, True), (0, 3e-3, True)]
     assert {r["stage"] for r in json.loads(path.read_text())["runs"]} == {"unswept"}
 
@@ -112,17 +142,35 @@ def test_without_a_sweep_every_rate_runs_on_test_and_says_so(monkeypatch, tmp_pa
 def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_path):
     """A run without a recorded schedule or stage was trained at a constant rate and scored on test: a new run at the
     same method, seed and rate is not skipped as a duplicate, and the table shows both, each with its own."""
+
     def fake_instruct(cfg, base_logprobs_cache=None):
         return fake_metrics(cfg, accuracy=0.9, val_accuracy=0.8)
 
     monkeypatch.setattr(instruct, "instruct", fake_instruct)
     path = tmp_path / "r.json"
-    legacy = {"method": "goft", "seed": 0, "lr": 0.003, "accuracy": 0.8, "base_accuracy": 0.5,
-              "trainable_params": 10, "seconds": 1.0, "kl_base_to_tuned": 0.2, "perplexity_base": 10.0,
-              "perplexity_tuned": 12.0, "perplexity_change": 2.0}
+    legacy = {
+        "method": "goft",
+        "seed": 0,
+        "lr": 0.003,
+        "accuracy": 0.8,
+        "base_accuracy": 0.5,
+        "trainable_params": 10,
+        "seconds": 1.0,
+        "kl_base_to_tuned": 0.2,
+        "perplexity_base": 10.0,
+        "perplexity_tuned": 12.0,
+        "perplexity_change": 2.0,
+    }
     path.write_text(json.dumps({"task": "polarity-instruct", "runs": [legacy]}))
-    instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path,
-                                  progress=lambda *_: None, learning_rates=[0.003], sweep=False)
+    instruct.run_instruct_compare(
+        ["goft"],
+        [0],
+        instruct.InstructConfig(progress=False),
+        path,
+        progress=lambda *_: None,
+        learning_rates=[0.003],
+        sweep=False,
+    )
     runs = json.loads(path.read_text())["runs"]
     assert [r.get("schedule") for r in runs] == [None, instruct.SCHEDULE]
     table = path.with_suffix(".md").read_text()
@@ -132,22 +180,34 @@ def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_pa
     # the plot leaves the superseded run out, unless nothing else is recorded
     data = json.loads(path.read_text())
     assert [key for key, _ in instruct.plotted_curves(data)] == [("goft", "fp32", instruct.SCHEDULE, "unswept")]
-    assert [key for key, _ in instruct.plotted_curves({"runs": [legacy]})] == [("goft", "fp32", "constant",
-                                                                               legacy_stage)]
+    assert [key for key, _ in instruct.plotted_curves({"runs": [legacy]})] == [
+        ("goft", "fp32", "constant", legacy_stage)
+    ]
 
 
 def test_runs_on_an_int8_base_are_recorded_and_labelled_apart(monkeypatch, tmp_path):
     def fake_instruct(cfg, base_logprobs_cache=None):
         quantized = cfg.base_weights == "int8"
-        return fake_metrics(cfg, accuracy=0.8 if quantized else 0.9, val_accuracy=0.7, base_weights=cfg.base_weights,
-                            base_weight_mib=150.0 if quantized else 513.0,
-                            base_accuracy=(0.4 if quantized else 0.5) if cfg.evaluate_test else None)
+        return fake_metrics(
+            cfg,
+            accuracy=0.8 if quantized else 0.9,
+            val_accuracy=0.7,
+            base_weights=cfg.base_weights,
+            base_weight_mib=150.0 if quantized else 513.0,
+            base_accuracy=(0.4 if quantized else 0.5) if cfg.evaluate_test else None,
+        )
 
     monkeypatch.setattr(instruct, "instruct", fake_instruct)
     path = tmp_path / "r.json"
     for weights in ("fp32", "int8", "int8"):  # the second int8 sweep finds its run recorded
-        instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False, base_weights=weights),
-                                      path, progress=lambda *_: None, sweep=False)
+        instruct.run_instruct_compare(
+            ["goft"],
+            [0],
+            instruct.InstructConfig(progress=False, base_weights=weights),
+            path,
+            progress=lambda *_: None,
+            sweep=False,
+        )
     runs = json.loads(path.read_text())["runs"]
     assert [r["base_weights"] for r in runs] == ["fp32", "int8"]
     table = path.with_suffix(".md").read_text()
@@ -178,21 +238,24 @@ def test_an_int8_base_loads_quantized_and_smaller(tiny_llama, chat_tokenizer, tm
 def test_a_results_file_holds_one_setup(monkeypatch, tmp_path):
     from goft.apps.errors import OptionError
 
-    monkeypatch.setattr(instruct, "instruct", lambda cfg, base_logprobs_cache=None: fake_metrics(cfg, accuracy=0.7,
-                                                                                                  val_accuracy=0.6))
+    monkeypatch.setattr(
+        instruct, "instruct", lambda cfg, base_logprobs_cache=None: fake_metrics(cfg, accuracy=0.7, val_accuracy=0.6)
+    )
     path = tmp_path / "r.json"
     quick = dict(progress=lambda *_: None, learning_rates=[1e-3], sweep=False)
     instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path, **quick)
     assert json.loads(path.read_text())["setup"]["model"] == "goft:smollm2"
     for option, value in (("epochs", 2), ("train_size", 64), ("lora_r", 4), ("model", str(tmp_path))):
         with pytest.raises(OptionError, match=rf"^{option} .* differs from the runs in .*r\.json"):
-            instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False, **{option: value}),
-                                          path, **quick)
+            instruct.run_instruct_compare(
+                ["goft"], [0], instruct.InstructConfig(progress=False, **{option: value}), path, **quick
+            )
     # a file from before setups were recorded: judged by the sizes its runs recorded
     older = json.loads(path.read_text())
     del older["setup"]
     path.write_text(json.dumps(older))
     with pytest.raises(OptionError, match=r"^train_size 64 differs .*\(512\)"):
-        instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False, train_size=64), path,
-                                      **quick)
+        instruct.run_instruct_compare(
+            ["goft"], [0], instruct.InstructConfig(progress=False, train_size=64), path, **quick
+        )
     instruct.run_instruct_compare(["goft"], [0], instruct.InstructConfig(progress=False), path, **quick)

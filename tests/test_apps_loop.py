@@ -47,15 +47,32 @@ RUNNER = textwrap.dedent("""
 def run_child(tmp_path, fault, at, args):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
-    return subprocess.run([sys.executable, str(script), fault, str(at), *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), fault, str(at), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("fault, at", [("step", 7), ("checkpoint", 3)])
 def test_killed_run_resumes_to_the_same_result(tiny_checkpoint, toy_files, tmp_path, fault, at):
     train, evals = toy_files
-    common = ["finetune", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
-              "--epochs", "3", "--batch-size", "16", "--method", "qgoft", "--save-every", "2", "--no-progress"]
+    common = [
+        "finetune",
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(train),
+        "--eval-file",
+        str(evals),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--method",
+        "qgoft",
+        "--save-every",
+        "2",
+        "--no-progress",
+    ]
     whole = run_child(tmp_path, "none", 0, [*common, "--output", str(tmp_path / "whole")])
     assert whole.returncode == 0, whole.stderr
     killed = run_child(tmp_path, fault, at, [*common, "--output", str(tmp_path / "cut")])
@@ -87,8 +104,24 @@ def test_resume_needs_output():
 
 def finetune_args(tiny_checkpoint, toy_files, output):
     train, evals = toy_files
-    return ["finetune", "--model", str(tiny_checkpoint), "--train-file", str(train), "--eval-file", str(evals),
-            "--epochs", "2", "--batch-size", "16", "--method", "qgoft", "--output", str(output), "--no-progress"]
+    return [
+        "finetune",
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(train),
+        "--eval-file",
+        str(evals),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--method",
+        "qgoft",
+        "--output",
+        str(output),
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow
@@ -97,9 +130,20 @@ def test_two_process_ddp_equals_single_process(tiny_checkpoint, toy_files, tmp_p
     single = subprocess.run([sys.executable, "-m", "goft", *args], capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "goft",
-         *finetune_args(tiny_checkpoint, toy_files, tmp_path / "two")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "goft",
+            *finetune_args(tiny_checkpoint, toy_files, tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
@@ -124,21 +168,36 @@ def tiny_instruct(monkeypatch, tiny_llama, chat_tokenizer):
     """``goft instruct`` on the tiny Llama with the word-level chat tokenizer and 24 toy sentences (no download)."""
     from goft.apps import data, instruct, pretrained
 
-    texts = [f"a {a} {b}" for a in ("fine", "great", "good", "dull", "bad", "poor") for b in ("film", "plot",
-                                                                                         "cast", "show")]
+    texts = [
+        f"a {a} {b}"
+        for a in ("fine", "great", "good", "dull", "bad", "poor")
+        for b in ("film", "plot", "cast", "show")
+    ]
     labels = [int(t.split()[1] in ("fine", "great", "good")) for t in texts]
     toy = data.Dataset(texts, labels, ("negative", "positive"), "toy")
     monkeypatch.setattr(data, "load_task", lambda task: (toy, toy))
     monkeypatch.setattr(data, "load_corpus", lambda name: toy)
-    monkeypatch.setattr(pretrained, "load_causal_lm",
-                        lambda model=None, base_weights="fp32": (LlamaForCausalLM.from_pretrained(tiny_llama),
-                                                                 chat_tokenizer))
+    monkeypatch.setattr(
+        pretrained,
+        "load_causal_lm",
+        lambda model=None, base_weights="fp32": (LlamaForCausalLM.from_pretrained(tiny_llama), chat_tokenizer),
+    )
     return instruct
 
 
 def test_instruct_keeps_its_run_and_a_killed_run_resumes_to_the_same_result(tiny_instruct, tmp_path, monkeypatch):
-    common = dict(method="qgoft", lr=0.005, train_size=24, eval_size=4, epochs=2, batch_size=4, forget_passages=2,
-                  forget_tokens=3, progress=False, save_every=2)
+    common = dict(
+        method="qgoft",
+        lr=0.005,
+        train_size=24,
+        eval_size=4,
+        epochs=2,
+        batch_size=4,
+        forget_passages=2,
+        forget_tokens=3,
+        progress=False,
+        save_every=2,
+    )
     whole = tiny_instruct.instruct(tiny_instruct.InstructConfig(output=str(tmp_path / "whole"), **common))
     run_dir = tmp_path / "whole" / "qgoft-seed0-lr0.005"
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
@@ -157,8 +216,7 @@ def test_instruct_keeps_its_run_and_a_killed_run_resumes_to_the_same_result(tiny
     with pytest.raises(KeyboardInterrupt):
         tiny_instruct.instruct(tiny_instruct.InstructConfig(output=str(tmp_path / "cut"), **common))
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    resumed = tiny_instruct.instruct(tiny_instruct.InstructConfig(output=str(tmp_path / "cut"), resume=True,
-                                                                  **common))
+    resumed = tiny_instruct.instruct(tiny_instruct.InstructConfig(output=str(tmp_path / "cut"), resume=True, **common))
     assert resumed["loss"] == whole["loss"]
     cut = load_file(tmp_path / "cut" / "qgoft-seed0-lr0.005" / "adapter" / "adapter_model.safetensors")
     kept = load_file(run_dir / "adapter" / "adapter_model.safetensors")
@@ -168,8 +226,16 @@ def test_instruct_keeps_its_run_and_a_killed_run_resumes_to_the_same_result(tiny
 def test_the_final_run_with_the_sweeps_seed_scores_the_sweep_runs_weights(tiny_instruct, tmp_path, monkeypatch):
     """With --output, the final run at the chosen rate and the sweep's seed resumes the sweep run's finished
     checkpoint (no step is taken) and gets the adapter a fresh training of the final run gives."""
-    base = tiny_instruct.InstructConfig(train_size=16, eval_size=4, val_size=4, batch_size=4, forget_passages=2,
-                                        forget_tokens=3, progress=False, output=str(tmp_path / "runs"))
+    base = tiny_instruct.InstructConfig(
+        train_size=16,
+        eval_size=4,
+        val_size=4,
+        batch_size=4,
+        forget_passages=2,
+        forget_tokens=3,
+        progress=False,
+        output=str(tmp_path / "runs"),
+    )
     real_step, steps = torch.optim.AdamW.step, {"n": 0}
 
     def counted_step(self, *args, **kwargs):
@@ -178,8 +244,9 @@ def test_the_final_run_with_the_sweeps_seed_scores_the_sweep_runs_weights(tiny_i
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counted_step)
     said = []
-    data = tiny_instruct.run_instruct_compare(["goft"], [0, 1], base, tmp_path / "runs.json", progress=said.append,
-                                              learning_rates=[0.01, 0.03])
+    data = tiny_instruct.run_instruct_compare(
+        ["goft"], [0, 1], base, tmp_path / "runs.json", progress=said.append, learning_rates=[0.01, 0.03]
+    )
     assert steps["n"] == 3 * 4  # two sweep runs and the final of seed 1, 4 steps each; seed 0's final took none
     runs = {(r["stage"], r["seed"], r["lr"]): r for r in data["runs"]}
     chosen = next(lr for (stage, _, lr) in runs if stage == "final")
@@ -206,9 +273,18 @@ def test_the_final_run_with_the_sweeps_seed_scores_the_sweep_runs_weights(tiny_i
 
 
 def test_instruct_records_its_device_and_refuses_one_it_cannot_use(tiny_instruct):
-    run = tiny_instruct.instruct(tiny_instruct.InstructConfig(method="goft", train_size=8, eval_size=2, val_size=2,
-                                                              batch_size=4, forget_passages=2, forget_tokens=3,
-                                                              progress=False))
+    run = tiny_instruct.instruct(
+        tiny_instruct.InstructConfig(
+            method="goft",
+            train_size=8,
+            eval_size=2,
+            val_size=2,
+            batch_size=4,
+            forget_passages=2,
+            forget_tokens=3,
+            progress=False,
+        )
+    )
     assert run["device"] == "cpu"
     with pytest.raises(OptionError, match="^device must be one of cpu, cuda, cuda:N, got 'gpu'$"):
         tiny_instruct.InstructConfig(device="gpu")
@@ -216,8 +292,17 @@ def test_instruct_records_its_device_and_refuses_one_it_cannot_use(tiny_instruct
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_instruct_on_the_gpu_learns_as_on_the_cpu(tiny_instruct):
-    common = dict(method="goft", train_size=24, eval_size=4, val_size=2, epochs=2, batch_size=4, forget_passages=2,
-                  forget_tokens=3, progress=False)
+    common = dict(
+        method="goft",
+        train_size=24,
+        eval_size=4,
+        val_size=2,
+        epochs=2,
+        batch_size=4,
+        forget_passages=2,
+        forget_tokens=3,
+        progress=False,
+    )
     on_gpu = tiny_instruct.instruct(tiny_instruct.InstructConfig(device="cuda", **common))
     on_cpu = tiny_instruct.instruct(tiny_instruct.InstructConfig(**common))
     assert on_gpu["device"].startswith("cuda (")

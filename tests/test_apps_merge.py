@@ -52,7 +52,9 @@ def test_merge_without_a_recorded_base_says_to_pass_base(tiny_llama, tmp_path):
 
 def test_a_base_without_a_tokenizer_gives_a_checkpoint_without_one_and_says_so(tiny_llama, tmp_path, capsys):
     adapted_llama(tiny_llama).save_pretrained(tmp_path / "adapter")
-    assert main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "merged"),
-                 "--base", str(tiny_llama)]) == 0
+    assert (
+        main(["merge", str(tmp_path / "adapter"), "--output", str(tmp_path / "merged"), "--base", str(tiny_llama)])
+        == 0
+    )
     assert "has no tokenizer, so the merged checkpoint has none either" in capsys.readouterr().out
     assert not any("token" in p.name or p.name.startswith("vocab") for p in (tmp_path / "merged").iterdir())

@@ -49,13 +49,19 @@ def test_identity_init_is_the_default_and_can_be_turned_off():
     for name in ("goft", "qgoft", "lora_r8"):
         base = make_mlp()
         assert (methods.wrap(make_mlp(), METHODS[name].peft_config(TARGETS))(x) == base(x)).all()
-        assert not (methods.wrap(make_mlp(), METHODS[name].peft_config(TARGETS, identity_init=False))(x)
-                    == base(x)).all()
+        assert not (
+            methods.wrap(make_mlp(), METHODS[name].peft_config(TARGETS, identity_init=False))(x) == base(x)
+        ).all()
 
 
 def test_every_command_names_registry_entries():
-    for names in (methods.FINETUNE_METHODS, methods.COMPARE_DEFAULT, methods.INSTRUCT_METHODS, bench.E2E_METHODS,
-                  [m for m in bench.LAYER_METHODS if m not in ("frozen", "authors_dense")]):
+    for names in (
+        methods.FINETUNE_METHODS,
+        methods.COMPARE_DEFAULT,
+        methods.INSTRUCT_METHODS,
+        bench.E2E_METHODS,
+        [m for m in bench.LAYER_METHODS if m not in ("frozen", "authors_dense")],
+    ):
         assert set(names) <= set(METHODS), names
     assert all(METHODS[m].instruct_lr is not None for m in methods.INSTRUCT_METHODS)
     assert all(m.lr > 0 for m in METHODS.values())
@@ -128,8 +134,12 @@ def test_each_chosen_rate_is_what_the_recorded_sweeps_chose_on_both_tasks():
     runs = {task: json.loads((results / f"{task}.json").read_text())["runs"] for task in ("polarity", "hedge")}
     for name, entry in METHODS.items():
         grid = lr_grid(entry.lr)
-        swept = [task for task in runs if {r["lr"] for r in runs[task] if r["method"] == name
-                                           and r["stage"] == "sweep" and r["epochs"] == 3} >= set(grid)]
+        swept = [
+            task
+            for task in runs
+            if {r["lr"] for r in runs[task] if r["method"] == name and r["stage"] == "sweep" and r["epochs"] == 3}
+            >= set(grid)
+        ]
         chosen = {choose_lr(runs[task], name, 3, grid) for task in swept}
         if entry.chosen_lr is not None:
             assert len(swept) == 2 and chosen == {entry.chosen_lr}, name
@@ -152,8 +162,14 @@ def test_each_instruct_default_is_what_the_recorded_sweep_chose():
     base = InstructConfig()
     for name in methods.INSTRUCT_METHODS:
         entry, grid = METHODS[name], lr_grid(METHODS[name].instruct_lr)
-        swept = {r["lr"] for r in runs if r["method"] == name and r.get("stage") == "sweep"
-                 and r.get("base_weights", "fp32") == "fp32" and r.get("schedule") == SCHEDULE}
+        swept = {
+            r["lr"]
+            for r in runs
+            if r["method"] == name
+            and r.get("stage") == "sweep"
+            and r.get("base_weights", "fp32") == "fp32"
+            and r.get("schedule") == SCHEDULE
+        }
         if swept >= set(grid):
             assert entry.instruct_chosen_lr == choose_instruct_lr(runs, name, base, grid), name
             assert InstructConfig(method=name).learning_rate == entry.instruct_chosen_lr

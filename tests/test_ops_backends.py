@@ -1,6 +1,5 @@
 """One backend choice for all ops: GOFT_KERNEL is validated; a compiler that cannot be imported counts as missing."""
 
-
 import importlib
 
 import pytest

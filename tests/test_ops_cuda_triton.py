@@ -25,7 +25,8 @@ def make_params(d, quasi, seed):
     g = torch.Generator().manual_seed(seed)
     if quasi:  # near-orthogonal free blocks, so products over ~10 levels stay O(1)
         return F.angles_to_blocks(torch.randn(d - 1, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(
-            d - 1, 2, 2, generator=g, dtype=torch.float64)
+            d - 1, 2, 2, generator=g, dtype=torch.float64
+        )
     return torch.randn(d - 1, generator=g, dtype=torch.float64)
 
 
@@ -67,8 +68,11 @@ def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_op
     n_blocks = F.num_blocks(d, structure, depth)
     g = torch.Generator().manual_seed(d + depth)
     theta = torch.randn(n_blocks, generator=g, dtype=torch.float64)
-    params = F.angles_to_blocks(theta) + 0.3 * torch.randn(n_blocks, 2, 2, generator=g, dtype=torch.float64) \
-        if quasi else theta
+    params = (
+        F.angles_to_blocks(theta) + 0.3 * torch.randn(n_blocks, 2, 2, generator=g, dtype=torch.float64)
+        if quasi
+        else theta
+    )
     scale = make_scale(d, d) if with_scale else None
     x = torch.randn(n_rows, d, dtype=torch.float64, generator=g)
     grad = torch.randn(n_rows, d, dtype=torch.float64, generator=g)
@@ -82,8 +86,9 @@ def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_op
     y = T.rotate_rows(dev(x), dev(params), dev(scale), True, **pairing)
     assert y.dtype == torch.float32 and y.device.type == DEVICE.type
     close(y, y_ref.detach(), tol)
-    gx, gp, gs = T.rotate_rows_backward(dev(x), dev(grad), dev(params), dev(scale), True, True, **pairing,
-                                        **backward_options)
+    gx, gp, gs = T.rotate_rows_backward(
+        dev(x), dev(grad), dev(params), dev(scale), True, True, **pairing, **backward_options
+    )
     assert gp.shape == params.shape
     close(gx, x_ref.grad, tol)
     close(gp, params_ref.grad, 5 * tol)  # sums over the rows
@@ -99,8 +104,9 @@ def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_op
 @pytest.mark.parametrize("d, max_tile", [(9, 4), (17, 8)])
 @pytest.mark.parametrize("structure, depth", [("tree", 1), ("butterfly", 1), ("tree", 2), ("butterfly", 2)])
 @pytest.mark.parametrize("quasi, with_scale", [(False, True), (True, True)])
-def test_rows_wider_than_a_tile_run_in_two_passes_per_stack(d, max_tile, structure, depth, quasi, with_scale,
-                                                           monkeypatch):
+def test_rows_wider_than_a_tile_run_in_two_passes_per_stack(
+    d, max_tile, structure, depth, quasi, with_scale, monkeypatch
+):
     """Past MAX_TILE columns each stack runs as a low pass (column blocks) and a high pass (across blocks); a tile
     of 4 or 8 columns makes d = 9 and 17 take that path (rows up to MAX_TILE² columns), the high pass with chunks
     of 1 and 2 columns."""
@@ -118,11 +124,16 @@ def test_the_pass_plan_covers_every_level_once():
             for depth in (1, 2):
                 for top_first in (True, False):
                     order = (lambda r: reversed(r)) if top_first else (lambda r: r)  # noqa: E731
-                    walked = [stack * per_stack + kv + step.lev_shift
-                              for step in T.plan_passes(d, depth, structure == "tree", top_first)
-                              for stack in order(range(step.stack0, step.stack0 + step.stacks))
-                              for kv in (reversed(range(step.kv_first, step.kv_end)) if top_first
-                                         else range(step.kv_first, step.kv_end))]
+                    walked = [
+                        stack * per_stack + kv + step.lev_shift
+                        for step in T.plan_passes(d, depth, structure == "tree", top_first)
+                        for stack in order(range(step.stack0, step.stack0 + step.stacks))
+                        for kv in (
+                            reversed(range(step.kv_first, step.kv_end))
+                            if top_first
+                            else range(step.kv_first, step.kv_end)
+                        )
+                    ]
                     want = list(range(per_stack * depth))
                     assert walked == (want[::-1] if top_first else want), (d, structure, depth)
             for step in T.plan_passes(d, 1, structure == "tree", True):
@@ -176,14 +187,20 @@ def test_the_kernels_sine_and_cosine_are_within_about_an_ulp():
     within 1.25 fp32 eps of the exact values (torch's fp32 functions: 0.54) over [-10, 10], multiples of π/4,
     tiny angles and |θ| up to 10^6."""
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.linspace(-10, 10, 20001), (torch.rand(20000, generator=g) * 2 - 1) * 1e6,
-                   torch.tensor([0.0, -0.0, 1e-30, -1e-8]), torch.arange(-64, 65) * (math.pi / 4)]).float()
+    x = torch.cat(
+        [
+            torch.linspace(-10, 10, 20001),
+            (torch.rand(20000, generator=g) * 2 - 1) * 1e6,
+            torch.tensor([0.0, -0.0, 1e-30, -1e-8]),
+            torch.arange(-64, 65) * (math.pi / 4),
+        ]
+    ).float()
     x = x.to(DEVICE)
     sin, cos = torch.empty_like(x), torch.empty_like(x)
     sin_cos_kernel[(triton.cdiv(x.numel(), 1024),)](x, sin, cos, x.numel(), BLOCK=1024)
     eps = torch.finfo(torch.float32).eps
     for got, want in ((sin, torch.sin(x.double())), (cos, torch.cos(x.double()))):
-        relative = (got.double() - want).abs() / want.abs().clamp_min(2.0 ** -126)
+        relative = (got.double() - want).abs() / want.abs().clamp_min(2.0**-126)
         assert relative.max().item() <= 1.25 * eps, relative.max().item() / eps
 
 
@@ -259,8 +276,13 @@ def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi, monkeypatch)
     merged = F.merge_weight(w.cuda(), p_gpu.detach(), s_gpu.detach())
     restored = F.unmerge_weight(merged, p_gpu.detach(), s_gpu.detach())
     rtol = 1e-5 * math.log2(d + 1)
-    for got, want in [(x_gpu.grad, x_cpu.grad), (p_gpu.grad, p_cpu.grad), (s_gpu.grad, s_cpu.grad),
-                      (merged, merged_cpu), (restored, w)]:
+    for got, want in [
+        (x_gpu.grad, x_cpu.grad),
+        (p_gpu.grad, p_cpu.grad),
+        (s_gpu.grad, s_cpu.grad),
+        (merged, merged_cpu),
+        (restored, w),
+    ]:
         close(got, want.double(), rtol * 10)
 
 

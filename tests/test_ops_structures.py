@@ -35,8 +35,10 @@ def butterfly_levels(d):
     """The butterfly as the capacity issue words it: level r = 1 … ceil(log2 d) pairs every i whose bit r-1 is 0
     with i + 2^(r-1), where that partner is < d."""
     n_levels = 0 if d == 1 else math.ceil(math.log2(d))
-    return [[(i, i + 2 ** (r - 1)) for i in range(d) if not (i >> (r - 1)) & 1 and i + 2 ** (r - 1) < d]
-            for r in range(1, n_levels + 1)]
+    return [
+        [(i, i + 2 ** (r - 1)) for i in range(d) if not (i >> (r - 1)) & 1 and i + 2 ** (r - 1) < d]
+        for r in range(1, n_levels + 1)
+    ]
 
 
 def spelled_out(d, structure, depth):
@@ -49,10 +51,14 @@ def variants(d, structure, depth, dtype=torch.float64):
     n = F.num_blocks(d, structure, depth)
     g = torch.Generator().manual_seed(d * 7 + depth)
     theta = ((torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.pi).to(dtype)
-    quasi = (F.angles_to_blocks(theta.double()) + 0.1 * torch.randn(n, 2, 2, generator=g, dtype=torch.float64))
-    scale = (0.5 + torch.rand(d, generator=g, dtype=torch.float64))
-    return [("strict", theta, None), ("quasi", quasi.to(dtype), None), ("strict+scale", theta, scale.to(dtype)),
-            ("quasi+scale", quasi.to(dtype), scale.to(dtype))]
+    quasi = F.angles_to_blocks(theta.double()) + 0.1 * torch.randn(n, 2, 2, generator=g, dtype=torch.float64)
+    scale = 0.5 + torch.rand(d, generator=g, dtype=torch.float64)
+    return [
+        ("strict", theta, None),
+        ("quasi", quasi.to(dtype), None),
+        ("strict+scale", theta, scale.to(dtype)),
+        ("quasi+scale", quasi.to(dtype), scale.to(dtype)),
+    ]
 
 
 @pytest.mark.parametrize("d", SIZES + [9, 1000, 4096])
@@ -70,7 +76,7 @@ def test_pairs_are_the_spelled_out_ones(d, structure, depth):
 def test_butterfly_counts():
     assert F.num_blocks(768, "butterfly") == 3584
     for m in range(1, 13):
-        assert F.num_blocks(2 ** m, "butterfly") == 2 ** (m - 1) * m
+        assert F.num_blocks(2**m, "butterfly") == 2 ** (m - 1) * m
     assert F.num_blocks(768, "tree", 2) == 2 * 767
 
 
@@ -104,8 +110,10 @@ def test_rotation_matrix_is_the_dense_product(d, structure, depth):
 def check_orthogonal_fp32(d, structure, depth):
     theta = variants(d, structure, depth, torch.float32)[0][1]
     eye = torch.eye(d)
-    for r in (F.rotation_matrix(theta, d, structure=structure, depth=depth),
-              F.rotate(eye, theta, structure=structure, depth=depth)):  # rows of I @ R are R's rows
+    for r in (
+        F.rotation_matrix(theta, d, structure=structure, depth=depth),
+        F.rotate(eye, theta, structure=structure, depth=depth),
+    ):  # rows of I @ R are R's rows
         err = (r.T @ r - eye).abs().max().item()
         assert err <= 10 * d * EPS32, err
 
@@ -163,19 +171,25 @@ def test_gradients_at_768_match_autograd_through_dense_R(kernel):
             p = params.clone().requires_grad_()
             s = None if scale is None else scale.clone().requires_grad_()
             xx = x.clone().requires_grad_()
-            out = (xx @ F.rotation_matrix(p, d, s, structure=structure, depth=depth) if through_dense
-                   else F.rotate(xx, p, s, structure=structure, depth=depth))
+            out = (
+                xx @ F.rotation_matrix(p, d, s, structure=structure, depth=depth)
+                if through_dense
+                else F.rotate(xx, p, s, structure=structure, depth=depth)
+            )
             (out * g).sum().backward()
             grads.append([t.grad for t in (xx, p, s) if t is not None])
         for fast, slow in zip(*grads, strict=True):
             torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10 * slow.abs().max().item(), msg=name)
 
 
-@pytest.mark.parametrize("structure, depth, message", [
-    ("star", 1, "structure must be one of 'tree', 'butterfly', got 'star'"),
-    ("tree", 0, "depth must be an integer >= 1, got 0"),
-    ("butterfly", 1.5, "depth must be an integer >= 1, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "structure, depth, message",
+    [
+        ("star", 1, "structure must be one of 'tree', 'butterfly', got 'star'"),
+        ("tree", 0, "depth must be an integer >= 1, got 0"),
+        ("butterfly", 1.5, "depth must be an integer >= 1, got 1.5"),
+    ],
+)
 def test_bad_pairings_are_refused(structure, depth, message):
     with pytest.raises(F.GivensError, match=message):
         F.rotate(torch.randn(2, 8), torch.zeros(7), structure=structure, depth=depth)

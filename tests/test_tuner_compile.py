@@ -14,9 +14,13 @@ from toys import make_mlp, tiny_bert
 
 from goft import GOFTConfig
 
-VARIANTS = {"goft": {}, "qgoft": {"quasi": True}, "goft*": {"scaling": True},
-            "qgoft*": {"quasi": True, "scaling": True}, "qgoft butterfly depth 2": {"quasi": True,
-                                                                                 "structure": "butterfly", "depth": 2}}
+VARIANTS = {
+    "goft": {},
+    "qgoft": {"quasi": True},
+    "goft*": {"scaling": True},
+    "qgoft*": {"quasi": True, "scaling": True},
+    "qgoft butterfly depth 2": {"quasi": True, "structure": "butterfly", "depth": 2},
+}
 X = torch.randn(6, 12, generator=torch.Generator().manual_seed(3))
 
 
@@ -62,8 +66,9 @@ def test_compiled_training_save_load_and_merge_match_eager(variant, tmp_path):
     initial = {name: p.detach().clone() for name, p in eager.named_parameters() if "goft" in name}
     eager_losses = _train(eager)
     assert _train(compiled) == pytest.approx(eager_losses, abs=1e-6)
-    for (name, p_eager), (_, p_compiled) in zip(eager.named_parameters(), compiled_model.named_parameters(),
-                                                strict=True):
+    for (name, p_eager), (_, p_compiled) in zip(
+        eager.named_parameters(), compiled_model.named_parameters(), strict=True
+    ):
         torch.testing.assert_close(p_compiled, p_eager, atol=1e-6, rtol=1e-6, msg=name)
     assert all(not torch.equal(p, initial[name]) for name, p in eager.named_parameters() if name in initial)
 
@@ -73,11 +78,13 @@ def test_compiled_training_save_load_and_merge_match_eager(variant, tmp_path):
     compiled.save_pretrained(tmp_path / "adapter")
     loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path / "adapter")
     loaded.eval()
-    torch.testing.assert_close(torch.compile(loaded, backend="aot_eager", fullgraph=True)(input_ids=ids).logits, want,
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        torch.compile(loaded, backend="aot_eager", fullgraph=True)(input_ids=ids).logits, want, atol=1e-6, rtol=1e-6
+    )
     merged = loaded.merge_and_unload()
-    torch.testing.assert_close(torch.compile(merged, backend="aot_eager", fullgraph=True)(input_ids=ids).logits, want,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.compile(merged, backend="aot_eager", fullgraph=True)(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_inductor_forward_and_backward_match_eager():
@@ -90,7 +97,8 @@ def test_inductor_forward_and_backward_match_eager():
     out_eager.square().sum().backward()
     out_compiled.square().sum().backward()
     torch.testing.assert_close(x_compiled.grad, x_eager.grad, atol=1e-6, rtol=1e-6)
-    for (name, p_eager), (_, p_compiled) in zip(eager.named_parameters(), compiled_model.named_parameters(),
-                                                strict=True):
+    for (name, p_eager), (_, p_compiled) in zip(
+        eager.named_parameters(), compiled_model.named_parameters(), strict=True
+    ):
         if p_eager.requires_grad:
             torch.testing.assert_close(p_compiled.grad, p_eager.grad, atol=1e-6, rtol=1e-6, msg=name)

@@ -92,16 +92,21 @@ def edited_copy(src, dst, edit_config=None, edit_weights=None):
 
 
 def test_shape_mismatch_names_layer_and_both_shapes(saved):
-    with pytest.raises(AdapterFileError, match=r"layer 'lin0': .*shape \(11,\) but this model needs \(6,\) "
-                                               r"\(in_features 12 saved vs 7 here, tree at depth 1\)"):
+    with pytest.raises(
+        AdapterFileError,
+        match=r"layer 'lin0': .*shape \(11,\) but this model needs \(6,\) "
+        r"\(in_features 12 saved vs 7 here, tree at depth 1\)",
+    ):
         PeftModel.from_pretrained(OneLinear(7), saved)
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c.update(goft_format_version=FORMAT_VERSION + 1),
-         f"saved in goft format {FORMAT_VERSION + 1}, newer than the format {FORMAT_VERSION}"),
+        (
+            lambda c: c.update(goft_format_version=FORMAT_VERSION + 1),
+            f"saved in goft format {FORMAT_VERSION + 1}, newer than the format {FORMAT_VERSION}",
+        ),
         (lambda c: c.pop("structure"), r"lacks required field\(s\) \['structure'\]"),
         (lambda c: c.update(structure="star"), "structure must be one of 'tree', 'butterfly', got 'star'"),
         (lambda c: c.update(depth=0), "depth must be an integer >= 1, got 0"),

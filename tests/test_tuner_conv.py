@@ -11,8 +11,12 @@ from torch import nn
 from goft import GOFTConfig, GOFTLayer
 from goft import functional as F
 
-VARIANTS = {"goft": {}, "qgoft": {"quasi": True}, "goft*": {"scaling": True},
-            "qgoft*": {"quasi": True, "scaling": True}}
+VARIANTS = {
+    "goft": {},
+    "qgoft": {"quasi": True},
+    "goft*": {"scaling": True},
+    "qgoft*": {"quasi": True, "scaling": True},
+}
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 

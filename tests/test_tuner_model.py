@@ -47,8 +47,13 @@ def test_random_init_is_clearly_not_identity(variant):
 
 
 @pytest.mark.parametrize(
-    "variant, per_layer", [("goft", lambda d: d - 1), ("qgoft", lambda d: 4 * (d - 1)),
-                           ("goft*", lambda d: 2 * d - 1), ("qgoft*", lambda d: 5 * d - 4)]
+    "variant, per_layer",
+    [
+        ("goft", lambda d: d - 1),
+        ("qgoft", lambda d: 4 * (d - 1)),
+        ("goft*", lambda d: 2 * d - 1),
+        ("qgoft*", lambda d: 5 * d - 4),
+    ],
 )
 def test_trainable_parameter_counts(variant, per_layer):
     model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0", "lin1"], **CONFIGS[variant]))
@@ -170,8 +175,9 @@ def test_targets_matching_nothing_name_the_targets_and_list_what_exists(task_typ
 
 def two_adapter_model(quasi=False, **other_pairing):
     model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi))
-    model.add_adapter("other", GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi, scaling=True,
-                                          **other_pairing))
+    model.add_adapter(
+        "other", GOFTConfig(target_modules=["lin0"], init_weights=False, quasi=quasi, scaling=True, **other_pairing)
+    )
     return model
 
 
@@ -197,8 +203,14 @@ def test_two_active_adapters_forward_equals_sequential_merge(quasi):
     out = model(X)
     # explicit: merging default then other gives W (R_other R_default)^T
     r = layer.rotation_matrix("other") @ layer.rotation_matrix("default")
-    lin0_out = F.rotate(F.rotate(X, layer.rotation_params("other"), layer.rotation_scale("other")),
-                        layer.rotation_params("default")) @ w.T + layer.base_layer.bias
+    lin0_out = (
+        F.rotate(
+            F.rotate(X, layer.rotation_params("other"), layer.rotation_scale("other")),
+            layer.rotation_params("default"),
+        )
+        @ w.T
+        + layer.base_layer.bias
+    )
     assert torch.allclose(lin0_out, X @ r @ w.T + layer.base_layer.bias, atol=1e-5, rtol=0)
     model.merge_adapter()
     assert layer.merged_adapters == ["default", "other"]
@@ -230,8 +242,9 @@ def test_per_sample_adapters_match_separate_runs(other_pairing):
     with model.disable_adapter():
         out_base = model(X)
     assert torch.allclose(out_base, base(X))
-    want = torch.stack([{"default": out_default, "other": out_other, "__base__": out_base}[n][i]
-                        for i, n in enumerate(names)])
+    want = torch.stack(
+        [{"default": out_default, "other": out_other, "__base__": out_base}[n][i] for i, n in enumerate(names)]
+    )
     assert torch.allclose(mixed, want, atol=1e-6, rtol=0)
 
 

@@ -34,8 +34,7 @@ def float_weights(seed=0):
 def bnb_linear(weight: torch.Tensor, bits: int) -> nn.Module:
     out_features, in_features = weight.shape
     if bits == 4:
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=torch.float32,
-                                  quant_type="nf4")
+        layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=torch.float32, quant_type="nf4")
         layer.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4")
     else:
         layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=False, has_fp16_weights=False)
@@ -55,12 +54,15 @@ def train_a_little(model, steps=3):
 @pytest.mark.parametrize("options", [{}, {"quasi": True, "scaling": True}], ids=["goft", "qgoft*"])
 def test_bitsandbytes_base_trains_and_merges_by_requantizing(bits, options):
     w1, w2 = float_weights()
-    model = get_peft_model(TwoLayers(bnb_linear(w1, bits), bnb_linear(w2, bits)),
-                           GOFTConfig(target_modules=["first", "second"], **options))
+    model = get_peft_model(
+        TwoLayers(bnb_linear(w1, bits), bnb_linear(w2, bits)),
+        GOFTConfig(target_modules=["first", "second"], **options),
+    )
     layer = model.base_model.model.first
     assert (layer.in_features, layer.out_features) == (24, 16)  # the logical sizes, not the packed weight's
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == (
-        23 + 15 if not options else 23 * 4 + 15 * 4 + 24 + 16)
+        23 + 15 if not options else 23 * 4 + 15 * 4 + 24 + 16
+    )
     train_a_little(model)
     rotated = layer.rotate_input(X, "default")
     torch.testing.assert_close(layer(X), layer.get_base_layer()(rotated), atol=0, rtol=0)  # the quantized kernel runs
@@ -89,8 +91,9 @@ def test_torchao_int8_base_from_transformers_trains_and_merges(tiny_llama):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        base = LlamaForCausalLM.from_pretrained(tiny_llama, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()),
-                                                device_map="cpu")
+        base = LlamaForCausalLM.from_pretrained(
+            tiny_llama, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()), device_map="cpu"
+        )
     q_proj = base.model.layers[0].self_attn.q_proj
     assert type(q_proj.weight).__name__ == "Int8Tensor"
     model = get_peft_model(base, GOFTConfig(target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
@@ -106,8 +109,9 @@ def test_torchao_int8_base_from_transformers_trains_and_merges(tiny_llama):
     merged = model.merge_and_unload()
     merged_q = merged.model.layers[0].self_attn.q_proj
     assert type(merged_q.weight).__name__ == "Int8Tensor"  # re-quantized with the model's own recipe
-    torch.testing.assert_close(merged_q.weight.dequantize().float(), exact, atol=exact.abs().max().item() / 100,
-                               rtol=0)  # one int8 rounding (per-row scale max/127)
+    torch.testing.assert_close(
+        merged_q.weight.dequantize().float(), exact, atol=exact.abs().max().item() / 100, rtol=0
+    )  # one int8 rounding (per-row scale max/127)
     got = merged(input_ids=ids).logits
     assert (got - want).abs().max().item() < 0.05 * want.abs().max().item()
 
@@ -123,6 +127,9 @@ def test_torchao_quantized_by_hand_trains_but_merge_is_refused_by_name():
     quantize_(base, Int8WeightOnlyConfig())
     model = get_peft_model(base, GOFTConfig(target_modules=["first"]))
     train_a_little(model)
-    with pytest.raises(ValueError, match=r"cannot merge GOFT into layer 'first': its weight is quantized by torchao "
-                                         r"\(quantized outside transformers"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot merge GOFT into layer 'first': its weight is quantized by torchao "
+        r"\(quantized outside transformers",
+    ):
         model.merge_and_unload()

@@ -54,9 +54,17 @@ def tiny_gpt2(seed=0):
 def tiny_bert():
     """An in-memory 1-layer BERT classifier without dropout (deterministic train mode)."""
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30, hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=20, max_position_embeddings=16, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=12,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=20,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -64,8 +72,9 @@ def adapted_llama(checkpoint, **config):
     """The tiny Llama checkpoint (fixture ``tiny_llama``) with the same random GOFT adapter on q, k, v, o each call."""
     torch.manual_seed(1)
     model = LlamaForCausalLM.from_pretrained(checkpoint)
-    goft_config = goft.GOFTConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM",
-                                  init_weights=False, **config)
+    goft_config = goft.GOFTConfig(
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM", init_weights=False, **config
+    )
     return get_peft_model(model, goft_config)
 
 

@@ -17,13 +17,39 @@ from triton.compiler import ASTSource  # noqa: E402
 from goft.ops import cuda_triton  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-FORWARD = {"x_ptr": "*fp32", "y_ptr": "*bf16", "blocks_ptr": "*fp32", "scale_ptr": "*fp32", "index_ptr": "*i32",
-           "n_rows": "i32", "d": "i32", "stride_x": "i32", "stride_y": "i32", "chunk_step": "i32"}
-BACKWARD = {"x_ptr": "*bf16", "g_ptr": "*fp32", "gx_ptr": "*bf16", "blocks_ptr": "*fp32", "scale_ptr": "*fp32",
-            "index_ptr": "*i32", "scratch_ptr": "*fp32", "grad_ptr": "*fp32", "grad_row": "i32", "n_rows": "i32",
-            "tiles_per_program": "i32", "n_programs": "i32", "d": "i32", "n_blocks": "i32",
-            "scratch_per_program": "i32", "stride_x": "i32", "stride_g": "i32", "stride_gx": "i32",
-            "chunk_step": "i32"}
+FORWARD = {
+    "x_ptr": "*fp32",
+    "y_ptr": "*bf16",
+    "blocks_ptr": "*fp32",
+    "scale_ptr": "*fp32",
+    "index_ptr": "*i32",
+    "n_rows": "i32",
+    "d": "i32",
+    "stride_x": "i32",
+    "stride_y": "i32",
+    "chunk_step": "i32",
+}
+BACKWARD = {
+    "x_ptr": "*bf16",
+    "g_ptr": "*fp32",
+    "gx_ptr": "*bf16",
+    "blocks_ptr": "*fp32",
+    "scale_ptr": "*fp32",
+    "index_ptr": "*i32",
+    "scratch_ptr": "*fp32",
+    "grad_ptr": "*fp32",
+    "grad_row": "i32",
+    "n_rows": "i32",
+    "tiles_per_program": "i32",
+    "n_programs": "i32",
+    "d": "i32",
+    "n_blocks": "i32",
+    "scratch_per_program": "i32",
+    "stride_x": "i32",
+    "stride_g": "i32",
+    "stride_gx": "i32",
+    "chunk_step": "i32",
+}
 
 
 def ptxas_report(ptx: str, name: str) -> str:
@@ -32,15 +58,18 @@ def ptxas_report(ptx: str, name: str) -> str:
         path = os.path.join(tmp, f"{name}.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        out = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True,
-                             check=True)
-    return " ".join(line.split(":", 1)[-1].strip() for line in out.stderr.splitlines()
-                    if "registers" in line or "spill" in line)
+        out = subprocess.run(
+            [ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True, check=True
+        )
+    return " ".join(
+        line.split(":", 1)[-1].strip() for line in out.stderr.splitlines() if "registers" in line or "spill" in line
+    )
 
 
 def compile_one(kernel, signature: dict, constexprs: dict, warps: int, name: str) -> None:
-    source = ASTSource(fn=kernel, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
-                       constexprs=constexprs)
+    source = ASTSource(
+        fn=kernel, signature={**signature, **dict.fromkeys(constexprs, "constexpr")}, constexprs=constexprs
+    )
     compiled = triton.compile(source, target=TARGET, options={"num_warps": warps})
     print(name, ptxas_report(compiled.asm["ptx"], name))
 
@@ -60,13 +89,21 @@ def compile_all(d: int, depth: int) -> None:
             seen.add(key)
             first, last = step.kv_first + step.lev_shift, step.kv_end - 1 + step.lev_shift
             label = f"D{width}-DV{step.tile}-levels{first}..{last}-{'tree' if compact else 'general'}"
-            compile_one(cuda_triton._rotate_kernel, FORWARD,
-                        {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": True}, step.warps(),
-                        f"_rotate_kernel-{label}")
+            compile_one(
+                cuda_triton._rotate_kernel,
+                FORWARD,
+                {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": True},
+                step.warps(),
+                f"_rotate_kernel-{label}",
+            )
             for angles in (True, False):
-                compile_one(cuda_triton._rotate_backward_kernel, BACKWARD,
-                            {**common, "HAS_SCALE": True, "ANGLES": angles, "ATOMIC": angles, "CHUNKS": step.chunks},
-                            step.warps(), f"_rotate_backward_kernel-{label}-{'angles' if angles else 'blocks'}")
+                compile_one(
+                    cuda_triton._rotate_backward_kernel,
+                    BACKWARD,
+                    {**common, "HAS_SCALE": True, "ANGLES": angles, "ATOMIC": angles, "CHUNKS": step.chunks},
+                    step.warps(),
+                    f"_rotate_backward_kernel-{label}-{'angles' if angles else 'blocks'}",
+                )
 
 
 if __name__ == "__main__":

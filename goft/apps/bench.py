@@ -46,8 +46,13 @@ def machine_description(device: torch.device) -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": str(device)}
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     info["goft_kernel"] = backends.kernel_choice(device.type)
@@ -59,8 +64,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_times(steps: dict[str, Callable[[], None]], reps: int, device: torch.device,
-                      warmup: int = 2) -> dict[str, list[float]]:
+def interleaved_times(
+    steps: dict[str, Callable[[], None]], reps: int, device: torch.device, warmup: int = 2
+) -> dict[str, list[float]]:
     """Seconds of each step in each repetition, timing the steps round-robin so that machine noise hits all of them
     alike (repetition i of every step ran back to back)."""
     for _ in range(warmup):
@@ -68,8 +74,10 @@ def interleaved_times(steps: dict[str, Callable[[], None]], reps: int, device: t
             step()
     _sync(device)
     # (Timer would run single-threaded by default: keep the threads the process has, as the steps will in use)
-    timers = {name: benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
-              for name, step in steps.items()}
+    timers = {
+        name: benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+        for name, step in steps.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, timer in timers.items():
@@ -146,8 +154,8 @@ class DenseGivensLinear(nn.Module):
         r = eye
         start = 0
         for size in self.level_sizes:
-            i, j = self.rows_i[start:start + size], self.rows_j[start:start + size]
-            c, s = cos[start:start + size], sin[start:start + size]
+            i, j = self.rows_i[start : start + size], self.rows_j[start : start + size]
+            c, s = cos[start : start + size], sin[start : start + size]
             level = eye.index_put((i, i), c).index_put((j, j), c).index_put((i, j), -s).index_put((j, i), s)
             r = level @ r
             start += size
@@ -159,12 +167,24 @@ class DenseGivensLinear(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 # "frozen" (the base layer alone) and "authors_dense" are bench-only; the others are run names of the registry.
-LAYER_METHODS = ("frozen", "goft", "qgoft", "goft_scaling", "goft_butterfly", "qgoft_butterfly", "goft_tree_depth2",
-                 "lora_r8", "oft", "boft", "authors_dense")
+LAYER_METHODS = (
+    "frozen",
+    "goft",
+    "qgoft",
+    "goft_scaling",
+    "goft_butterfly",
+    "qgoft_butterfly",
+    "goft_tree_depth2",
+    "lora_r8",
+    "oft",
+    "boft",
+    "authors_dense",
+)
 
 
-def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS,
-                       dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+def build_layer_models(
+    d: int, device: torch.device, methods=LAYER_METHODS, dtype: torch.dtype = torch.float32
+) -> dict[str, nn.Module]:
     """One frozen ``Linear(d, d)`` in ``dtype`` and each method's adapted copy of it (random, non-identity adapters,
     in the dtype PEFT gives them: fp32 next to a half-precision base)."""
     torch.manual_seed(0)
@@ -181,8 +201,9 @@ def build_layer_models(d: int, device: torch.device, methods=LAYER_METHODS,
     return models
 
 
-def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LAYER_METHODS,
-                dtype: torch.dtype = torch.float32) -> list[dict]:
+def bench_layer(
+    d: int, tokens: int, device: torch.device, reps: int, methods=LAYER_METHODS, dtype: torch.dtype = torch.float32
+) -> list[dict]:
     models = build_layer_models(d, device, methods, dtype)
     # mid-network: the input needs a gradient
     x = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)
@@ -190,16 +211,27 @@ def bench_layer(d: int, tokens: int, device: torch.device, reps: int, methods=LA
     def make_step(model):
         def step():
             model(x).sum().backward()
+
         return step
 
     steps = {name: make_step(model) for name, model in models.items()}
     times = interleaved_times(steps, reps, device)
-    return [{"bench": "layer", "method": name, "d": d, "tokens": tokens, "dtype": str(dtype).removeprefix("torch."),
-             **timing_fields(times, name, "frozen"), "saved_bytes": saved_bytes(steps[name], exclude=x),
-             # every method's model is on the device: what a step adds above them
-             "step_peak_bytes": peak_step_bytes(steps[name], device, above_start=True),
-             "trainable_params": count_parameters(model),
-             "reps": reps} for name, model in models.items()]
+    return [
+        {
+            "bench": "layer",
+            "method": name,
+            "d": d,
+            "tokens": tokens,
+            "dtype": str(dtype).removeprefix("torch."),
+            **timing_fields(times, name, "frozen"),
+            "saved_bytes": saved_bytes(steps[name], exclude=x),
+            # every method's model is on the device: what a step adds above them
+            "step_peak_bytes": peak_step_bytes(steps[name], device, above_start=True),
+            "trainable_params": count_parameters(model),
+            "reps": reps,
+        }
+        for name, model in models.items()
+    ]
 
 
 def bench_rotation_scaling(dims, tokens: int, device: torch.device, reps: int) -> dict:
@@ -210,14 +242,20 @@ def bench_rotation_scaling(dims, tokens: int, device: torch.device, reps: int) -
         x = torch.randn(tokens, d, device=device, requires_grad=True)
         theta = torch.randn(d - 1, device=device, requires_grad=True)
         inputs[d] = (x, theta)
-        steps[str(d)] = (lambda x=x, theta=theta: givens.rotate(x, theta).sum().backward())
+        steps[str(d)] = lambda x=x, theta=theta: givens.rotate(x, theta).sum().backward()
     medians = {name: statistics.median(ts) for name, ts in interleaved_times(steps, reps, device).items()}
     xs = [math.log(d) for d in dims]
     ys = [math.log(medians[str(d)]) for d in dims]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sum((a - mx) ** 2 for a in xs)
-    return {"bench": "rotation_scaling", "tokens": tokens, "dims": list(dims),
-            "seconds": [medians[str(d)] for d in dims], "fitted_exponent": slope, "reps": reps}
+    return {
+        "bench": "rotation_scaling",
+        "tokens": tokens,
+        "dims": list(dims),
+        "seconds": [medians[str(d)] for d in dims],
+        "fitted_exponent": slope,
+        "reps": reps,
+    }
 
 
 def bench_merge(d: int, device: torch.device, reps: int) -> list[dict]:
@@ -242,9 +280,18 @@ def bench_merge(d: int, device: torch.device, reps: int) -> list[dict]:
                 restore_first = ((layer.base_layer.weight - w0).abs().max() / w0.abs().max()).item()
         # rounding errors add up over round trips: report one round trip, and all of them
         restore_all = ((layer.base_layer.weight - w0).abs().max() / w0.abs().max()).item()
-        rows.append({"bench": "merge", "method": variant, "d": d, "merge_seconds": statistics.median(merge_times),
-                     "unmerge_seconds": statistics.median(unmerge_times), "unmerge_restore_max_rel": restore_first,
-                     "unmerge_restore_max_rel_after_all_reps": restore_all, "reps": reps})
+        rows.append(
+            {
+                "bench": "merge",
+                "method": variant,
+                "d": d,
+                "merge_seconds": statistics.median(merge_times),
+                "unmerge_seconds": statistics.median(unmerge_times),
+                "unmerge_restore_max_rel": restore_first,
+                "unmerge_restore_max_rel_after_all_reps": restore_all,
+                "reps": reps,
+            }
+        )
     return rows
 
 
@@ -260,9 +307,19 @@ MINILM_TARGETS = ["query", "key", "value", "dense"]
 DECODER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Llama 3.2 1B's published architecture (its config.json); the weights are random, which changes neither speed nor
 # memory, so no download is needed.
-LLAMA_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
-            "rope_theta": 500000.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
+LLAMA_1B = {
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "max_position_embeddings": 131072,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-5,
+}
 
 
 def _e2e_model(name: str, device: torch.device):
@@ -272,9 +329,11 @@ def _e2e_model(name: str, device: torch.device):
             base, _ = load_sequence_classifier()
             weights = "pretrained"
         except ModelUnavailableError:  # e.g. a GPU machine without the package: same architecture, random weights
-            base = BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6,
-                                                            num_attention_heads=12, intermediate_size=1536,
-                                                            num_labels=2))
+            base = BertForSequenceClassification(
+                BertConfig(
+                    hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, num_labels=2
+                )
+            )
             weights = "random (MiniLM architecture; model package not installed)"
         return base.to(device), weights, MINILM_TARGETS, "SEQ_CLS", torch.float32
     if name == "llama-1b":
@@ -298,8 +357,9 @@ def _training_step(model, method: str, batch: dict) -> Callable[[], None]:
     return step
 
 
-def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS,
-              model_name: str = "minilm") -> list[dict]:
+def bench_e2e(
+    device: torch.device, reps: int, batch: int, seq_len: int, methods=E2E_METHODS, model_name: str = "minilm"
+) -> list[dict]:
     """One training step (forward, backward, AdamW) of a whole model with all its linear layers adapted, per method:
     interleaved times, and on CUDA each method's peak memory, measured with no other model on the device."""
     torch.manual_seed(0)
@@ -325,10 +385,22 @@ def bench_e2e(device: torch.device, reps: int, batch: int, seq_len: int, methods
         steps[method] = _training_step(models[method], method, inputs)
     times = interleaved_times(steps, reps, device, warmup=1)
     reference = "lora_r8" if "lora_r8" in times else None
-    return [{"bench": "e2e", "model": model_name, "method": m, "batch": batch, "seq_len": seq_len, "weights": weights,
-             "dtype": str(dtype).removeprefix("torch."), **timing_fields(times, m, reference),
-             "peak_bytes": peaks.get(m), "trainable_params": count_parameters(models[m]), "reps": reps}
-            for m in methods]
+    return [
+        {
+            "bench": "e2e",
+            "model": model_name,
+            "method": m,
+            "batch": batch,
+            "seq_len": seq_len,
+            "weights": weights,
+            "dtype": str(dtype).removeprefix("torch."),
+            **timing_fields(times, m, reference),
+            "peak_bytes": peaks.get(m),
+            "trainable_params": count_parameters(models[m]),
+            "reps": reps,
+        }
+        for m in methods
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -345,12 +417,22 @@ def plot_layer(rows: list[dict], tokens: int, path: Path, dtype: str = "float32"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = [m for m in LAYER_METHODS if any(r.get("method") == m for r in rows)]
     for method in methods:
-        pts = sorted((r["d"], r["ratio_to_frozen"]) for r in rows
-                     if r["bench"] == "layer" and r["method"] == method and r["tokens"] == tokens
-                     and r.get("dtype", "float32") == dtype)
+        pts = sorted(
+            (r["d"], r["ratio_to_frozen"])
+            for r in rows
+            if r["bench"] == "layer"
+            and r["method"] == method
+            and r["tokens"] == tokens
+            and r.get("dtype", "float32") == dtype
+        )
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method,
-                    linewidth=2.5 if method.startswith(("goft", "qgoft")) else 1.2)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                label=method,
+                linewidth=2.5 if method.startswith(("goft", "qgoft")) else 1.2,
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("d (in = out features)")
@@ -362,9 +444,20 @@ def plot_layer(rows: list[dict], tokens: int, path: Path, dtype: str = "float32"
     io.save_figure(fig, path, dpi=120)
 
 
-def run(out: Path, dims, tokens_list, reps: int, device: str = "cpu", e2e: bool = True, merge: bool = True,
-        methods=LAYER_METHODS, dense_max_d: int = 2048, e2e_methods=E2E_METHODS, dtypes=("float32",),
-        e2e_models=("minilm",)) -> list[dict]:
+def run(
+    out: Path,
+    dims,
+    tokens_list,
+    reps: int,
+    device: str = "cpu",
+    e2e: bool = True,
+    merge: bool = True,
+    methods=LAYER_METHODS,
+    dense_max_d: int = 2048,
+    e2e_methods=E2E_METHODS,
+    dtypes=("float32",),
+    e2e_models=("minilm",),
+) -> list[dict]:
     """Every measurement in one process, each row appended to ``out/bench.jsonl`` as it is made; then the tables
     and ``out/bench_layer.png``."""
     console = Console()
@@ -420,16 +513,24 @@ def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, dty
     with_peak = any(r.get("step_peak_bytes") is not None for r in rows if r["bench"] == "layer")
     for dtype in dtypes if dims else ():
         for tokens in tokens_list:
-            table = Table(title=f"one linear layer, {tokens} tokens, {dtype}, forward+backward: time / frozen layer, "
-                                f"median [range of the {reps} interleaved repetitions]")
+            table = Table(
+                title=f"one linear layer, {tokens} tokens, {dtype}, forward+backward: time / frozen layer, "
+                f"median [range of the {reps} interleaved repetitions]"
+            )
             columns = ["method", *(f"d={d} ratio" for d in dims), f"saved MiB d={ref_d}"]
             if with_peak:
                 columns.append(f"step peak MiB d={ref_d}")
             for col in columns:
                 table.add_column(col, justify="left" if col == "method" else "right")
             for method in methods:
-                hits = {r["d"]: r for r in rows if r["bench"] == "layer" and r["method"] == method
-                        and r["tokens"] == tokens and r.get("dtype", "float32") == dtype}
+                hits = {
+                    r["d"]: r
+                    for r in rows
+                    if r["bench"] == "layer"
+                    and r["method"] == method
+                    and r["tokens"] == tokens
+                    and r.get("dtype", "float32") == dtype
+                }
                 cells = [_ratio_cell(hits[d], "frozen") if d in hits else "—" for d in dims]
                 cells.append(_mib(hits[ref_d]["saved_bytes"]) if ref_d in hits else "—")
                 if with_peak:
@@ -438,20 +539,25 @@ def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, dty
             console.print(table)
     for row in rows:
         if row["bench"] == "rotation_scaling":
-            console.print(f"rotation alone, {row['tokens']} tokens: time ∝ d^{row['fitted_exponent']:.2f} "
-                          f"over d={row['dims']}")
+            console.print(
+                f"rotation alone, {row['tokens']} tokens: time ∝ d^{row['fitted_exponent']:.2f} over d={row['dims']}"
+            )
         if row["bench"] == "merge":
-            console.print(f"merge {row['method']} {row['d']}x{row['d']}: {row['merge_seconds']:.3f} s, unmerge "
-                          f"{row['unmerge_seconds']:.3f} s, restore error {row['unmerge_restore_max_rel']:.1e} after "
-                          f"one round trip, {row['unmerge_restore_max_rel_after_all_reps']:.1e} after {row['reps']}")
+            console.print(
+                f"merge {row['method']} {row['d']}x{row['d']}: {row['merge_seconds']:.3f} s, unmerge "
+                f"{row['unmerge_seconds']:.3f} s, restore error {row['unmerge_restore_max_rel']:.1e} after "
+                f"one round trip, {row['unmerge_restore_max_rel_after_all_reps']:.1e} after {row['reps']}"
+            )
     for model_name in E2E_MODELS:
         e2e_rows = [r for r in rows if r["bench"] == "e2e" and r["model"] == model_name]
         if not e2e_rows:
             continue
         first = e2e_rows[0]
-        table = Table(title=f"{model_name} training step ({first['weights']}; batch {first['batch']} x "
-                            f"{first['seq_len']} tokens, all linear layers adapted), median of {reps} [range of the "
-                            "per-repetition ratios]")
+        table = Table(
+            title=f"{model_name} training step ({first['weights']}; batch {first['batch']} x "
+            f"{first['seq_len']} tokens, all linear layers adapted), median of {reps} [range of the "
+            "per-repetition ratios]"
+        )
         for col in ("method", "seconds", "vs LoRA r=8", "peak MiB", "trainable params"):
             table.add_column(col, justify="right")
         for r in e2e_rows:

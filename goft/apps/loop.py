@@ -69,8 +69,7 @@ class LoopResult:
 
 # Options of a run that cannot change what it trains: a checkpoint may be resumed with these changed.
 # A run may also continue on another device than it started on (the checkpoint is loaded onto the run's device).
-RUN_NEUTRAL_OPTIONS = frozenset({"progress", "resume", "overwrite", "save_every", "output", "evaluate_test",
-                                 "device"})
+RUN_NEUTRAL_OPTIONS = frozenset({"progress", "resume", "overwrite", "save_every", "output", "evaluate_test", "device"})
 DEVICES = ("cpu", "cuda", "cuda:N")
 
 
@@ -86,8 +85,9 @@ def training_device(name: str) -> torch.device:
     if device.type != "cuda":
         raise OptionError("device", f"must be one of {', '.join(DEVICES)}, got {name!r}")
     if not torch.cuda.is_available():
-        raise OptionError("device", f"is {name!r}, but this PyTorch ({torch.__version__}) sees no CUDA device; "
-                                    "use --device cpu")
+        raise OptionError(
+            "device", f"is {name!r}, but this PyTorch ({torch.__version__}) sees no CUDA device; use --device cpu"
+        )
     if device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.index >= torch.cuda.device_count():
@@ -118,17 +118,23 @@ def run_identity(config, lr: float) -> dict:
 def warmup_linear_schedule(optimizer, total_steps: int, warmup_fraction: float):
     warmup = max(1, round(warmup_fraction * total_steps))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
 
 
 def batch_order(n: int, batch_size: int, generator: Optional[torch.Generator]) -> list[list[int]]:
     """Example indices in batches: shuffled by ``generator``, or in order without one."""
     order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
-    return [order[start:start + batch_size] for start in range(0, n, batch_size)]
+    return [order[start : start + batch_size] for start in range(0, n, batch_size)]
 
 
-def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], options: LoopOptions,
-          evaluate: Optional[Callable[[], float]] = None) -> LoopResult:
+def train(
+    model,
+    n_examples: int,
+    make_batch: Callable[[list[int]], dict],
+    options: LoopOptions,
+    evaluate: Optional[Callable[[], float]] = None,
+) -> LoopResult:
     """Train ``model``'s trainable parameters in place; see the module docstring."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
@@ -140,8 +146,13 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
     state = _starting_state(options, model, optimizer, schedule, generator)
     checkpoint = options.checkpoint if dist.is_main else None  # rank 0 writes; the others hold the same state
     start = time.perf_counter() - state.elapsed
-    bar = tqdm(total=total_steps, initial=len(state.curve["step"]), disable=not (options.progress and dist.is_main),
-               desc=options.description, leave=False)
+    bar = tqdm(
+        total=total_steps,
+        initial=len(state.curve["step"]),
+        disable=not (options.progress and dist.is_main),
+        desc=options.description,
+        leave=False,
+    )
 
     def save(epoch: int, batch: int, epoch_generator: torch.Tensor) -> None:
         if checkpoint is not None:
@@ -158,8 +169,14 @@ def train(model, n_examples: int, make_batch: Callable[[list[int]], dict], optio
                     continue  # done before the resume
                 local = dist.shard(idx)  # this process's share of the global batch (all of it without torchrun)
                 # weighting each share's mean by its size makes DDP's gradient average equal the global batch mean
-                loss = _step(train_model, model, optimizer, schedule, make_batch(local),
-                             weight=len(local) * dist.world_size / len(idx))
+                loss = _step(
+                    train_model,
+                    model,
+                    optimizer,
+                    schedule,
+                    make_batch(local),
+                    weight=len(local) * dist.world_size / len(idx),
+                )
                 _record(state.curve, bar, loss)
                 if stop.requested or (options.save_every and len(state.curve["step"]) % options.save_every == 0):
                     save(epoch, b + 1, epoch_generator)
@@ -189,8 +206,10 @@ def _starting_state(options: LoopOptions, model, optimizer, schedule, generator)
         if options.resume:
             return load_checkpoint(options.checkpoint, model, optimizer, schedule, options.run_identity)
         if not options.overwrite:
-            raise OutputError(f"{options.checkpoint} holds a checkpoint of an earlier run; pass --resume to continue "
-                              "it, or --overwrite to start over and replace it")
+            raise OutputError(
+                f"{options.checkpoint} holds a checkpoint of an earlier run; pass --resume to continue "
+                "it, or --overwrite to start over and replace it"
+            )
     return LoopState(epoch_generator=generator.get_state())
 
 
@@ -249,13 +268,24 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState, run_identity: Optional[dict]) -> None:
     """Everything needed to continue bit-for-bit, written atomically (a kill leaves the old or the new file)."""
-    io.write_torch(path, {
-        "model": trainable_state(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-        "torch_rng": torch.get_rng_state(), "run": run_identity,
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-        "state": {"epoch": state.epoch, "batch": state.batch, "epoch_generator": state.epoch_generator,
-                  "elapsed": state.elapsed, "curve": state.curve},
-    })
+    io.write_torch(
+        path,
+        {
+            "model": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "run": run_identity,
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            "state": {
+                "epoch": state.epoch,
+                "batch": state.batch,
+                "epoch_generator": state.epoch_generator,
+                "elapsed": state.elapsed,
+                "curve": state.curve,
+            },
+        },
+    )
 
 
 def load_checkpoint(path: Path, model, optimizer, schedule, run_identity: Optional[dict] = None) -> LoopState:
@@ -264,14 +294,16 @@ def load_checkpoint(path: Path, model, optimizer, schedule, run_identity: Option
     _check_same_run(path, payload.get("run"), run_identity)
     missing = set(trainable_state(model)) - set(payload["model"])
     if missing:
-        raise OutputError(f"{path} does not match this run (e.g. {sorted(missing)[0]!r} is missing); "
-                          "resume with the same method and options, or start a fresh --output")
+        raise OutputError(
+            f"{path} does not match this run (e.g. {sorted(missing)[0]!r} is missing); "
+            "resume with the same method and options, or start a fresh --output"
+        )
     model.load_state_dict(payload["model"], strict=False)
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
     torch.set_rng_state(payload["torch_rng"])
     if payload.get("cuda_rng") is not None and torch.cuda.is_available():  # dropout's masks on a GPU
-        for index, state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
+        for index, state in enumerate(payload["cuda_rng"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state, index)
     saved = payload["state"]
     return LoopState(saved["epoch"], saved["batch"], saved["epoch_generator"], saved["elapsed"], saved["curve"])
@@ -289,13 +321,17 @@ def _check_same_run(path: Path, saved: Optional[dict], now: Optional[dict]) -> N
     if now is None:
         return
     if saved is None:
-        raise OutputError(f"{path} does not record the options it was trained with, so resuming it could mix two "
-                          "runs; start over with --overwrite")
+        raise OutputError(
+            f"{path} does not record the options it was trained with, so resuming it could mix two "
+            "runs; start over with --overwrite"
+        )
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         listed = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {now.get(k)!r} now" for k in changed)
-        raise OutputError(f"{path} was trained with other options ({listed}); resume with the checkpoint's options, "
-                          "or start over with --overwrite")
+        raise OutputError(
+            f"{path} was trained with other options ({listed}); resume with the checkpoint's options, "
+            "or start over with --overwrite"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -340,9 +376,12 @@ class Distributed:
         if self.world_size == 1:
             return idx
         if len(idx) < self.world_size:
-            raise OptionError("batch_size", f"must be at least the number of processes ({self.world_size}): a batch "
-                                            f"of {len(idx)} examples cannot be split over them")
-        return idx[self.rank::self.world_size]
+            raise OptionError(
+                "batch_size",
+                f"must be at least the number of processes ({self.world_size}): a batch "
+                f"of {len(idx)} examples cannot be split over them",
+            )
+        return idx[self.rank :: self.world_size]
 
     def check_identical(self, params) -> Optional[dict]:
         """Largest difference of any trainable parameter between rank 0 and the other ranks (None: one process)."""

@@ -27,8 +27,12 @@ class MergeResult(NamedTuple):
     tokenizer: bool  # whether the base had a tokenizer to copy
 
 
-def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.PathLike,
-                               base: str | os.PathLike | None = None, overwrite: bool = False) -> MergeResult:
+def merge_adapter_to_directory(
+    adapter_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> MergeResult:
     """Load the base model and a saved GOFT adapter, fold the adapter into the weights (``safe_merge``), and save a
     plain transformers checkpoint (plus the base's tokenizer) that loads without goft.
 
@@ -39,12 +43,16 @@ def merge_adapter_to_directory(adapter_dir: str | os.PathLike, output: str | os.
     adapter_dir, output = Path(adapter_dir), Path(output)
     saved = _read_adapter_config(adapter_dir)
     if output.exists() and any(output.iterdir()) and not overwrite:
-        raise OutputError(f"--output {str(output)!r} exists and is not empty; choose a new directory, or pass "
-                          "--overwrite to replace it")
+        raise OutputError(
+            f"--output {str(output)!r} exists and is not empty; choose a new directory, or pass "
+            "--overwrite to replace it"
+        )
     recorded = saved.get("base_model_name_or_path")
     if base is None and not recorded:
-        raise DataError(f"{adapter_dir / 'adapter_config.json'} records no base model (base_model_name_or_path is "
-                        f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2 / mpnet")
+        raise DataError(
+            f"{adapter_dir / 'adapter_config.json'} records no base model (base_model_name_or_path is "
+            f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2 / mpnet"
+        )
     base_dir = resolve_model_dir(base if base is not None else recorded, MINILM_NAME)
     model = _load_base(base_dir, adapter_dir, saved.get("task_type"))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(safe_merge=True)
@@ -63,8 +71,10 @@ def _read_adapter_config(adapter_dir: Path) -> dict:
     saved = read_saved_config(adapter_dir)
     task = saved.get("task_type")
     if task not in (None, *SUPPORTED_TASKS):
-        raise DataError(f"{adapter_dir / 'adapter_config.json'}: task_type {task!r} is not supported by goft merge "
-                        f"(supported: {', '.join(SUPPORTED_TASKS)})")
+        raise DataError(
+            f"{adapter_dir / 'adapter_config.json'}: task_type {task!r} is not supported by goft merge "
+            f"(supported: {', '.join(SUPPORTED_TASKS)})"
+        )
     return saved
 
 

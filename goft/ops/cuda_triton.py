@@ -90,9 +90,19 @@ if AVAILABLE:
         return (v // C) * W + lo0 + v % C
 
     @triton.jit
-    def _level_index(index_ptr, lo0, STACK: tl.constexpr, KV: tl.constexpr, L: tl.constexpr,
-                     LEV_SHIFT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
-                     COMPACT: tl.constexpr):
+    def _level_index(
+        index_ptr,
+        lo0,
+        STACK: tl.constexpr,
+        KV: tl.constexpr,
+        L: tl.constexpr,
+        LEV_SHIFT: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        C: tl.constexpr,
+        W: tl.constexpr,
+        COMPACT: tl.constexpr,
+    ):
         """The parameter index of the level at tile stride 2^KV of stack STACK at each pair position of the tile,
         -1 where no block: (G, S), or (G, 1) for COMPACT (a tree level, whose blocks sit only at s = 0)."""
         S: tl.constexpr = 1 << KV
@@ -117,8 +127,11 @@ if AVAILABLE:
         r = ((t - k * 1.5707963267341256) - k * 6.077100506506192e-11).to(tl.float32)  # π/2 in two parts (fdlibm)
         r2 = r * r
         s = r + r * r2 * (-1.6666654611e-1 + r2 * (8.3321608736e-3 + r2 * -1.9515295891e-4))
-        c = 1.0 - 0.5 * r2 + r2 * r2 * (4.166664568298827e-2 + r2 * (-1.388731625493765e-3
-                                                                    + r2 * 2.443315711809948e-5))
+        c = (
+            1.0
+            - 0.5 * r2
+            + r2 * r2 * (4.166664568298827e-2 + r2 * (-1.388731625493765e-3 + r2 * 2.443315711809948e-5))
+        )
         quadrant = k.to(tl.int32) & 3
         sin = tl.where(quadrant == 0, s, tl.where(quadrant == 1, c, tl.where(quadrant == 2, -s, -c)))
         cos = tl.where(quadrant == 0, c, tl.where(quadrant == 1, -s, tl.where(quadrant == 2, -c, s)))
@@ -142,9 +155,21 @@ if AVAILABLE:
         return a, b, c, e
 
     @triton.jit
-    def _level_blocks(blocks_ptr, index_ptr, lo0, STACK: tl.constexpr, KV: tl.constexpr, L: tl.constexpr,
-                      LEV_SHIFT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
-                      COMPACT: tl.constexpr, ANGLES: tl.constexpr):
+    def _level_blocks(
+        blocks_ptr,
+        index_ptr,
+        lo0,
+        STACK: tl.constexpr,
+        KV: tl.constexpr,
+        L: tl.constexpr,
+        LEV_SHIFT: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        C: tl.constexpr,
+        W: tl.constexpr,
+        COMPACT: tl.constexpr,
+        ANGLES: tl.constexpr,
+    ):
         """One level's parameter indices q (0 where no block), where a block sits (``live``, like q; ``active``,
         (G, S)), and its coefficients a, b, c, e (like q: (G, S), or (G, 1) for COMPACT)."""
         S: tl.constexpr = 1 << KV
@@ -162,8 +187,7 @@ if AVAILABLE:
         return q, live, active, a, b, c, e
 
     @triton.jit
-    def _mix(h, a, b, c, e, active, KV: tl.constexpr, BM: tl.constexpr, DV: tl.constexpr,
-             TRANSPOSE: tl.constexpr):
+    def _mix(h, a, b, c, e, active, KV: tl.constexpr, BM: tl.constexpr, DV: tl.constexpr, TRANSPOSE: tl.constexpr):
         """Right-multiply the rows of h (BM, DV) by one level's matrix (or its transpose), given its blocks."""
         left, right = _pairs(h, BM, DV, 1 << KV)
         if TRANSPOSE:
@@ -177,12 +201,28 @@ if AVAILABLE:
         return _unpairs(new_left, new_right, BM, DV)
 
     @triton.jit
-    def _apply_level(h, blocks_ptr, index_ptr, lo0, STACK: tl.constexpr, KV: tl.constexpr, L: tl.constexpr,
-                     LEV_SHIFT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
-                     BM: tl.constexpr, TRANSPOSE: tl.constexpr, COMPACT: tl.constexpr, ANGLES: tl.constexpr):
+    def _apply_level(
+        h,
+        blocks_ptr,
+        index_ptr,
+        lo0,
+        STACK: tl.constexpr,
+        KV: tl.constexpr,
+        L: tl.constexpr,
+        LEV_SHIFT: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        C: tl.constexpr,
+        W: tl.constexpr,
+        BM: tl.constexpr,
+        TRANSPOSE: tl.constexpr,
+        COMPACT: tl.constexpr,
+        ANGLES: tl.constexpr,
+    ):
         """Right-multiply the rows of h (BM, DV) by one level's matrix (or by its transpose)."""
-        q, live, active, a, b, c, e = _level_blocks(blocks_ptr, index_ptr, lo0, STACK, KV, L, LEV_SHIFT, D, DV, C,
-                                                    W, COMPACT, ANGLES)
+        q, live, active, a, b, c, e = _level_blocks(
+            blocks_ptr, index_ptr, lo0, STACK, KV, L, LEV_SHIFT, D, DV, C, W, COMPACT, ANGLES
+        )
         return _mix(h, a, b, c, e, active, KV, BM, DV, TRANSPOSE)
 
     @triton.jit
@@ -203,8 +243,15 @@ if AVAILABLE:
         return left, right
 
     @triton.jit
-    def _scratch_offset(STACK_LOCAL: tl.constexpr, KV: tl.constexpr, KV_FIRST: tl.constexpr, KV_END: tl.constexpr,
-                        BM: tl.constexpr, DV: tl.constexpr, COMPACT: tl.constexpr):
+    def _scratch_offset(
+        STACK_LOCAL: tl.constexpr,
+        KV: tl.constexpr,
+        KV_FIRST: tl.constexpr,
+        KV_END: tl.constexpr,
+        BM: tl.constexpr,
+        DV: tl.constexpr,
+        COMPACT: tl.constexpr,
+    ):
         """Where a level's pair inputs start in a program's scratch (the launch's STACK_LOCAL-th stack, tile level
         KV).  COMPACT (the tree): a level keeps its s = 0 pairs, 2 BM DV / 2^(KV+1) values, so levels KV_FIRST ..
         KV - 1 of a stack take 2 BM ((DV >> KV_FIRST) - (DV >> KV)); otherwise every level keeps all BM DV values."""
@@ -222,8 +269,11 @@ if AVAILABLE:
             left = tl.arange(0, BM)[:, None] * G + tl.arange(0, G)[None, :]
             right = left + BM * G
         else:
-            left = (tl.arange(0, BM)[:, None, None] * (DV // 2) + tl.arange(0, G)[None, :, None] * S
-                    + tl.arange(0, S)[None, None, :])
+            left = (
+                tl.arange(0, BM)[:, None, None] * (DV // 2)
+                + tl.arange(0, G)[None, :, None] * S
+                + tl.arange(0, S)[None, None, :]
+            )
             right = left + BM * (DV // 2)
         return left, right
 
@@ -237,11 +287,33 @@ if AVAILABLE:
             tl.store(ptr, tl.load(ptr, mask=mask & accumulate, other=0.0) + value, mask=mask)
 
     @triton.jit
-    def _rotate_kernel(x_ptr, y_ptr, blocks_ptr, scale_ptr, index_ptr, n_rows, d, stride_x, stride_y, chunk_step,
-                       HAS_SCALE: tl.constexpr, TOP_FIRST: tl.constexpr, L: tl.constexpr, STACK0: tl.constexpr,
-                       NS: tl.constexpr, KV_FIRST: tl.constexpr, KV_END: tl.constexpr, LEV_SHIFT: tl.constexpr,
-                       D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr, BM: tl.constexpr,
-                       COMPACT: tl.constexpr, ANGLES: tl.constexpr):
+    def _rotate_kernel(
+        x_ptr,
+        y_ptr,
+        blocks_ptr,
+        scale_ptr,
+        index_ptr,
+        n_rows,
+        d,
+        stride_x,
+        stride_y,
+        chunk_step,
+        HAS_SCALE: tl.constexpr,
+        TOP_FIRST: tl.constexpr,
+        L: tl.constexpr,
+        STACK0: tl.constexpr,
+        NS: tl.constexpr,
+        KV_FIRST: tl.constexpr,
+        KV_END: tl.constexpr,
+        LEV_SHIFT: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        C: tl.constexpr,
+        W: tl.constexpr,
+        BM: tl.constexpr,
+        COMPACT: tl.constexpr,
+        ANGLES: tl.constexpr,
+    ):
         """Stacks STACK0 .. STACK0 + NS - 1, tile levels KV_FIRST .. KV_END - 1 of each, on a (BM, DV) tile.
         ANGLES: ``blocks_ptr`` holds angles (n,), else (n, 4) blocks."""
         rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)  # int64: N * d may pass 2^31
@@ -253,26 +325,87 @@ if AVAILABLE:
         if TOP_FIRST:
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
-                    h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + NS - 1 - si, KV_END - 1 - j, L,
-                                     LEV_SHIFT, D, DV, C, W, BM, False, COMPACT, ANGLES)
+                    h = _apply_level(
+                        h,
+                        blocks_ptr,
+                        index_ptr,
+                        lo0,
+                        STACK0 + NS - 1 - si,
+                        KV_END - 1 - j,
+                        L,
+                        LEV_SHIFT,
+                        D,
+                        DV,
+                        C,
+                        W,
+                        BM,
+                        False,
+                        COMPACT,
+                        ANGLES,
+                    )
         else:
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
-                    h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + si, KV_FIRST + j, L, LEV_SHIFT, D,
-                                     DV, C, W, BM, False, COMPACT, ANGLES)
+                    h = _apply_level(
+                        h,
+                        blocks_ptr,
+                        index_ptr,
+                        lo0,
+                        STACK0 + si,
+                        KV_FIRST + j,
+                        L,
+                        LEV_SHIFT,
+                        D,
+                        DV,
+                        C,
+                        W,
+                        BM,
+                        False,
+                        COMPACT,
+                        ANGLES,
+                    )
         if HAS_SCALE:
             h = h * tl.load(scale_ptr + cols, mask=cols < d, other=0.0)[None, :]
         tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rotate_backward_kernel(x_ptr, g_ptr, gx_ptr, blocks_ptr, scale_ptr, index_ptr, scratch_ptr, grad_ptr,
-                                grad_row, n_rows, tiles_per_program, n_programs, d,
-                                n_blocks, scratch_per_program, stride_x, stride_g, stride_gx, chunk_step,
-                                HAS_SCALE: tl.constexpr, L: tl.constexpr, STACK0: tl.constexpr, NS: tl.constexpr,
-                                KV_FIRST: tl.constexpr, KV_END: tl.constexpr, LEV_SHIFT: tl.constexpr,
-                                D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
-                                BM: tl.constexpr, COMPACT: tl.constexpr,
-                                ANGLES: tl.constexpr, ATOMIC: tl.constexpr, CHUNKS: tl.constexpr):
+    def _rotate_backward_kernel(
+        x_ptr,
+        g_ptr,
+        gx_ptr,
+        blocks_ptr,
+        scale_ptr,
+        index_ptr,
+        scratch_ptr,
+        grad_ptr,
+        grad_row,
+        n_rows,
+        tiles_per_program,
+        n_programs,
+        d,
+        n_blocks,
+        scratch_per_program,
+        stride_x,
+        stride_g,
+        stride_gx,
+        chunk_step,
+        HAS_SCALE: tl.constexpr,
+        L: tl.constexpr,
+        STACK0: tl.constexpr,
+        NS: tl.constexpr,
+        KV_FIRST: tl.constexpr,
+        KV_END: tl.constexpr,
+        LEV_SHIFT: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        C: tl.constexpr,
+        W: tl.constexpr,
+        BM: tl.constexpr,
+        COMPACT: tl.constexpr,
+        ANGLES: tl.constexpr,
+        ATOMIC: tl.constexpr,
+        CHUNKS: tl.constexpr,
+    ):
         """The backward of ``_rotate_kernel`` (TOP_FIRST) on the same launch parameters, looping over row tiles.
         ANGLES: the blocks are rotations, so a level's input is its output times the transposed level, and the
         gradient is one value per angle; otherwise level inputs go through the scratch and the gradient is (n, 4).
@@ -302,25 +435,55 @@ if AVAILABLE:
                 for j in tl.static_range(KV_END - KV_FIRST):
                     if not ANGLES:
                         left, right = _level_pairs(h, BM, DV, 1 << (KV_END - 1 - j), COMPACT)
-                        base = scratch + _scratch_offset(NS - 1 - si, KV_END - 1 - j, KV_FIRST, KV_END, BM, DV,
-                                                         COMPACT)
+                        base = scratch + _scratch_offset(
+                            NS - 1 - si, KV_END - 1 - j, KV_FIRST, KV_END, BM, DV, COMPACT
+                        )
                         at_left, at_right = _scratch_index(KV_END - 1 - j, BM, DV, COMPACT)
                         tl.store(base + at_left, left)
                         tl.store(base + at_right, right)
-                    h = _apply_level(h, blocks_ptr, index_ptr, lo0, STACK0 + NS - 1 - si, KV_END - 1 - j, L,
-                                     LEV_SHIFT, D, DV, C, W, BM, False, COMPACT, ANGLES)
+                    h = _apply_level(
+                        h,
+                        blocks_ptr,
+                        index_ptr,
+                        lo0,
+                        STACK0 + NS - 1 - si,
+                        KV_END - 1 - j,
+                        L,
+                        LEV_SHIFT,
+                        D,
+                        DV,
+                        C,
+                        W,
+                        BM,
+                        False,
+                        COMPACT,
+                        ANGLES,
+                    )
             tl.debug_barrier()  # the scratch is read back below by other threads of this program
             g = tl.load(g_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             if HAS_SCALE:
-                _add_gradient(part_blocks + GRAD_WIDTH * n_blocks + cols, tl.sum(g * h, axis=0), col_mask,
-                              accumulate, ATOMIC)
+                _add_gradient(
+                    part_blocks + GRAD_WIDTH * n_blocks + cols, tl.sum(g * h, axis=0), col_mask, accumulate, ATOMIC
+                )
                 g = g * tl.load(scale_ptr + cols, mask=col_mask, other=0.0)[None, :]
             # walk back: the bottom level was applied last
             for si in tl.static_range(NS):
                 for j in tl.static_range(KV_END - KV_FIRST):
-                    q, live, active, a, b, c, e = _level_blocks(blocks_ptr, index_ptr, lo0, STACK0 + si,
-                                                                KV_FIRST + j, L, LEV_SHIFT, D, DV, C, W, COMPACT,
-                                                                ANGLES)
+                    q, live, active, a, b, c, e = _level_blocks(
+                        blocks_ptr,
+                        index_ptr,
+                        lo0,
+                        STACK0 + si,
+                        KV_FIRST + j,
+                        L,
+                        LEV_SHIFT,
+                        D,
+                        DV,
+                        C,
+                        W,
+                        COMPACT,
+                        ANGLES,
+                    )
                     if ANGLES:  # h: this level's output -> its input
                         h = _mix(h, a, b, c, e, active, KV_FIRST + j, BM, DV, True)
                         in_left, in_right = _level_pairs(h, BM, DV, 1 << (KV_FIRST + j), COMPACT)
@@ -344,8 +507,7 @@ if AVAILABLE:
                         cos = a
                         sin = c
                     if ANGLES:  # B = [[cos, -sin], [sin, cos]]: dθ = cos θ (d10 - d01) - sin θ (d00 + d11)
-                        _add_gradient(part_blocks + q, cos * (d10 - d01) - sin * (d00 + d11), live, accumulate,
-                                      ATOMIC)
+                        _add_gradient(part_blocks + q, cos * (d10 - d01) - sin * (d00 + d11), live, accumulate, ATOMIC)
                     else:
                         out = part_blocks + 4 * q
                         _add_gradient(out + 0, d00, live, accumulate, ATOMIC)
@@ -373,8 +535,9 @@ def _pair_index(d: int, structure: str, depth: int, device: torch.device) -> tup
         stride = 1 << (m % per_stack)
         for k, (i, j) in enumerate(zip(level.left, level.right, strict=True)):
             if j - i != stride:
-                raise ValueError(f"level {m} of the {structure} pairing (d={d}) pairs ({i}, {j}), not at stride "
-                                 f"{stride}")
+                raise ValueError(
+                    f"level {m} of the {structure} pairing (d={d}) pairs ({i}, {j}), not at stride {stride}"
+                )
             index[m, (i // (2 * stride)) * stride + i % (2 * stride)] = level.offset + k
     return index.to(device), per_stack
 
@@ -400,9 +563,20 @@ class _Pass:
     every_column: bool = True
 
     def constexprs(self, per_stack: int, width: int, compact: bool) -> dict:
-        return {"L": per_stack, "STACK0": self.stack0, "NS": self.stacks, "KV_FIRST": self.kv_first,
-                "KV_END": self.kv_end, "LEV_SHIFT": self.lev_shift, "D": width, "DV": self.tile, "C": self.chunk,
-                "W": self.step, "BM": tile_rows(self.tile), "COMPACT": compact}
+        return {
+            "L": per_stack,
+            "STACK0": self.stack0,
+            "NS": self.stacks,
+            "KV_FIRST": self.kv_first,
+            "KV_END": self.kv_end,
+            "LEV_SHIFT": self.lev_shift,
+            "D": width,
+            "DV": self.tile,
+            "C": self.chunk,
+            "W": self.step,
+            "BM": tile_rows(self.tile),
+            "COMPACT": compact,
+        }
 
     def warps(self) -> int:
         return 4 if tile_rows(self.tile) * self.tile <= 4096 else 8
@@ -425,10 +599,21 @@ def plan_passes(d: int, depth: int, compact: bool, top_first: bool) -> list[_Pas
     high = width // MAX_TILE
     chunk = 1 if compact else MAX_TILE // high  # the tree's high levels touch only column 0 of each block
     passes = []
-    for stack in (reversed(range(depth)) if top_first else range(depth)):
+    for stack in reversed(range(depth)) if top_first else range(depth):
         low = _Pass(stack, 1, 0, low_levels, 0, MAX_TILE, MAX_TILE, MAX_TILE, MAX_TILE, -(-d // MAX_TILE))
-        top = _Pass(stack, 1, _log2(chunk), _log2(chunk * high), low_levels - _log2(chunk), chunk * high, chunk,
-                    MAX_TILE, chunk, 1 if compact else MAX_TILE // chunk, every_column=not compact)
+        top = _Pass(
+            stack,
+            1,
+            _log2(chunk),
+            _log2(chunk * high),
+            low_levels - _log2(chunk),
+            chunk * high,
+            chunk,
+            MAX_TILE,
+            chunk,
+            1 if compact else MAX_TILE // chunk,
+            every_column=not compact,
+        )
         passes += [top, low] if top_first else [low, top]
     return passes
 
@@ -463,15 +648,27 @@ def _forward_pass(step: _Pass, src, dst, flat_params, scale, index, per_stack, d
             dst.mul_(scale)
             return
     _rotate_kernel[(triton.cdiv(n_rows, tile_rows(step.tile)), step.chunks)](
-        src, dst, flat_params, flat_params if scale is None else scale, index, n_rows, d, src.stride(0),
-        dst.stride(0), step.chunk_step, HAS_SCALE=scale is not None, TOP_FIRST=top_first,
-        ANGLES=flat_params.dim() == 1, **step.constexprs(per_stack, padded_width(d), compact),
+        src,
+        dst,
+        flat_params,
+        flat_params if scale is None else scale,
+        index,
+        n_rows,
+        d,
+        src.stride(0),
+        dst.stride(0),
+        step.chunk_step,
+        HAS_SCALE=scale is not None,
+        TOP_FIRST=top_first,
+        ANGLES=flat_params.dim() == 1,
+        **step.constexprs(per_stack, padded_width(d), compact),
         num_warps=step.warps(),
     )
 
 
-def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale, top_first: bool, structure: str = "tree",
-                depth: int = 1) -> torch.Tensor:
+def rotate_rows(
+    rows: torch.Tensor, params: torch.Tensor, scale, top_first: bool, structure: str = "tree", depth: int = 1
+) -> torch.Tensor:
     """A new (N, d) tensor in ``rows``' dtype: every row times all level matrices (P_M first when ``top_first``),
     then ``diag(scale)``.  ``params`` (angles (n,) or blocks (n, 2, 2)) and ``scale`` (d,) are fp32 CUDA
     tensors."""
@@ -496,8 +693,17 @@ def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale, top_first: bool
     return out
 
 
-def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1, max_programs: int | None = None):
+def rotate_rows_backward(
+    rows,
+    grad,
+    params,
+    scale,
+    need_params: bool,
+    need_scale: bool,
+    structure: str = "tree",
+    depth: int = 1,
+    max_programs: int | None = None,
+):
     """grad_rows = grad @ R^T (in ``rows``' dtype) and the fp32 gradients of ``params`` (angles or blocks, in their
     form) and ``scale`` (or None) of the forward ``rotate_rows(rows, params, scale, top_first=True)``.  Angles'
     level inputs are recovered by transposition; blocks' are kept in a scratch.  ``max_programs``: at most this
@@ -517,8 +723,8 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
     # the parameters' gradient and the scale's in one buffer: one fill
     n_grad = flat_params.numel() + (d if scale is not None else 0)
     grads = torch.zeros(n_grad, dtype=torch.float32, device=device)
-    grad_params = grads[:flat_params.numel()].view(flat_params.shape)
-    grad_scale = grads[flat_params.numel():] if scale is not None else None
+    grad_params = grads[: flat_params.numel()].view(flat_params.shape)
+    grad_scale = grads[flat_params.numel() :] if scale is not None else None
     if n_rows == 0:  # zero gradients (of the scale too, when asked: an empty batch still has a scale)
         return _backward_result(grad_rows, grad_params, grad_scale, params.shape, need_params, need_scale)
     inputs = [rows]  # each pass's input: the forward of the passes before it, transient, in fp32
@@ -541,18 +747,40 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
             scratch_per_program = step.stacks * 2 * bm * ((step.tile >> step.kv_first) - (step.tile >> step.kv_end))
         else:
             scratch_per_program = step.stacks * levels * bm * step.tile
-        scratch = torch.empty(max(1, n_programs * step.chunks * scratch_per_program), dtype=torch.float32,
-                              device=device)
+        scratch = torch.empty(
+            max(1, n_programs * step.chunks * scratch_per_program), dtype=torch.float32, device=device
+        )
         # partial rows (deterministic): one per program, laid out like ``grads`` (rows no program reaches stay zero)
         part = grads if atomic else torch.zeros((n_programs, n_grad), dtype=torch.float32, device=device)
         g_in = grad_rows if k == 0 else torch.empty(rows.shape, dtype=torch.float32, device=device)
         if not step.every_column:  # the columns the pass leaves alone keep their gradient
             g_in.copy_(g)
         _rotate_backward_kernel[(n_programs, step.chunks)](
-            inputs[k], g, g_in, flat_params, scale if has_scale else flat_params, index, scratch, part, n_grad, n_rows,
-            triton.cdiv(n_tiles, n_programs), n_programs, d, n_blocks, scratch_per_program, inputs[k].stride(0),
-            g.stride(0), g_in.stride(0), step.chunk_step, HAS_SCALE=has_scale, ANGLES=angles, ATOMIC=atomic,
-            CHUNKS=step.chunks, **step.constexprs(per_stack, width, compact), num_warps=step.warps(),
+            inputs[k],
+            g,
+            g_in,
+            flat_params,
+            scale if has_scale else flat_params,
+            index,
+            scratch,
+            part,
+            n_grad,
+            n_rows,
+            triton.cdiv(n_tiles, n_programs),
+            n_programs,
+            d,
+            n_blocks,
+            scratch_per_program,
+            inputs[k].stride(0),
+            g.stride(0),
+            g_in.stride(0),
+            step.chunk_step,
+            HAS_SCALE=has_scale,
+            ANGLES=angles,
+            ATOMIC=atomic,
+            CHUNKS=step.chunks,
+            **step.constexprs(per_stack, width, compact),
+            num_warps=step.warps(),
         )
         if not atomic:
             grads += part.sum(0)
@@ -565,5 +793,4 @@ def _backward_result(grad_rows, grad_params, grad_scale, params_shape, need_para
     outputs may not alias one another, so the scale's (d numbers) is copied out when both are returned."""
     if need_params and need_scale and grad_scale is not None:
         grad_scale = grad_scale.clone()
-    return (grad_rows, grad_params.reshape(params_shape) if need_params else None,
-            grad_scale if need_scale else None)
+    return (grad_rows, grad_params.reshape(params_shape) if need_params else None, grad_scale if need_scale else None)

@@ -185,5 +185,7 @@ def in_features_for_blocks(n: int, structure: str = "tree", depth: int = 1) -> O
 def givens_pairs(d: int, structure: str = "tree", depth: int = 1) -> list[torch.Tensor]:
     """The pairs of each level, as a list of ``(npairs, 2)`` LongTensors ``[[i, j], ...]``, in the order of
     ``level_table`` (the tree, depth 1: ``[[i, i + step], ...]``, level 1 first)."""
-    return [torch.tensor(list(zip(level.left, level.right, strict=True)), dtype=torch.long).reshape(-1, 2)
-            for level in level_table(d, structure, depth)]
+    return [
+        torch.tensor(list(zip(level.left, level.right, strict=True)), dtype=torch.long).reshape(-1, 2)
+        for level in level_table(d, structure, depth)
+    ]

@@ -22,8 +22,10 @@ from .pairing import Level, level_table
 @functools.cache
 def _level_index(level: Level, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A level's left and right coordinates as index tensors on ``device`` (made once per level and device)."""
-    return (torch.tensor(level.left, dtype=torch.long, device=device),
-            torch.tensor(level.right, dtype=torch.long, device=device))
+    return (
+        torch.tensor(level.left, dtype=torch.long, device=device),
+        torch.tensor(level.right, dtype=torch.long, device=device),
+    )
 
 
 def level_members(buf: torch.Tensor, level: Level) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +34,7 @@ def level_members(buf: torch.Tensor, level: Level) -> tuple[torch.Tensor, torch.
     if level.strided is not None:
         start, stride, gap = level.strided
         end = start + stride * (level.npairs - 1) + 1
-        return buf[..., start:end:stride], buf[..., start + gap:end + gap:stride]
+        return buf[..., start:end:stride], buf[..., start + gap : end + gap : stride]
     left, right = _level_index(level, buf.device)
     return buf[..., left], buf[..., right]
 
@@ -60,7 +62,7 @@ def mix(left: torch.Tensor, right: torch.Tensor, blocks: torch.Tensor) -> None:
 def mix_level(buf: torch.Tensor, level: Level, blocks: torch.Tensor) -> None:
     """Right-multiply the rows of ``buf`` (..., d) by one level matrix, in place; ``blocks`` are all the blocks."""
     left, right = level_members(buf, level)
-    mix(left, right, blocks[level.offset:level.offset + level.npairs])
+    mix(left, right, blocks[level.offset : level.offset + level.npairs])
     store_members(buf, level, left, right)
 
 
@@ -74,8 +76,14 @@ def sweep(buf: torch.Tensor, blocks: torch.Tensor, top_first: bool, structure: s
         mix_level(buf, level, blocks)
 
 
-def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale: Optional[torch.Tensor],
-                top_first: bool, structure: str = "tree", depth: int = 1) -> torch.Tensor:
+def rotate_rows(
+    rows: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    top_first: bool,
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
     """A new (N, d) tensor: every row times all level matrices (P_M first when ``top_first``), then ``diag(scale)``."""
     blocks = blocks_of(params)
     out = rows.to(blocks.dtype, copy=True)
@@ -85,8 +93,9 @@ def rotate_rows(rows: torch.Tensor, params: torch.Tensor, scale: Optional[torch.
     return out
 
 
-def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree",
-                         depth: int = 1):
+def rotate_rows_backward(
+    rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree", depth: int = 1
+):
     """The backward of ``rotate_rows(rows, params, scale, top_first=True)`` for the output gradient ``grad`` (N, d).
 
     Recomputes the forward keeping each level's input pairs (transient: 2 values per block per row), then walks the
@@ -100,7 +109,7 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
         left, right = level_members(buf, level)
         if need_params:
             level_inputs.append((left.clone(), right.clone()))
-        mix(left, right, blocks[level.offset:level.offset + level.npairs])
+        mix(left, right, blocks[level.offset : level.offset + level.npairs])
         store_members(buf, level, left, right)
 
     grad = grad.to(blocks.dtype, copy=True)  # becomes the input gradient, in place
@@ -113,11 +122,11 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
     grad_blocks = torch.zeros_like(blocks) if need_params else None
     for level in levels:  # P_1 was applied last: walk back from it
         g_left, g_right = level_members(grad, level)
-        level_blocks = blocks[level.offset:level.offset + level.npairs]
+        level_blocks = blocks[level.offset : level.offset + level.npairs]
         if need_params:
             in_left, in_right = level_inputs.pop()
             # out_q = sum_p in_p B_pq, so dB_pq = sum over rows of in_p * g_q
-            gb = grad_blocks[level.offset:level.offset + level.npairs]
+            gb = grad_blocks[level.offset : level.offset + level.npairs]
             gb[:, 0, 0] = torch.linalg.vecdot(in_left, g_left, dim=0)
             gb[:, 0, 1] = torch.linalg.vecdot(in_left, g_right, dim=0)
             gb[:, 1, 0] = torch.linalg.vecdot(in_right, g_left, dim=0)
@@ -127,8 +136,9 @@ def rotate_rows_backward(rows, grad, params, scale, need_params: bool, need_scal
     return grad, None if grad_blocks is None else gradient_for(params, grad_blocks), grad_scale
 
 
-def rotation_matrix(params: torch.Tensor, d: int, scale: Optional[torch.Tensor] = None, structure: str = "tree",
-                    depth: int = 1) -> torch.Tensor:
+def rotation_matrix(
+    params: torch.Tensor, d: int, scale: Optional[torch.Tensor] = None, structure: str = "tree", depth: int = 1
+) -> torch.Tensor:
     """The dense d×d ``R = P_M ⋯ P_1 (· diag(scale))``, built level by level.  For tests and checks, not training.
 
     Built by left-multiplying with each level matrix, i.e. mixing *rows* of R (``R_i, R_j <- a·R_i + b·R_j,
@@ -141,7 +151,7 @@ def rotation_matrix(params: torch.Tensor, d: int, scale: Optional[torch.Tensor] 
     r = torch.eye(d, dtype=dtype, device=blocks.device)
     for level in level_table(d, structure, depth):
         i, j = _level_index(level, blocks.device)
-        block = blocks[level.offset:level.offset + level.npairs].to(dtype)
+        block = blocks[level.offset : level.offset + level.npairs].to(dtype)
         row_i, row_j = r[i], r[j]
         r[i] = block[:, 0, 0, None] * row_i + block[:, 0, 1, None] * row_j
         r[j] = block[:, 1, 0, None] * row_i + block[:, 1, 1, None] * row_j

@@ -118,8 +118,12 @@ class GOFTConfig(PeftConfig):
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, 1))
-                     else repr(name) for name in unknown]
+            hints = [
+                f"{name!r} (did you mean {close[0]!r}?)"
+                if (close := difflib.get_close_matches(name, known, 1))
+                else repr(name)
+                for name in unknown
+            ]
             raise TypeError(f"GOFTConfig got unknown option(s) {', '.join(hints)}; its options are {sorted(known)}")
         return super().__new__(cls)
 
@@ -139,8 +143,9 @@ class GOFTConfig(PeftConfig):
             if not isinstance(value, bool):
                 raise TypeError(f"GOFTConfig.{name} must be a bool (True or False), got {value!r}")
         if self.structure not in STRUCTURES:
-            raise ValueError(f"GOFTConfig.structure must be one of {', '.join(map(repr, STRUCTURES))}, "
-                             f"got {self.structure!r}")
+            raise ValueError(
+                f"GOFTConfig.structure must be one of {', '.join(map(repr, STRUCTURES))}, got {self.structure!r}"
+            )
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"GOFTConfig.depth must be an integer >= 1, got {self.depth!r}")
         weight = self.orth_reg_weight
@@ -150,9 +155,11 @@ class GOFTConfig(PeftConfig):
             raise ValueError(f"GOFTConfig.orth_reg_weight must be a finite number >= 0, got {weight!r}")
         self.orth_reg_weight = float(weight)
         if not self.quasi and self.orth_reg_weight != DEFAULT_ORTH_REG_WEIGHT:
-            warnings.warn(f"GOFTConfig.orth_reg_weight={weight!r} has no effect with quasi=False: strict GOFT's "
-                          "blocks are rotations, orthogonal by construction, and its penalty is always 0",
-                          stacklevel=3)
+            warnings.warn(
+                f"GOFTConfig.orth_reg_weight={weight!r} has no effect with quasi=False: strict GOFT's "
+                "blocks are rotations, orthogonal by construction, and its penalty is always 0",
+                stacklevel=3,
+            )
         if self.bias not in BIAS_CHOICES:
             raise ValueError(f"GOFTConfig.bias must be one of {BIAS_CHOICES}, got {self.bias!r}")
         if isinstance(self.target_modules, list):
@@ -184,9 +191,12 @@ class GOFTConfig(PeftConfig):
                     f"{config_file} has unknown field(s) {unknown}; a GOFT config has {sorted(known)}"
                 )
             version = saved.get("goft_format_version", 1)
-            required = list(REQUIRED_SAVED_FIELDS) + [name for since, names in REQUIRED_SAVED_FIELDS_SINCE.items()
-                                                      if isinstance(version, int) and version >= since
-                                                      for name in names]
+            required = list(REQUIRED_SAVED_FIELDS) + [
+                name
+                for since, names in REQUIRED_SAVED_FIELDS_SINCE.items()
+                if isinstance(version, int) and version >= since
+                for name in names
+            ]
             missing = [k for k in required if k not in saved]
             if missing:
                 raise AdapterFileError(f"{config_file} lacks required field(s) {missing}")

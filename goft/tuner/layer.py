@@ -41,9 +41,11 @@ def in_features_from_shape(kind: str, shape, structure: str = "tree", depth: int
 
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-SUPPORTED_LAYERS = ("torch.nn.Linear, torch.nn.Conv1d/Conv2d/Conv3d (groups=1), transformers.pytorch_utils.Conv1D "
-                    "and the quantized linear layers of PEFT's quantization backends (bitsandbytes, HQQ, torchao, "
-                    "GPTQ, AWQ, ...)")
+SUPPORTED_LAYERS = (
+    "torch.nn.Linear, torch.nn.Conv1d/Conv2d/Conv3d (groups=1), transformers.pytorch_utils.Conv1D "
+    "and the quantized linear layers of PEFT's quantization backends (bitsandbytes, HQQ, torchao, "
+    "GPTQ, AWQ, ...)"
+)
 
 
 def quantization_backend(base: nn.Module, get_apply_tensor_subclass=None) -> Optional[QuantizationBackend]:
@@ -171,8 +173,12 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
 
     def rotation_matrix(self, adapter_name: str) -> torch.Tensor:
         """The dense d×d R of one adapter (for inspection and checks)."""
-        return givens.rotation_matrix(self.rotation_params(adapter_name), self.in_features,
-                                      self.rotation_scale(adapter_name), **self.goft_pairing[adapter_name])
+        return givens.rotation_matrix(
+            self.rotation_params(adapter_name),
+            self.in_features,
+            self.rotation_scale(adapter_name),
+            **self.goft_pairing[adapter_name],
+        )
 
     def orthogonality_penalty(self, adapter_name: str) -> torch.Tensor:
         """λ Σ (a·b + c·e)² of this adapter's quasi blocks; 0 for strict GOFT."""
@@ -213,9 +219,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         if self.merged:
             raise ValueError("adapter_names cannot be passed to forward while adapters are merged; unmerge first")
         if len(adapter_names) != x.shape[0]:
-            raise ValueError(
-                f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} samples"
-            )
+            raise ValueError(f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} samples")
         out = x
         for name in sorted(set(adapter_names)):
             if name == BASE_ADAPTER_NAME or not self.has_adapter(name):
@@ -261,8 +265,9 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
             return
         merged, dtype = self._weight_rows()
         for name in adapter_names:
-            merged = givens.merge_weight(merged, self.rotation_params(name), self.rotation_scale(name),
-                                         **self.goft_pairing[name])
+            merged = givens.merge_weight(
+                merged, self.rotation_params(name), self.rotation_scale(name), **self.goft_pairing[name]
+            )
         if safe_merge and not bool(torch.isfinite(merged).all()):
             raise ValueError(
                 f"safe_merge refused: merging adapter(s) {adapter_names} gives NaN/inf weights; "
@@ -283,8 +288,9 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         restored, dtype = self._weight_rows()
         for name in reversed(self.merged_adapters):
             try:
-                restored = givens.unmerge_weight(restored, self.rotation_params(name), self.rotation_scale(name),
-                                                 **self.goft_pairing[name])
+                restored = givens.unmerge_weight(
+                    restored, self.rotation_params(name), self.rotation_scale(name), **self.goft_pairing[name]
+                )
             except givens.SingularBlockError as err:
                 raise givens.SingularBlockError(
                     f"cannot unmerge adapter {name!r} from this layer: {err}; the weights were left merged"

@@ -53,11 +53,14 @@ class GOFTModel(BaseTuner):
             )
         self._check_fan_in_fan_out(goft_config, target, current_key)
         try:
-            new_module = GOFTLayer(target, adapter_name, goft_config, layer_key=current_key,
-                                   **get_quantization_kwargs(self.model))
+            new_module = GOFTLayer(
+                target, adapter_name, goft_config, layer_key=current_key, **get_quantization_kwargs(self.model)
+            )
         except ValueError as err:  # a layer of a supported type that GOFT still cannot adapt (a grouped convolution)
-            raise ValueError(f"GOFT cannot adapt module {current_key!r}: {err}. Remove it from target_modules (or "
-                             "add it to exclude_modules).") from None
+            raise ValueError(
+                f"GOFT cannot adapt module {current_key!r}: {err}. Remove it from target_modules (or "
+                "add it to exclude_modules)."
+            ) from None
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -83,9 +86,7 @@ class GOFTModel(BaseTuner):
             if "not found in the base model" not in str(err) and "No modules were targeted" not in str(err):
                 raise
             config = self.peft_config[adapter_name]
-            linear_names = [
-                name for name, module in model.named_modules() if name and supported_base_layer(module)
-            ]
+            linear_names = [name for name, module in model.named_modules() if name and supported_base_layer(module)]
             shown = ", ".join(repr(n) for n in linear_names[:12])
             more = f" (and {len(linear_names) - 12} more)" if len(linear_names) > 12 else ""
             targets = config.target_modules
@@ -131,16 +132,18 @@ class GOFTModel(BaseTuner):
                 handle.remove()
 
 
-def _check_loaded_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], adapter_name: str,
-                         config: GOFTConfig) -> None:
+def _check_loaded_shapes(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], adapter_name: str, config: GOFTConfig
+) -> None:
     """Refuse a checkpoint whose GOFT tensors do not fit the model, naming the layer and both shapes."""
     pairing = (config.structure, config.depth)
     expected = {name: p.shape for name, p in model.state_dict().items() if ".goft_" in name}
     for key, value in state_dict.items():
         if ".goft_" not in key:
             continue
-        target = key if key in expected else f"base_model.model.{key}" if f"base_model.model.{key}" in expected \
-            else None
+        target = (
+            key if key in expected else f"base_model.model.{key}" if f"base_model.model.{key}" in expected else None
+        )
         layer = key.split(".goft_")[0].removeprefix("base_model.model.")
         kind = "goft_" + key.split(".goft_")[1].split(".")[0]
         if target is None:
