@@ -86,7 +86,7 @@ def test_inspect_reads_a_butterfly_adapter(tmp_path, capsys):
     from toys import make_mlp
 
     from goft import GOFTConfig
-    from goft.apps.inspect import layer_statistics
+    from goft.apps.adapter_stats import layer_statistics
 
     model = get_peft_model(
         make_mlp(), GOFTConfig(target_modules=["lin0", "lin1"], structure="butterfly", depth=2, init_weights=False)
@@ -303,7 +303,7 @@ def test_inspect_names_qgoft_and_separates_what_its_penalty_controls(tmp_path, c
     from toys import make_mlp
 
     from goft import GOFTConfig
-    from goft.apps.inspect import layer_statistics
+    from goft.apps.adapter_stats import layer_statistics
 
     model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0"], quasi=True, init_weights=False))
     model.save_pretrained(tmp_path / "adapter")
@@ -318,10 +318,10 @@ def test_inspect_names_qgoft_and_separates_what_its_penalty_controls(tmp_path, c
 
 def test_curve_of_a_short_run_has_no_one_step_mean_and_labels_its_single_epoch(tmp_path, monkeypatch):
     from goft.apps import finetune as finetune_module
-    from goft.apps import io
+    from goft.apps import plots
 
     drawn = []
-    monkeypatch.setattr(io, "save_figure", lambda fig, path, dpi=110: drawn.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=110: drawn.append(fig))
     metrics = {
         "method": "goft",
         "task": "polarity",

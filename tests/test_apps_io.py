@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from goft.apps import io
+from goft.apps import files, plots
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])
@@ -27,25 +27,25 @@ def test_every_writer_gives_the_mode_plain_open_gives(tmp_path, umask):
     want = mode(tmp_path / "plain")
     assert want == 0o666 & ~umask
     written = [
-        io.write_bytes(tmp_path / "a.bin", b"x"),
-        io.write_text(tmp_path / "a.md", "x"),
-        io.write_json(tmp_path / "a.json", {"x": 1}),
-        io.write_torch(tmp_path / "a.pt", {"x": torch.ones(2)}),
-        io.write_tensors(tmp_path / "a.safetensors", {"x": torch.ones(2)}),
+        files.write_bytes(tmp_path / "a.bin", b"x"),
+        files.write_text(tmp_path / "a.md", "x"),
+        files.write_json(tmp_path / "a.json", {"x": 1}),
+        files.write_torch(tmp_path / "a.pt", {"x": torch.ones(2)}),
+        files.write_tensors(tmp_path / "a.safetensors", {"x": torch.ones(2)}),
     ]
     assert {p.name: mode(p) for p in written} == {p.name: want for p in written}
     assert torch.equal(load_file(tmp_path / "a.safetensors")["x"], torch.ones(2))
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
-    target = io.write_text(tmp_path / "results.json", "old")
+    target = files.write_text(tmp_path / "results.json", "old")
 
     def fail(f):
         f.write(b"half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        io.write_atomic(target, fail)
+        files.write_atomic(target, fail)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
@@ -55,11 +55,11 @@ def test_staged_directory_replaces_whole_or_not_at_all(tmp_path):
     target.mkdir()
     (target / "old.txt").write_text("old")
     with pytest.raises(RuntimeError):
-        with io.staged_directory(target) as staged:
+        with files.staged_directory(target) as staged:
             (staged / "new.txt").write_text("new")
             raise RuntimeError("conversion failed")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
-    with io.staged_directory(target) as staged:
+    with files.staged_directory(target) as staged:
         (staged / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
@@ -67,9 +67,9 @@ def test_staged_directory_replaces_whole_or_not_at_all(tmp_path):
 
 def test_cache_dir_and_offline_respect_the_user(monkeypatch, tmp_path):
     monkeypatch.setenv("GOFT_CACHE", str(tmp_path))
-    assert io.cache_dir() == tmp_path
+    assert files.cache_dir() == tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    io.offline()
+    files.offline()
     assert os.environ["HF_HUB_OFFLINE"] == "0"
 
 
@@ -85,14 +85,14 @@ def test_saving_an_adapter_of_an_embedded_base_is_quiet_and_keeps_its_name(tiny_
     model.peft_config["default"].base_model_name_or_path = "goft:smollm2"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        io.save_pretrained(model, tmp_path / "adapter")
+        files.save_pretrained(model, tmp_path / "adapter")
         warnings.warn("a warning of the user's own", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning of the user's own"]
     assert '"base_model_name_or_path": "goft:smollm2"' in (tmp_path / "adapter" / "adapter_config.json").read_text()
 
 
 def test_point_labels_cover_no_other_label_point_or_the_legend():
-    plt = io.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # a crowded corner: five labelled points within a label's width of one another, one unlabelled among them
     labels = [(1e-3 * 1.1**i, 80 + 0.2 * (i % 2), f"0.00{i}167", f"C{i}") for i in range(5)]
@@ -100,13 +100,13 @@ def test_point_labels_cover_no_other_label_point_or_the_legend():
     ax.plot([x for x, *_ in labels] + [10.0], [y for _, y, *_ in labels] + [60.0], "o", label="points")
     ax.set_xscale("log")
     ax.legend(loc="lower right")
-    annotations = io.label_points(ax, labels, unlabelled)
+    annotations = plots.label_points(ax, labels, unlabelled)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [a.get_window_extent(renderer) for a in annotations]
     assert [a.get_text() for a in annotations] == [text for *_, text, _ in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
-    radius = io.MARKER_RADIUS_PT * fig.dpi / 72
+    radius = plots.MARKER_RADIUS_PT * fig.dpi / 72
     for px, py in ax.transData.transform([(x, y) for x, y, *_ in labels] + unlabelled):
         assert not any(
             b.x0 < px + radius and px - radius < b.x1 and b.y0 < py + radius and py - radius < b.y1 for b in boxes

@@ -18,7 +18,7 @@ from goft.apps.errors import OptionError
 # Runs `goft finetune` in a child process; FAULT decides where the child dies abruptly (os._exit, no clean-up).
 RUNNER = textwrap.dedent("""
     import os, sys, torch
-    import goft.apps.io as io
+    import goft.apps.files as files
     fault, at = sys.argv[1], int(sys.argv[2])
     steps = {"n": 0}
     if fault == "step":  # die right after optimizer step `at`, mid-epoch
@@ -38,7 +38,7 @@ RUNNER = textwrap.dedent("""
                 if steps["n"] == at:
                     os._exit(75)
             return original_replace(src, dst)
-        io.os.replace = replace
+        files.os.replace = replace
     from goft.apps.cli import main
     sys.exit(main(sys.argv[3:]))
 """)

@@ -29,7 +29,7 @@ from .. import functional as givens
 from ..ops import backends
 from ..tuner.layer import GOFTLayer
 from ..tuner.model import orthogonality_penalty
-from . import io
+from . import plots
 from .errors import ModelUnavailableError
 from .methods import METHODS, count_parameters, wrap
 from .pretrained import load_sequence_classifier
@@ -413,7 +413,7 @@ def _mib(n: int) -> str:
 
 
 def plot_layer(rows: list[dict], tokens: int, path: Path, dtype: str = "float32") -> None:
-    plt = io.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = [m for m in LAYER_METHODS if any(r.get("method") == m for r in rows)]
     for method in methods:
@@ -441,7 +441,7 @@ def plot_layer(rows: list[dict], tokens: int, path: Path, dtype: str = "float32"
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    io.save_figure(fig, path, dpi=120)
+    plots.save_figure(fig, path, dpi=120)
 
 
 def run(

@@ -157,7 +157,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import inspect_adapter
+    from .adapter_stats import inspect_adapter
 
     inspect_adapter(Path(args.adapter_dir), plot=Path(args.plot) if args.plot else None)
     return 0

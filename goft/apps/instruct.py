@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import data, io, pretrained
+from . import data, files, plots, pretrained
 from .errors import OptionError
 from .loop import (
     CHECKPOINT_NAME,
@@ -292,7 +292,7 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
         model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx], device), options
     )
     if cfg.run_dir is not None and result.is_main:
-        io.save_pretrained(model, cfg.run_dir / "adapter")
+        files.save_pretrained(model, cfg.run_dir / "adapter")
     val_accuracy = generation_accuracy(model, tokenizer, val_set.texts, val_set.labels)
     accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels) if cfg.evaluate_test else None
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)
@@ -353,7 +353,7 @@ def run_instruct_compare(
                     replace(base, method=method, seed=seed, lr=lr, evaluate_test=True), stage, results, cache, progress
                 )
     plot_accuracy_vs_forgetting(results.data, results.path.with_suffix(".png"))
-    io.write_text(results.path.with_suffix(".md"), instruct_table(results.data))
+    files.write_text(results.path.with_suffix(".md"), instruct_table(results.data))
     return results.data
 
 
@@ -428,7 +428,7 @@ def _start_from_the_sweep_run(cfg: InstructConfig) -> Optional[Path]:
         sweep_checkpoint, run_identity(cfg, cfg.learning_rate), cfg.epochs
     ):
         return None
-    io.write_bytes(cfg.run_dir / CHECKPOINT_NAME, sweep_checkpoint.read_bytes())
+    files.write_bytes(cfg.run_dir / CHECKPOINT_NAME, sweep_checkpoint.read_bytes())
     return sweep_dir
 
 
@@ -525,7 +525,7 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     """Accuracy against forgetting, one curve per (method, base weights, schedule, stage) of :func:`plotted_curves`
     joined in order of rate: sweep curves plot validation accuracy (the frontier over the grid), the others test
     accuracy."""
-    plt = io.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = plotted_curves(results)
     several_schedules = len({key[2] for key, _ in curves}) > 1
@@ -560,8 +560,8 @@ def plot_accuracy_vs_forgetting(results: dict, path) -> None:
     ax.set_title("SmolLM2-135M-Instruct, polarity-instruct (labels: learning rate)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    io.label_points(ax, labels)
-    io.save_figure(fig, path)
+    plots.label_points(ax, labels)
+    plots.save_figure(fig, path)
 
 
 CURVE_FIELDS = ("method", "base_weights", "schedule", "stage")

