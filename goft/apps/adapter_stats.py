@@ -10,9 +10,8 @@ from rich.table import Table
 from safetensors.torch import load_file
 
 from .. import functional as givens
-from ..tuner.config import read_saved_config
 from ..tuner.layer import ADAPTER_PARAM_KINDS, in_features_from_shape
-from . import plots
+from . import adapter_files, plots
 from .errors import DataError
 
 
@@ -20,10 +19,12 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
     """One dict per adapted layer: d, angle statistics (strict GOFT), and how far R is from orthogonal, split into
     what qGOFT's penalty controls (the inner products of R's columns, off the diagonal of RᵀR) and what it leaves
     free on purpose (the column norms, also moved by GOFT*'s scale)."""
-    config = read_saved_config(adapter_dir)
+    config = adapter_files.read_config(adapter_dir)
     if config.get("peft_type") != "GOFT":
-        raise DataError(f"{adapter_dir / 'adapter_config.json'}: peft_type is {config.get('peft_type')!r}, not 'GOFT'")
-    weights_path = adapter_dir / "adapter_model.safetensors"
+        raise DataError(
+            f"{adapter_files.config_path(adapter_dir)}: peft_type is {config.get('peft_type')!r}, not 'GOFT'"
+        )
+    weights_path = adapter_files.weights_path(adapter_dir)
     if not weights_path.is_file():
         raise DataError(f"{weights_path} not found: is {adapter_dir} a saved GOFT adapter?")
     layers: dict[str, dict] = {}
@@ -35,7 +36,7 @@ def layer_statistics(adapter_dir: Path) -> list[dict]:
     try:
         givens.check_structure(**pairing)
     except givens.GivensError as err:
-        raise DataError(f"{adapter_dir / 'adapter_config.json'}: {err}") from None
+        raise DataError(f"{adapter_files.config_path(adapter_dir)}: {err}") from None
     rows = []
     for name, parts in layers.items():
         kind = "goft_theta" if "goft_theta" in parts else "goft_blocks"
@@ -81,7 +82,7 @@ def inspect_adapter(adapter_dir: Path, plot: Path | None = None) -> list[dict]:
     """Print per-layer statistics and draw them; the plot goes to ``plot``, by default beside the adapter directory
     (``<adapter_dir>-inspect.png``), never into it."""
     rows = layer_statistics(adapter_dir)
-    kind = adapter_kind(read_saved_config(adapter_dir))
+    kind = adapter_kind(adapter_files.read_config(adapter_dir))
     table = Table(title=f"{kind} adapter {adapter_dir}")
     for col in ("layer", "d", "|angle| mean", "|angle| max", "max |rᵢ·rⱼ|, i≠j", "column norm min", "column norm max"):
         table.add_column(col, justify="right" if col != "layer" else "left")

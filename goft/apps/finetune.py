@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from ..ops.pairing import STRUCTURES
-from . import data, files, plots
+from . import adapter_files, data, files, plots
 from .errors import OptionError
 from .loop import (
     CHECKPOINT_NAME,
@@ -22,7 +22,6 @@ from .loop import (
     training_device,
     use_device,
 )
-from .merge import LABELS_FILE
 from .methods import (
     METHODS,
     adapter_parameters,
@@ -259,8 +258,7 @@ def write_outputs(out: Path, model, metrics: dict) -> None:
     method = METHODS[metrics["method"]]
     out.mkdir(parents=True, exist_ok=True)
     if method.adapts:
-        files.save_pretrained(model, out / "adapter")
-        files.write_json(out / "adapter" / LABELS_FILE, {"id2label": dict(enumerate(metrics["labels"]))})
+        adapter_files.write_adapter(model, out / "adapter", labels=metrics["labels"])
         written = ["adapter/"]
     elif method.family == "head":
         files.write_tensors(

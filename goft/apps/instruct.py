@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import data, files, plots, pretrained
+from . import adapter_files, data, files, plots, pretrained
 from .errors import OptionError
 from .loop import (
     CHECKPOINT_NAME,
@@ -292,7 +292,7 @@ def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) ->
         model, len(examples), lambda idx: build_batch(tokenizer, [examples[i] for i in idx], device), options
     )
     if cfg.run_dir is not None and result.is_main:
-        files.save_pretrained(model, cfg.run_dir / "adapter")
+        adapter_files.write_adapter(model, cfg.run_dir / "adapter")
     val_accuracy = generation_accuracy(model, tokenizer, val_set.texts, val_set.labels)
     accuracy = generation_accuracy(model, tokenizer, test_set.texts, test_set.labels) if cfg.evaluate_test else None
     forget = forgetting(cache["base"], next_token_logprobs(model, passages), passages)

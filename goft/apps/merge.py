@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 from peft import PeftModel
-from safetensors import safe_open
 
-from ..tuner.config import read_saved_config
-from . import files
+from . import adapter_files, files
 from .errors import DataError, OutputError
-from .methods import is_head_parameter
 from .pretrained import MINILM_NAME, quiet_transformers, resolve_model_dir
 
 SUPPORTED_TASKS = ("CAUSAL_LM", "SEQ_CLS")
-LABELS_FILE = "labels.json"  # written beside the adapter by goft finetune: the class names
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
 
 
@@ -50,7 +45,7 @@ def merge_adapter_to_directory(
     recorded = saved.get("base_model_name_or_path")
     if base is None and not recorded:
         raise DataError(
-            f"{adapter_dir / 'adapter_config.json'} records no base model (base_model_name_or_path is "
+            f"{adapter_files.config_path(adapter_dir)} records no base model (base_model_name_or_path is "
             f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2 / mpnet"
         )
     base_dir = resolve_model_dir(base if base is not None else recorded, MINILM_NAME)
@@ -68,11 +63,11 @@ def merge_adapter_to_directory(
 
 
 def _read_adapter_config(adapter_dir: Path) -> dict:
-    saved = read_saved_config(adapter_dir)
+    saved = adapter_files.read_config(adapter_dir)
     task = saved.get("task_type")
     if task not in (None, *SUPPORTED_TASKS):
         raise DataError(
-            f"{adapter_dir / 'adapter_config.json'}: task_type {task!r} is not supported by goft merge "
+            f"{adapter_files.config_path(adapter_dir)}: task_type {task!r} is not supported by goft merge "
             f"(supported: {', '.join(SUPPORTED_TASKS)})"
         )
     return saved
@@ -85,18 +80,7 @@ def _load_base(base_dir: Path, adapter_dir: Path, task: str | None):
 
         if task != "SEQ_CLS":
             return AutoModelForCausalLM.from_pretrained(base_dir)
-        with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
-            heads = [k for k in f.keys() if is_head_parameter(k) and k.endswith("weight")]
-            num_labels = f.get_slice(heads[-1]).get_shape()[0] if heads else 2
-        names = {}
-        if (adapter_dir / LABELS_FILE).is_file():
-            names = {"id2label": {int(i): n for i, n in read_json(adapter_dir / LABELS_FILE)["id2label"].items()}}
-            names["label2id"] = {n: i for i, n in names["id2label"].items()}
+        num_labels = adapter_files.saved_classes(adapter_dir) or 2
+        id2label = adapter_files.read_labels(adapter_dir)
+        names = {} if id2label is None else {"id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
         return AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, **names)
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON: {err}") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from peft.config import PeftConfig
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from safetensors import safe_open
 
 from ..ops.pairing import STRUCTURES
@@ -181,7 +182,7 @@ class GOFTConfig(PeftConfig):
         silently defaulted ``quasi`` or ``scaling`` means a different model, so both are errors here.
         """
         path = Path(pretrained_model_name_or_path) / (subfolder or "")
-        config_file = path / "adapter_config.json"
+        config_file = path / CONFIG_NAME
         if config_file.is_file():
             saved = read_saved_config(path)
             known = {f.name for f in fields(cls)} | {"auto_mapping", "runtime_config"}
@@ -200,14 +201,14 @@ class GOFTConfig(PeftConfig):
             missing = [k for k in required if k not in saved]
             if missing:
                 raise AdapterFileError(f"{config_file} lacks required field(s) {missing}")
-            check_weights_file(path / "adapter_model.safetensors")
+            check_weights_file(path / SAFETENSORS_WEIGHTS_NAME)
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
 
 def read_saved_config(adapter_dir: str | Path) -> dict:
     """The JSON object in ``adapter_dir/adapter_config.json``; AdapterFileError naming the file when it is missing,
     not JSON, or not an object."""
-    config_file = Path(adapter_dir) / "adapter_config.json"
+    config_file = Path(adapter_dir) / CONFIG_NAME
     if not config_file.is_file():
         raise AdapterFileError(f"{config_file} not found: is {adapter_dir} a saved adapter?")
     try:
