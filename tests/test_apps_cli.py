@@ -435,10 +435,10 @@ def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_con
     assert "the same command continues from there" in err
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert main(args) == 0
-    assert "continue head final seed 0" in capsys.readouterr().out
+    assert "continue head unswept seed 0" in capsys.readouterr().out
     recorded = json.loads((results / "train.json").read_text())  # the training file's name, not the default task
     assert recorded["task"] == f"user:{train}" and recorded["setup"]["task"] is None
-    assert [r["stage"] for r in recorded["runs"]] == ["final"] and not (results / "polarity.json").exists()
+    assert [r["stage"] for r in recorded["runs"]] == ["unswept"] and not (results / "polarity.json").exists()
     refused = r"^goft compare: --batch-size 8 differs from the runs in .*train\.json \(16\)"
     with pytest.raises(SystemExit, match=refused):
         main([*args, "--batch-size", "8"])

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from goft.apps import compare
-from goft.apps.compare import choose_lr, lr_grid, run_compare
+from goft.apps import compare, compare_report
+from goft.apps.compare import run_compare
 from goft.apps.methods import METHODS, default_lr
 
 
@@ -36,23 +36,6 @@ def test_the_protocol_sweeps_chooses_on_validation_and_runs_every_seed_at_the_ch
     assert again["runs"] == runs and sum("skip" in m for m in messages) == len(runs)
 
 
-def test_the_choice_is_the_best_validation_score_and_ties_go_to_the_smaller_rate():
-    runs = [
-        {"method": "goft", "stage": "sweep", "epochs": 3, "lr": lr, "val_accuracy": v}
-        for lr, v in ((0.001, 0.7), (0.003, 0.8), (0.01, 0.8), (0.03, 0.6))
-    ]
-    runs.append({"method": "goft", "stage": "sweep", "epochs": 1, "lr": 0.1, "val_accuracy": 0.99})  # other budget
-    runs.append({"method": "goft", "stage": "final", "epochs": 3, "lr": 0.03, "val_accuracy": 0.99})
-    assert choose_lr(runs, "goft", 3, [0.001, 0.003, 0.01, 0.03]) == 0.003
-
-
-def test_the_default_grid_spans_30x_around_the_default():
-    grid = lr_grid(1e-2)
-    assert len(grid) >= 4 and grid[-1] / grid[0] == pytest.approx(30.25, rel=0.01)
-    assert grid[0] * grid[-1] == pytest.approx(1e-2**2, rel=0.01)  # centred (geometrically) on the default
-    assert compare.KEY_FIELDS == ("method", "stage", "seed", "lr", "epochs")
-
-
 def test_without_a_sweep_every_seed_runs_at_the_default_and_the_table_says_so(toy_config, tmp_path):
     results = run_compare(
         "toy", ["goft", "head"], [0], toy_config(epochs=1), tmp_path, sweep=False, progress=lambda *_: None
@@ -61,16 +44,16 @@ def test_without_a_sweep_every_seed_runs_at_the_default_and_the_table_says_so(to
     chosen = METHODS["goft"].chosen_lr
     assert chosen is not None and METHODS["head"].chosen_lr is None
     assert [(r["method"], r["stage"], r["lr"]) for r in results["runs"]] == [
-        ("goft", "final", chosen),
-        ("head", "final", 5e-3),
+        ("goft", "unswept", chosen),
+        ("head", "unswept", 5e-3),
     ]
-    text = compare.report_text(results)
+    text = compare_report.report_text(results)
     assert "64 training / 16 validation / 32 test examples, 1 epoch(s), batch 16" in text
     assert "| GOFT |" in text and f"{chosen:g} (not swept)" in text and "validation accuracy at each rate" not in text
 
 
 def test_the_plot_joins_each_capacity_dial_and_nothing_else():
-    from goft.apps.compare import curve_family
+    from goft.apps.compare_report import curve_family
 
     assert {curve_family(m) for m in ("goft", "goft_tree_depth2", "goft_butterfly")} == {"GOFT"}
     assert {curve_family(m) for m in ("qgoft", "qgoft_butterfly")} == {"qGOFT"}
@@ -101,14 +84,14 @@ def test_an_interrupted_compare_continues_its_run_from_the_checkpoint(toy_config
     base = toy_config(epochs=2)  # 64 examples, batch 16: 8 steps
     with pytest.raises(Interrupted) as stopped:
         run_compare("toy", ["goft"], [0], base, tmp_path / "cut", sweep=False, progress=lambda *_: None)
-    run = f"goft-final-seed0-lr{default_lr('goft'):g}-epochs2"
+    run = f"goft-unswept-seed0-lr{default_lr('goft'):g}-epochs2"
     checkpoint = tmp_path / "cut" / "unfinished" / "toy" / run / "checkpoint.pt"
     assert stopped.value.checkpoint == checkpoint and checkpoint.is_file()
     assert not (tmp_path / "cut" / "toy.json").exists()  # nothing finished, nothing recorded
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     messages = []
     resumed = run_compare("toy", ["goft"], [0], base, tmp_path / "cut", sweep=False, progress=messages.append)
-    assert any(m.startswith("continue goft final seed 0") for m in messages)
+    assert any(m.startswith("continue goft unswept seed 0") for m in messages)
     assert not (tmp_path / "cut" / "unfinished").exists()  # a finished run keeps its row, not its checkpoint
     whole = run_compare("toy", ["goft"], [0], base, tmp_path / "whole", sweep=False, progress=lambda *_: None)
     same = ("accuracy", "val_accuracy_per_epoch", "adapter_params")
@@ -133,7 +116,7 @@ def test_a_results_file_holds_one_comparison(toy_config, tmp_path):
             )
     # a file from before the setup was recorded is judged by what its runs recorded
     legacy = json.loads((tmp_path / "toy.json").read_text())
-    del legacy["setup"]
+    del legacy["setup"], legacy["schema"]  # as files were written before schema 2
     legacy["runs"][0]["model"] = "goft:minilm"
     (tmp_path / "toy.json").write_text(json.dumps(legacy))
     with pytest.raises(OptionError, match=r"^model .* differs .*\('goft:minilm'\)"):

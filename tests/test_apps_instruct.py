@@ -8,17 +8,17 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from goft.apps import instruct, pretrained
-from goft.apps.compare import lr_grid
+from goft.apps import forgetting, instruct, instruct_report, instruct_task, pretrained, results
 from goft.apps.errors import OptionError
 from goft.apps.methods import METHODS
+from goft.apps.protocol import lr_grid
 
 
 def test_batches_train_only_on_the_answer(chat_tokenizer):
-    p = instruct.prompt_ids(chat_tokenizer, "a fine film")
-    a = instruct.answer_ids(chat_tokenizer, 1)
+    p = instruct_task.prompt_ids(chat_tokenizer, "a fine film")
+    a = instruct_task.answer_ids(chat_tokenizer, 1)
     assert chat_tokenizer.decode(a) == "positive <|im_end|>"
-    batch = instruct.build_batch(chat_tokenizer, [(p, a), (p[:-2], instruct.answer_ids(chat_tokenizer, 0))])
+    batch = instruct_task.build_batch(chat_tokenizer, [(p, a), (p[:-2], instruct_task.answer_ids(chat_tokenizer, 0))])
     labels = batch["labels"]
     assert (labels[0, : len(p)] == -100).all() and labels[0, len(p) : len(p) + 2].tolist() == a
     assert batch["attention_mask"][1].sum() == len(p) - 2 + 2
@@ -30,7 +30,7 @@ def test_batches_train_only_on_the_answer(chat_tokenizer):
     [(" Positive.", 1), ("negative, clearly", 0), ("This review is positive", 1), ("I cannot tell", None), ("", None)],
 )
 def test_parse_answer(reply, want):
-    assert instruct.parse_answer(reply) == want
+    assert instruct_task.parse_answer(reply) == want
 
 
 def test_forgetting_measures():
@@ -38,9 +38,9 @@ def test_forgetting_measures():
     logits = torch.randn(3, 10, 40)
     base = torch.log_softmax(logits, -1)
     passages = torch.randint(0, 40, (3, 10))
-    same = instruct.forgetting(base, base, passages)
+    same = forgetting.forgetting(base, base, passages)
     assert same["kl_base_to_tuned"] == pytest.approx(0.0, abs=1e-7) and same["perplexity_change"] == 0.0
-    other = instruct.forgetting(base, torch.log_softmax(logits + torch.randn(3, 10, 40), -1), passages)
+    other = forgetting.forgetting(base, torch.log_softmax(logits + torch.randn(3, 10, 40), -1), passages)
     assert other["kl_base_to_tuned"] > 0.01
     nll = -base[:, :-1].gather(-1, passages[:, 1:, None]).mean().item()
     assert same["perplexity_base"] == pytest.approx(math.exp(nll), rel=1e-6)
@@ -58,7 +58,7 @@ def test_generation_accuracy_runs_on_a_tiny_chat_model(chat_tokenizer):
             max_position_embeddings=128,
         )
     )
-    acc = instruct.generation_accuracy(model, chat_tokenizer, ["a fine film", "a film"], [1, 0])
+    acc = instruct_task.generation_accuracy(model, chat_tokenizer, ["a fine film", "a film"], [1, 0])
     assert 0.0 <= acc <= 1.0
 
 
@@ -172,15 +172,17 @@ def test_runs_recorded_before_the_shared_loop_are_kept_apart(monkeypatch, tmp_pa
         sweep=False,
     )
     runs = json.loads(path.read_text())["runs"]
-    assert [r.get("schedule") for r in runs] == [None, instruct.SCHEDULE]
+    # the older run is upgraded on load (goft.apps.results.upgrade) and written back with what it did implicitly
+    assert [r["schedule"] for r in runs] == ["constant", instruct.SCHEDULE]
     table = path.with_suffix(".md").read_text()
-    legacy_stage = instruct.LEGACY_STAGE
+    legacy_stage = results.LEGACY_STAGE
     assert f"| goft | 0.003 | {legacy_stage} | constant | 1 |" in table
     assert f"| goft | 0.003 | unswept | {instruct.SCHEDULE} | 1 |" in table
     # the plot leaves the superseded run out, unless nothing else is recorded
-    data = json.loads(path.read_text())
-    assert [key for key, _ in instruct.plotted_curves(data)] == [("goft", "fp32", instruct.SCHEDULE, "unswept")]
-    assert [key for key, _ in instruct.plotted_curves({"runs": [legacy]})] == [
+    assert [key for key, _ in instruct_report.plotted_curves(results.load(path, "instruct"))] == [
+        ("goft", "fp32", instruct.SCHEDULE, "unswept")
+    ]
+    assert [key for key, _ in instruct_report.plotted_curves(results.upgrade({"runs": [legacy]}, "instruct"))] == [
         ("goft", "fp32", "constant", legacy_stage)
     ]
 
@@ -252,7 +254,7 @@ def test_a_results_file_holds_one_setup(monkeypatch, tmp_path):
             )
     # a file from before setups were recorded: judged by the sizes its runs recorded
     older = json.loads(path.read_text())
-    del older["setup"]
+    del older["setup"], older["schema"]  # as files were written before schema 2
     path.write_text(json.dumps(older))
     with pytest.raises(OptionError, match=r"^train_size 64 differs .*\(512\)"):
         instruct.run_instruct_compare(

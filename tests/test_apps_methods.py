@@ -125,13 +125,13 @@ def test_the_family_defaults_are_goftconfigs_and_the_commands():
 def test_each_chosen_rate_is_what_the_recorded_sweeps_chose_on_both_tasks():
     # the evidence behind chosen_lr: results/<task>.json's validation sweeps (MiniLM, 3 epochs), and chosen_lr is
     # set exactly where both tasks' sweeps chose the same rate
-    import json
     from pathlib import Path
 
-    from goft.apps.compare import choose_lr, lr_grid
+    from goft.apps import results as results_files
+    from goft.apps.protocol import choose_lr, lr_grid
 
     results = Path(__file__).resolve().parent.parent / "results"
-    runs = {task: json.loads((results / f"{task}.json").read_text())["runs"] for task in ("polarity", "hedge")}
+    runs = {task: results_files.load(results / f"{task}.json", "compare")["runs"] for task in ("polarity", "hedge")}
     for name, entry in METHODS.items():
         grid = lr_grid(entry.lr)
         swept = [
@@ -140,7 +140,7 @@ def test_each_chosen_rate_is_what_the_recorded_sweeps_chose_on_both_tasks():
             if {r["lr"] for r in runs[task] if r["method"] == name and r["stage"] == "sweep" and r["epochs"] == 3}
             >= set(grid)
         ]
-        chosen = {choose_lr(runs[task], name, 3, grid) for task in swept}
+        chosen = {choose_lr(runs[task], name, grid, lambda r: r["epochs"] == 3) for task in swept}
         if entry.chosen_lr is not None:
             assert len(swept) == 2 and chosen == {entry.chosen_lr}, name
         elif len(swept) == 2:
@@ -151,14 +151,14 @@ def test_each_instruct_default_is_what_the_recorded_sweep_chose():
     # the evidence behind instruct_chosen_lr: results/smollm2-instruct.json's validation sweeps (SmolLM2, fp32 base,
     # today's schedule); a method whose sweep is complete must have its choice as the default, and one whose sweep is
     # not must keep the grid's centre
-    import json
     from pathlib import Path
 
-    from goft.apps.compare import lr_grid
-    from goft.apps.instruct import SCHEDULE, InstructConfig, choose_instruct_lr
+    from goft.apps import results
+    from goft.apps.instruct import SCHEDULE, InstructConfig, trained_like
+    from goft.apps.protocol import choose_lr, lr_grid
 
     path = Path(__file__).resolve().parent.parent / "results" / "smollm2-instruct.json"
-    runs = json.loads(path.read_text())["runs"]
+    runs = results.load(path, "instruct")["runs"]
     base = InstructConfig()
     for name in methods.INSTRUCT_METHODS:
         entry, grid = METHODS[name], lr_grid(METHODS[name].instruct_lr)
@@ -166,12 +166,12 @@ def test_each_instruct_default_is_what_the_recorded_sweep_chose():
             r["lr"]
             for r in runs
             if r["method"] == name
-            and r.get("stage") == "sweep"
-            and r.get("base_weights", "fp32") == "fp32"
-            and r.get("schedule") == SCHEDULE
+            and r["stage"] == "sweep"
+            and r["base_weights"] == "fp32"
+            and r["schedule"] == SCHEDULE
         }
         if swept >= set(grid):
-            assert entry.instruct_chosen_lr == choose_instruct_lr(runs, name, base, grid), name
+            assert entry.instruct_chosen_lr == choose_lr(runs, name, grid, trained_like(base)), name
             assert InstructConfig(method=name).learning_rate == entry.instruct_chosen_lr
         else:
             assert entry.instruct_chosen_lr is None, f"{name}: its sweep in {path.name} is not complete"

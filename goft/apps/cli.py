@@ -140,7 +140,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import report_text, run_compare
+    from .compare import run_compare
+    from .compare_report import report_text
     from .methods import method_list
 
     methods = method_list(args.methods, tuple(METHODS))

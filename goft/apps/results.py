@@ -1,56 +1,123 @@
-"""Results files of ``goft compare`` and ``goft instruct``: one JSON of runs, resumable, with summaries and tables.
+"""Results files of ``goft compare`` and ``goft instruct``: one JSON of runs, resumable, upgraded on load.
 
-A results file is ``{"task": ..., "setup": {...}, "runs": [{...}, ...]}``.  Each run is identified by the values of
-the file's key fields (e.g. method and seed); a run already recorded is skipped on the next invocation, and the file
-is rewritten atomically after every run, so an interrupted comparison continues where it stopped.  ``setup`` holds
-the options every run of the file shares (model, data, sizes): runs of another setup are refused, since their rows
-would be taken for these.
+A results file is ``{"schema": 2, "task": ..., "setup": {...}, "runs": [{...}, ...]}``.  Each run is identified by
+the values of the file's key fields (e.g. method, stage, seed, rate); a run already recorded is skipped on the next
+invocation, and the file is rewritten atomically after every run, so an interrupted comparison continues where it
+stopped.  ``setup`` holds the options every run of the file shares (model, data, sizes): runs of another setup are
+refused, since their rows would be taken for these.
+
+Files of an earlier schema are upgraded when they are read (:func:`upgrade`, the one place that knows old rows), so
+the commands and the reports see every run in today's form; the upgraded rows are written back with the next run.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from . import files
 from .errors import OptionError, OutputError
+from .pretrained import MINILM_NAME, model_reference
+
+SCHEMA_VERSION = 2
+KINDS = ("compare", "instruct")  # goft compare's files (a classifier per run), goft instruct's (a causal LM)
+
+# The stages of the protocol (goft.apps.protocol), recorded with every run.
+SWEEP, FINAL, UNSWEPT = "sweep", "final", "unswept"
+# Runs recorded before the validated protocol were scored on the test split, at rates compared there.
+LEGACY_STAGE = "test-scored (no validation)"
+# The learning-rate schedule of instruct runs (the shared loop's), recorded with each; runs recorded before instruct
+# used that loop trained at a constant rate.
+INSTRUCT_SCHEDULE = "warmup 6% + linear decay"
+LEGACY_SCHEDULE = "constant"
+
+
+def upgrade(data: dict, kind: str) -> dict:
+    """Bring ``data`` (a results file of ``kind``) to ``SCHEMA_VERSION`` in place and return it.
+
+    Schema 1 (no ``schema`` field) left out what its runs did implicitly: every run trained on the CPU; a run
+    without a stage was scored on test (``LEGACY_STAGE``); a compare run without a sweep was recorded as
+    ``final`` (today ``unswept``); embedded models were named ``minilm`` (today ``goft:minilm``); instruct runs
+    without a schedule trained at a constant rate on an fp32 base and had no validation split; files without a
+    ``setup`` are judged by the options their first run recorded."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    version = data.get("schema", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise OutputError(f"results schema {version!r} is newer than this goft reads ({SCHEMA_VERSION}): upgrade goft")
+    if version < 2:
+        for run in data["runs"]:
+            run.setdefault("device", "cpu")
+            run.setdefault("stage", LEGACY_STAGE)
+            if kind == "compare":
+                run["model"] = model_reference(run["model"], run["model"])
+            else:
+                run.setdefault("schedule", LEGACY_SCHEDULE)
+                run.setdefault("base_weights", "fp32")
+                for unmeasured in ("val_accuracy", "base_val_accuracy", "val_examples"):  # before validation
+                    run.setdefault(unmeasured, None)
+        if kind == "compare":
+            swept = {(r["method"], r["epochs"]) for r in data["runs"] if r["stage"] == SWEEP}
+            for run in data["runs"]:
+                if run["stage"] == FINAL and (run["method"], run["epochs"]) not in swept:
+                    run["stage"] = UNSWEPT
+        if "setup" not in data and data["runs"]:
+            data["setup"] = _setup_recorded_by(data["runs"][0], kind)
+    data["schema"] = SCHEMA_VERSION
+    return data
+
+
+def _setup_recorded_by(run: dict, kind: str) -> dict:
+    """The setup options a schema-1 run recorded (the others had their defaults)."""
+    if kind == "compare":
+        return {
+            "model": model_reference(run["model"], MINILM_NAME),
+            "batch_size": run["batch_size"],
+            "target_modules": run["target_modules"],
+        }
+    setup = {"train_size": run["train_examples"]} if "train_examples" in run else {}
+    if run.get("eval_examples"):  # a sweep run reads no test sentences
+        setup["eval_size"] = run["eval_examples"]
+    return setup
+
+
+def load(path: str | Path, kind: str) -> dict:
+    """The results file at ``path`` (``{"runs": []}`` when there is none yet), upgraded to today's schema."""
+    path = Path(path)
+    if not path.is_file():
+        return {"schema": SCHEMA_VERSION, "runs": []}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise OutputError(f"{path} is not a results file (not valid JSON: {err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise OutputError(f"{path} is not a results file (no 'runs' list)")
+    return upgrade(data, kind)
 
 
 class RunsFile:
-    """``key_defaults`` gives the value of a key field that older runs did not record (what they did implicitly)."""
+    """A results file being added to: its runs, keyed by ``key_fields``, and its setup."""
 
-    def __init__(self, path: str | Path, key_fields: Sequence[str], key_defaults: dict | None = None):
+    def __init__(self, path: str | Path, key_fields: Sequence[str], kind: str):
         self.path, self.key_fields = Path(path), tuple(key_fields)
-        self.key_defaults = dict(key_defaults or {})
-        self.data = {"runs": []}
-        if self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as err:
-                raise OutputError(f"{self.path} is not a results file (not valid JSON: {err})") from None
-            if not isinstance(self.data, dict) or not isinstance(self.data.get("runs"), list):
-                raise OutputError(f"{self.path} is not a results file (no 'runs' list)")
+        self.data = load(self.path, kind)
 
     @property
     def runs(self) -> list[dict]:
         return self.data["runs"]
 
     def key(self, run: dict) -> tuple:
-        return tuple(run[name] if name in run else self.key_defaults[name] for name in self.key_fields)
+        return tuple(run[name] for name in self.key_fields)
 
     def has(self, *key) -> bool:
         return any(self.key(run) == tuple(key) for run in self.runs)
 
-    def check_setup(self, setup: dict, older_setup: Callable[[dict], dict]) -> None:
+    def check_setup(self, setup: dict) -> None:
         """Refuse to add runs of another ``setup`` (option -> value) than the file's, naming the first option that
-        differs; the file then records ``setup`` with its next run.  A file from before setups were recorded is
-        judged by ``older_setup(first run)``: the options its runs did record."""
-        recorded = self.data.get("setup")
-        if recorded is None:
-            recorded = older_setup(self.runs[0]) if self.runs else {}
-        for name, value in recorded.items():
+        differs; the file then records ``setup`` with its next run."""
+        for name, value in self.data.get("setup", {}).items():
             if setup.get(name) != value:
                 raise OptionError(
                     name,
@@ -80,12 +147,11 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def group_runs(runs: list[dict], fields: Sequence[str], defaults: dict | None = None) -> dict[tuple, list[dict]]:
-    """Runs grouped by the values of ``fields`` (``defaults`` for fields a run lacks), in order of first appearance."""
-    defaults = defaults or {}
+def group_runs(runs: list[dict], fields: Sequence[str]) -> dict[tuple, list[dict]]:
+    """Runs grouped by the values of ``fields``, in order of first appearance."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault(tuple(run[f] if f in run else defaults[f] for f in fields), []).append(run)
+        groups.setdefault(tuple(run[f] for f in fields), []).append(run)
     return groups
 
 
