@@ -71,7 +71,7 @@ def toy_val_file(tmp_path):
 def toy_config(tiny_checkpoint, toy_files, toy_val_file):
     """``toy_config(**overrides)``: a FinetuneConfig on the tiny BERT and the toy files, with a validation file of its
     own (10 epochs, batch 16)."""
-    from goft.apps.finetune import FinetuneConfig
+    from goft.apps.configs import FinetuneConfig
 
     def make(**overrides):
         train, evals = toy_files

@@ -64,7 +64,7 @@ def test_finetune_names_the_pairing_flags_and_compare_points_to_its_rows(tmp_pat
     from dataclasses import replace
 
     from goft.apps.compare import run_compare
-    from goft.apps.finetune import FinetuneConfig
+    from goft.apps.configs import FinetuneConfig
 
     with pytest.raises(SystemExit, match="^goft finetune: --structure must be one of tree, butterfly, got 'ring'"):
         main(["finetune", "--structure", "ring"])
@@ -447,10 +447,10 @@ def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_con
 def test_only_the_foreign_kernel_noise_is_dropped(caplog):
     import logging
 
-    from goft.apps import cli
+    from goft.apps import log_filters
 
-    cli.drop_foreign_kernel_noise()
-    cli.drop_foreign_kernel_noise()  # idempotent: one filter per logger
+    log_filters.drop_foreign_kernel_noise()
+    log_filters.drop_foreign_kernel_noise()  # idempotent: one filter per logger
     assert sum(type(f).__name__ == "_DropMessages" for f in logging.getLogger("torchao").filters) == 1
     with caplog.at_level(logging.WARNING):
         logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no")

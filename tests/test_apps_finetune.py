@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+from goft.apps.configs import FinetuneConfig
 from goft.apps.errors import OptionError
-from goft.apps.finetune import FinetuneConfig, finetune
+from goft.apps.finetune import finetune
 
 
 @pytest.mark.parametrize("method", ["goft", "qgoft"])

@@ -91,7 +91,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_checkpoint, toy_files, tmp_p
 
 
 def test_resume_needs_output():
-    from goft.apps.finetune import FinetuneConfig
+    from goft.apps.configs import FinetuneConfig
 
     with pytest.raises(ValueError, match="^output is needed by --save-every and --resume"):
         FinetuneConfig(resume=True)

@@ -96,7 +96,7 @@ def test_wrap_is_get_peft_model():
 
 
 def test_finetunes_default_rate_is_the_rate_chosen_for_what_it_trains():
-    from goft.apps.finetune import FinetuneConfig
+    from goft.apps.configs import FinetuneConfig
 
     assert methods.default_lr("goft") == METHODS["goft"].chosen_lr
     assert methods.default_lr("goft", structure="butterfly") == METHODS["goft_butterfly"].chosen_lr
@@ -115,7 +115,7 @@ def test_finetunes_default_rate_is_the_rate_chosen_for_what_it_trains():
 def test_the_family_defaults_are_goftconfigs_and_the_commands():
     from dataclasses import fields
 
-    from goft.apps.finetune import FinetuneConfig
+    from goft.apps.configs import FinetuneConfig
 
     goft_defaults = {f.name: f.default for f in fields(GOFTConfig)}
     assert methods.FAMILY_DEFAULTS["goft"] == {k: goft_defaults[k] for k in methods.FAMILY_DEFAULTS["goft"]}

@@ -1,33 +1,26 @@
 """The ``goft`` command line (also ``python -m goft``): argparse, and the one place that turns errors into messages.
 
-Each subcommand's options become a config of its module (``finetune``, ``compare``, ``instruct``, ``inspect``,
-``merge``, ``bench``); those modules know nothing of argparse.  Heavy modules are imported only by the subcommand
-that needs them, so ``goft --help`` stays quick.
+Each subcommand's options become a config of :mod:`goft.apps.configs` or arguments of its module's function
+(``finetune``, ``compare``, ``instruct``, ``adapter_stats``, ``merge``, ``bench``); those modules know nothing of
+argparse.  A config's options are built from its dataclass fields (:func:`add_config_options`): their defaults and
+help are stated there once.  Heavy modules are imported only by the subcommand that needs them, so ``goft --help``
+stays quick.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
+from .configs import FinetuneConfig, InstructConfig, RunOptions
 from .errors import AppError, Interrupted, OptionError
-from .methods import (
-    COMPARE_DEFAULT,
-    FINETUNE_METHODS,
-    INSTRUCT_METHODS,
-    METHODS,
-    chosen_lr,
-    default_lr,
-    instruct_default_lr,
-)
-
-DEVICE_HELP = "where to train: cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU (default: cpu)"
+from .log_filters import drop_foreign_kernel_noise
+from .methods import COMPARE_DEFAULT, INSTRUCT_METHODS, METHODS, instruct_default_lr
 
 
 def _int_list(minimum: int):
@@ -63,50 +56,55 @@ def _positive_float_list(text: str) -> list[float]:
     return values
 
 
-def _comma_list(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Commands: options -> a config of the command's module -> its function
+# Options built from configs
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _finetune_config(args: argparse.Namespace):
-    from .finetune import FinetuneConfig
+class ShowDefaults(argparse.HelpFormatter):
+    """Help that ends with the option's default, unless the help names it or there is none to name (None, or a
+    flag's False / True: ``is``, since 0 == False and 1 == True)."""
 
-    values = dict(
-        task=args.task,
-        model=args.model,
-        train_file=args.train_file,
-        eval_file=args.eval_file,
-        val_file=args.val_file,
-        val_fraction=args.val_fraction,
-        target_modules=_comma_list(args.target_modules),
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        train_size=args.train_size,
-        progress=not args.no_progress,
-        device=args.device,
-    )
-    # finetune's own options (compare's parser lacks them: FinetuneConfig's defaults apply)
-    for name in (
-        "method",
-        "seed",
-        "orth_reg_weight",
-        "lora_r",
-        "structure",
-        "depth",
-        "output",
-        "save_every",
-        "resume",
-        "overwrite",
-    ):
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    return FinetuneConfig(**values)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        unnamed = action.default is None or action.default is False or action.default is True
+        if "(default:" in help_text or unnamed or action.default == argparse.SUPPRESS:
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+def add_config_options(parser: argparse.ArgumentParser, config: type[RunOptions], names: list[str]) -> None:
+    """``--field-name`` options for the fields ``names`` of ``config``, with the fields' defaults and help; the
+    namespace remembers which fields they are (:func:`config_from`)."""
+    by_name = {f.name: f for f in fields(config)}
+    for name in names:
+        meta = by_name[name].metadata
+        default = by_name[name].default
+        help_text, shown = config.HELP.get(name, (meta["help"], meta["shown"]))
+        shown = shown() if callable(shown) else shown
+        kwargs: dict = {"dest": name, "default": default}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_false" if default else "store_true"
+        else:
+            kwargs["type"] = meta["parse"] or (type(default) if default is not None else str)
+            if meta["choices"] is not None:
+                kwargs["choices"] = meta["choices"]()
+            if shown is not None:
+                help_text += f" (default: {shown})"
+        flag = meta["flag"] or "--" + name.replace("_", "-")
+        parser.add_argument(flag, help=help_text.replace("%", "%%"), **kwargs)
+    parser.set_defaults(config_fields=tuple(names))
+
+
+def config_from(args: argparse.Namespace, config: type[RunOptions], **values):
+    """``config`` built from the options :func:`add_config_options` added (and ``values``); the rest keep the
+    dataclass's defaults."""
+    return config(**{name: getattr(args, name) for name in args.config_fields}, **values)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands: options -> a config or arguments of the command's module -> its function
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def data_stem(args: argparse.Namespace) -> str:
@@ -125,7 +123,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.output is None and not args.resume:
         args.output = default_output(args)
         print(f"output: {args.output} (pass --output to choose)")
-    cfg = _finetune_config(args)
+    cfg = config_from(args, FinetuneConfig)
     metrics = finetune(cfg)
     print(
         f"{cfg.method_label} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
@@ -149,7 +147,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data_stem(args),
         methods,
         list(range(args.seeds)),
-        _finetune_config(args),
+        config_from(args, FinetuneConfig),
         Path(args.results),
         sweep=not args.no_sweep,
     )
@@ -178,26 +176,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_instruct(args: argparse.Namespace) -> int:
-    from .instruct import InstructConfig, run_instruct_compare
+    from .instruct import run_instruct_compare
     from .methods import method_list
 
     methods = method_list(args.methods, INSTRUCT_METHODS)
-    base = InstructConfig(
-        method=methods[0],
-        model=args.model,
-        base_weights=args.base_weights,
-        train_size=args.train_size,
-        eval_size=args.eval_size,
-        val_size=args.val_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        output=args.output,
-        save_every=args.save_every,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        device=args.device,
-    )
+    base = config_from(args, InstructConfig, method=methods[0])
     run_instruct_compare(
         methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr, sweep=not args.no_sweep
     )
@@ -233,64 +216,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # Parsers
 # ---------------------------------------------------------------------------------------------------------------------
 
-
-def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="polarity", help="embedded task: polarity or hedge (default: polarity)")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="local transformers checkpoint directory, or minilm (default: the embedded MiniLM)",
-    )
-    p.add_argument(
-        "--train-file", default=None, help="your own training data: .csv/.tsv (header text,label) or .jsonl"
-    )
-    p.add_argument("--eval-file", default=None, help="your own test data, same format (with --train-file)")
-    p.add_argument(
-        "--val-file",
-        default=None,
-        help="your own validation data, same format (default: set --val-fraction of --train-file aside)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of the training data set aside, stratified and seed-fixed, for validation (default: 0.1)",
-    )
-    p.add_argument(
-        "--target-modules",
-        default=None,
-        help="comma-separated module names to adapt (default: all linear layers of the encoder)",
-    )
-    p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="AdamW learning rate (compare without it sweeps four rates per method); finetune's default "
-        "per method (* chosen on validation): "
-        + ", ".join(
-            f"{name} {default_lr(name):g}{'*' if chosen_lr(name) is not None else ''}" for name in FINETUNE_METHODS
-        )
-        + "; goft with --structure butterfly "
-        + f"{default_lr('goft', structure='butterfly'):g}*",
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    p.add_argument("--max-length", type=int, default=64, help="max tokens per example (default: 64)")
-    p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (seeded)")
-    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_checkpoint_args(p: argparse.ArgumentParser, where: str) -> None:
-    p.add_argument(
-        "--save-every",
-        type=int,
-        default=0,
-        help=f"also write {where} every N steps (it is always written at epoch ends)",
-    )
-    p.add_argument(
-        "--resume", action="store_true", help=f"continue an interrupted run from {where} (same options and seed)"
-    )
+TRAINING_FIELDS = [
+    "task",
+    "model",
+    "train_file",
+    "eval_file",
+    "val_file",
+    "val_fraction",
+    "target_modules",
+    "epochs",
+    "lr",
+    "batch_size",
+    "max_length",
+    "train_size",
+    "device",
+    "progress",
+]
 
 
 def _add_finetune_parser(sub) -> None:
@@ -299,39 +240,25 @@ def _add_finetune_parser(sub) -> None:
         help="fine-tune a classifier with one method and evaluate it",
         description="Fine-tune the embedded MiniLM (or --model) on a real task (or your files); "
         "writes OUTPUT/metrics.json, the adapter and curve.png.",
-    )
-    p.add_argument(
-        "--method",
-        default="goft",
-        choices=tuple(METHODS),
-        help="goft, qgoft, lora, oft, boft (PEFT), head (classifier only), full, or any run name of "
-        "goft compare (default: goft)",
-    )
-    _add_training_args(p)
-    p.add_argument(
-        "--structure",
-        default="tree",
-        help="GOFT's pairing for --method goft/qgoft: tree (the paper's, d-1 blocks) or butterfly "
-        "(about (d/2)·log2 d blocks) (default: tree)",
-    )
-    p.add_argument(
-        "--depth", type=int, default=1, help="stacked GOFT rotations, each with its own blocks (default: 1)"
+        formatter_class=ShowDefaults,
     )
     # (finetune only, with --structure and --depth: compare's rows are keyed by method name, see its registry rows)
-    p.add_argument("--orth-reg-weight", type=float, default=1e-2, help="qGOFT penalty weight λ (default: 0.01)")
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for --method lora (default: 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument(
-        "--output",
-        default=None,
-        help="directory for the adapter (or head, or model), metrics.json, curve.png and checkpoint.pt "
-        "(default: a new runs/METHOD-TASK-YYYYmmdd-HHMMSS)",
-    )
-    _add_checkpoint_args(p, "OUTPUT/checkpoint.pt")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start over in an --output that holds an earlier run's checkpoint, replacing it",
+    add_config_options(
+        p,
+        FinetuneConfig,
+        [
+            "method",
+            *TRAINING_FIELDS,
+            "structure",
+            "depth",
+            "orth_reg_weight",
+            "lora_r",
+            "seed",
+            "output",
+            "save_every",
+            "resume",
+            "overwrite",
+        ],
     )
     p.set_defaults(func=cmd_finetune)
 
@@ -346,22 +273,22 @@ def _add_compare_parser(sub) -> None:
         "rate. Results are recorded run by run in RESULTS/<task or training file's "
         "name>.json; a rerun skips what is recorded and continues an interrupted run from "
         "its checkpoint (RESULTS/unfinished/).",
+        formatter_class=ShowDefaults,
     )
     p.add_argument(
         "--methods",
         default=",".join(COMPARE_DEFAULT),
-        help=f"comma-separated runs from {', '.join(METHODS)} (default: {','.join(COMPARE_DEFAULT)}); "
-        "lora_r2 matches qGOFT's parameter count",
+        help=f"comma-separated runs from {', '.join(METHODS)}; lora_r2 matches qGOFT's parameter count",
     )
-    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, 0..N-1 (default: 3)")
-    p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, 0..N-1")
+    p.add_argument("--results", default="results", help="results directory")
     p.add_argument(
         "--no-sweep",
         action="store_true",
         help="skip the validation sweep: every seed at the method's default rate (or --lr); for quick "
         "looks, not for verdicts",
     )
-    _add_training_args(p)
+    add_config_options(p, FinetuneConfig, TRAINING_FIELDS)
     p.set_defaults(func=cmd_compare)
 
 
@@ -374,30 +301,10 @@ def _add_instruct_parser(sub) -> None:
         "split), then run every seed at the best rate and score it on the test "
         "sentences; greedy generation accuracy and KL forgetting on held-out text, "
         "appended to --results.",
+        formatter_class=ShowDefaults,
     )
-    p.add_argument(
-        "--methods",
-        default=",".join(INSTRUCT_METHODS),
-        help=f"comma-separated (default: {','.join(INSTRUCT_METHODS)})",
-    )
-    p.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds, 0..N-1 (default: 2)")
-    p.add_argument("--model", default=None, help="local causal-LM directory, or smollm2 (default: embedded SmolLM2)")
-    p.add_argument(
-        "--base-weights",
-        default="fp32",
-        help="fp32, or int8: quantize the base's linear layers on load (torchao int8 weight-only, through "
-        "transformers) and tune on that; the results name it (default: fp32)",
-    )
-    p.add_argument("--train-size", type=int, default=512, help="training sentences (default: 512)")
-    p.add_argument("--eval-size", type=int, default=200, help="test sentences (default: 200)")
-    p.add_argument(
-        "--val-size",
-        type=int,
-        default=100,
-        help="validation prompts that choose the rate, from the 10%% of the training split set aside (default: 100)",
-    )
-    p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--methods", default=",".join(INSTRUCT_METHODS), help="comma-separated")
+    p.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds, 0..N-1")
     p.add_argument(
         "--lr",
         type=_positive_float_list,
@@ -414,24 +321,32 @@ def _add_instruct_parser(sub) -> None:
         + ") and score it on the test sentences; recorded as stage 'unswept'",
     )
     p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
-    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    p.add_argument(
-        "--output",
-        default=None,
-        help="keep each run's checkpoint and adapter in OUTPUT/<method>-seed<N>-lr<rate>[-sweep]/ (default: none)",
+    add_config_options(
+        p,
+        InstructConfig,
+        [
+            "model",
+            "base_weights",
+            "train_size",
+            "eval_size",
+            "val_size",
+            "epochs",
+            "batch_size",
+            "device",
+            "output",
+            "save_every",
+            "resume",
+            "overwrite",
+            "progress",
+        ],
     )
-    _add_checkpoint_args(p, "OUTPUT/<run>/checkpoint.pt")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a run over when OUTPUT/<run>/ holds an unfinished run's checkpoint, replacing it",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_instruct)
 
 
 def _add_inspect_and_merge_parsers(sub) -> None:
-    p = sub.add_parser("inspect", help="per-layer statistics of a saved GOFT adapter (and a PNG)")
+    p = sub.add_parser(
+        "inspect", help="per-layer statistics of a saved GOFT adapter (and a PNG)", formatter_class=ShowDefaults
+    )
     p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
     p.add_argument(
         "--plot",
@@ -440,7 +355,11 @@ def _add_inspect_and_merge_parsers(sub) -> None:
     )
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("merge", help="fold a saved adapter into its base model and save a plain checkpoint")
+    p = sub.add_parser(
+        "merge",
+        help="fold a saved adapter into its base model and save a plain checkpoint",
+        formatter_class=ShowDefaults,
+    )
     p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
     p.add_argument("--output", required=True, help="directory for the merged checkpoint (must be new or empty)")
     p.add_argument(
@@ -458,15 +377,13 @@ def _add_bench_parser(sub) -> None:
         help="speed and memory against the frozen layer, LoRA, OFT, BOFT, the dense approach",
         description="Per-layer forward+backward time and saved bytes, rotation scaling in d, merge "
         "time, and an end-to-end MiniLM training step; interleaved medians in one run.",
+        formatter_class=ShowDefaults,
     )
     p.add_argument(
-        "--dims",
-        type=_int_list(2),
-        default=[384, 768, 1024, 2048, 4096],
-        help="layer sizes d_in = d_out, each >= 2 (default: 384,768,1024,2048,4096)",
+        "--dims", type=_int_list(2), default="384,768,1024,2048,4096", help="layer sizes d_in = d_out, each >= 2"
     )
-    p.add_argument("--tokens", type=_int_list(1), default=[512, 4096], help="tokens per step (default: 512,4096)")
-    p.add_argument("--reps", type=_positive_int, default=7, help="timed repetitions per method (default: 7)")
+    p.add_argument("--tokens", type=_int_list(1), default="512,4096", help="tokens per step")
+    p.add_argument("--reps", type=_positive_int, default=7, help="timed repetitions per method")
     p.add_argument(
         "--methods",
         default="",
@@ -476,20 +393,20 @@ def _add_bench_parser(sub) -> None:
         "--dense-max-d",
         type=int,
         default=2048,
-        help="largest d for the authors' dense approach, which costs O(L d^3) a step (default: 2048)",
+        help="largest d for the authors' dense approach, which costs O(L d^3) a step",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--dtypes",
         default="float32",
-        help="comma-separated dtypes of the layer and its input: float32, bfloat16, float16 (default: "
-        "float32); adapters keep the dtype PEFT gives them",
+        help="comma-separated dtypes of the layer and its input: float32, bfloat16, float16; adapters keep the "
+        "dtype PEFT gives them",
     )
     p.add_argument(
         "--e2e-models",
         default="minilm",
         help="models for the end-to-end training step: minilm, llama-1b (Llama 3.2 1B's architecture "
-        "with random weights, bf16; for a GPU) (default: minilm)",
+        "with random weights, bf16; for a GPU)",
     )
     p.add_argument(
         "--no-layers", action="store_true", help="skip the per-layer benchmark (and the rotation's scaling in d)"
@@ -526,35 +443,6 @@ def resume_command(argv: list[str] | None, output: str | None) -> str:
     if output is not None and "--output" not in args:
         args += ["--output", output]
     return shlex.join(["goft", *args, *([] if "--resume" in args else ["--resume"])])
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, pattern: str):
-        super().__init__()
-        self.pattern = re.compile(pattern)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.pattern.search(record.getMessage())
-
-
-# torchao, which transformers imports on every command, logs one line for each of its compiled extensions built for
-# another platform (a CUDA architecture, another Python), and torch one deprecation for each enum torchao registers
-# with pytree; bitsandbytes, on CPUs with AVX512-BF16, one line saying that the optional `kernels` package (a faster
-# 4-bit CPU matmul fetched from a hub) is missing.  Lines on every run that say nothing about the user's work; only
-# those messages are dropped.
-FOREIGN_KERNEL_NOISE = {
-    "torchao": r"^Failed to load .*_C_\w+.*\.so",
-    "bitsandbytes.backends.cpu.ops": r"^Failed to load CPU gemm_4bit_forward from kernels-community",
-    "torch.utils._pytree": r"is an Enum subclass and is now natively supported by torch\.compile",
-}
-
-
-def drop_foreign_kernel_noise() -> None:
-    """Install the filters of ``FOREIGN_KERNEL_NOISE`` on their loggers (once per logger)."""
-    for name, pattern in FOREIGN_KERNEL_NOISE.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages(pattern))
 
 
 def main(argv: list[str] | None = None, before_command: Callable[[], object] | None = None) -> int:

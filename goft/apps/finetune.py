@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from ..ops.pairing import STRUCTURES
 from . import adapter_files, data, files, plots
+from .configs import FinetuneConfig
 from .errors import OptionError
 from .loop import (
     CHECKPOINT_NAME,
@@ -19,103 +18,16 @@ from .loop import (
     device_description,
     run_identity,
     train,
-    training_device,
     use_device,
 )
 from .methods import (
     METHODS,
     adapter_parameters,
     count_parameters,
-    default_lr,
-    get_method,
     is_head_parameter,
     wrap,
 )
 from .pretrained import MINILM_NAME, load_sequence_classifier, model_reference
-
-
-@dataclass
-class FinetuneConfig:
-    method: str = "goft"  # a run name of goft.apps.methods.METHODS
-    task: str = "polarity"
-    model: Optional[str] = None  # local transformers checkpoint dir or an embedded name; None = the embedded MiniLM
-    train_file: Optional[str] = None
-    eval_file: Optional[str] = None  # the user's test data (with train_file)
-    val_file: Optional[str] = None  # the user's validation data; None = carve val_fraction from the training data
-    val_fraction: float = data.VAL_FRACTION
-    target_modules: Optional[list[str]] = None  # None = all linear layers of the encoder
-    epochs: int = 3
-    lr: Optional[float] = None  # None = the method's default
-    batch_size: int = 32
-    max_length: int = 64
-    seed: int = 0
-    train_size: Optional[int] = None
-    orth_reg_weight: float = 1e-2
-    lora_r: int = 8
-    structure: str = "tree"  # GOFT's pairing (goft and qgoft methods)
-    depth: int = 1
-    output: Optional[str] = None
-    progress: bool = True
-    save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends); needs output
-    resume: bool = False  # continue from output/checkpoint.pt (which must exist)
-    overwrite: bool = False  # replace an earlier run's checkpoint in output instead of refusing
-    evaluate_test: bool = True  # False for runs that only choose a learning rate: the test split stays unread
-    device: str = "cpu"  # cpu, cuda or cuda:N
-
-    def __post_init__(self):
-        get_method(self.method)
-        if self.train_file is not None:
-            self.task = None  # the data are the user's files: no embedded task is involved
-        if self.structure not in STRUCTURES:
-            raise OptionError("structure", f"must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
-        if (self.structure, self.depth) != ("tree", 1) and METHODS[self.method].family != "goft":
-            option = "structure" if self.structure != "tree" else "depth"
-            raise OptionError(option, f"shapes GOFT's rotation (--method goft or qgoft), not {self.method}")
-        for name in ("epochs", "batch_size", "max_length", "lora_r", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise OptionError(name, f"must be a positive integer, got {value!r}")
-        if self.train_size is not None and self.train_size < 2:
-            raise OptionError("train_size", f"must be at least 2, got {self.train_size}")
-        if (self.train_file is None) != (self.eval_file is None):
-            raise OptionError("train_file", "and --eval-file go together: give both or neither")
-        if self.val_file is not None and self.train_file is None:
-            raise OptionError("val_file", "goes with --train-file and --eval-file (embedded tasks carve their own)")
-        if not 0 < self.val_fraction < 1:
-            raise OptionError("val_fraction", f"must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
-        if not isinstance(self.save_every, int) or self.save_every < 0:
-            raise OptionError("save_every", f"must be an integer >= 0, got {self.save_every!r}")
-        if (self.save_every or self.resume) and not self.output:
-            raise OptionError("output", "is needed by --save-every and --resume (where the checkpoint lives)")
-        if self.lr is not None and not (self.lr > 0):
-            raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
-        training_device(self.device)  # refuses a device this machine lacks before any data or model is loaded
-
-    @property
-    def learning_rate(self) -> float:
-        """``lr``, or the method's default for this setting (see :func:`goft.apps.methods.default_lr`)."""
-        return self.lr if self.lr is not None else default_lr(self.method, **self.method_setting)
-
-    @property
-    def method_setting(self) -> dict:
-        """The options of this config that shape the method's adapter (its family's, not the others')."""
-        entry = METHODS[self.method]
-        if entry.family == "goft":  # λ only weighs qGOFT's penalty: strict GOFT trains the same thing at any λ
-            setting = {"structure": self.structure, "depth": self.depth}
-            return {**setting, "orth_reg_weight": self.orth_reg_weight} if entry.options.get("quasi") else setting
-        return {"r": self.lora_r} if entry.family == "lora" else {}
-
-    @property
-    def method_label(self) -> str:
-        """The method, with GOFT's pairing when it is not the paper's tree: ``goft (butterfly, depth 2)``."""
-        if (self.structure, self.depth) == ("tree", 1):
-            return self.method
-        return f"{self.method} ({self.structure}" + (f", depth {self.depth})" if self.depth != 1 else ")")
-
-    @property
-    def data_name(self) -> str:
-        """What the run learns from: the embedded task's name, or ``user:<training file>``."""
-        return self.task if self.train_file is None else f"user:{self.train_file}"
 
 
 def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):

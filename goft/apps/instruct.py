@@ -13,14 +13,14 @@ the plot: :mod:`goft.apps.instruct_report`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from . import adapter_files, data, files, pretrained
-from .errors import OptionError
+from .configs import InstructConfig
 from .forgetting import forgetting, heldout_passages, next_token_logprobs
 from .instruct_report import write_report
 from .instruct_task import TASK, answer_ids, build_batch, generation_accuracy, prompt_ids
@@ -31,10 +31,9 @@ from .loop import (
     run_identity,
     train,
     trained_to_the_end,
-    training_device,
     use_device,
 )
-from .methods import INSTRUCT_METHODS, METHODS, count_parameters, get_method, instruct_default_lr, wrap
+from .methods import METHODS, count_parameters, instruct_default_lr, wrap
 from .protocol import Plan, lr_grid, run_protocol
 from .results import FINAL, SWEEP, RunsFile
 from .results import INSTRUCT_SCHEDULE as SCHEDULE
@@ -55,62 +54,6 @@ SETUP_OPTIONS = (
     "forget_passages",
     "forget_tokens",
 )
-
-
-@dataclass
-class InstructConfig:
-    method: str = "goft"  # a run name of goft.apps.methods.INSTRUCT_METHODS
-    model: Optional[str] = None  # local causal-LM directory; None = embedded SmolLM2-135M-Instruct
-    base_weights: str = "fp32"  # or "int8": the base's linear layers quantized (torchao int8 weight-only) on load
-    target_modules: Optional[list[str]] = None
-    train_size: int = 512
-    eval_size: int = 200
-    val_size: int = 100  # validation prompts, from the share of the training split set aside for validation
-    epochs: int = 1
-    batch_size: int = 8
-    lr: Optional[float] = None  # None = methods.instruct_default_lr(method)
-    seed: int = 0
-    orth_reg_weight: float = 1e-2
-    lora_r: int = 8
-    forget_passages: int = 48
-    forget_tokens: int = 128
-    output: Optional[str] = None  # root of the per-run directories (checkpoint, adapter); None = keep nothing
-    save_every: int = 0
-    resume: bool = False  # continue each run from its checkpoint where it has one
-    overwrite: bool = False  # replace an unfinished run's checkpoint instead of refusing
-    progress: bool = True
-    evaluate_test: bool = True  # False for runs that only choose a learning rate: the test sentences stay unread
-    device: str = "cpu"  # cpu, cuda or cuda:N
-
-    def __post_init__(self):
-        get_method(self.method, INSTRUCT_METHODS)
-        pretrained.check_base_weights(self.base_weights)
-        if training_device(self.device).type != "cpu" and self.base_weights != "fp32":
-            raise OptionError(
-                "base_weights",
-                f"{self.base_weights} loads the base for the CPU (torchao weight-only); "
-                "use --device cpu with it, or fp32 on a GPU",
-            )
-        for name in ("train_size", "eval_size", "val_size", "epochs", "batch_size", "lora_r"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise OptionError(name, f"must be a positive integer, got {value!r}")
-        if (self.save_every or self.resume) and not self.output:
-            raise OptionError("output", "is needed by --save-every and --resume (where the checkpoints live)")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else instruct_default_lr(self.method)
-
-    @property
-    def run_dir(self) -> Optional[Path]:
-        """This run's directory under ``output``: one per (method, base weights, seed, learning rate, and whether it
-        is a sweep run, which never reads the test sentences)."""
-        if self.output is None:
-            return None
-        quantized = "" if self.base_weights == "fp32" else f"-{self.base_weights}"
-        sweep = "" if self.evaluate_test else "-sweep"
-        return Path(self.output) / f"{self.method}{quantized}-seed{self.seed}-lr{self.learning_rate:g}{sweep}"
 
 
 def build_instruct_model(cfg: InstructConfig, model):

@@ -1,0 +1,247 @@
+"""The options of the training commands, each stated once: a dataclass field holds its default, its help and (in
+``__post_init__``) its check; the command line builds its options from these fields (:func:`goft.apps.cli`), so a
+default is a one-line change here and ``--help`` shows it.
+
+:class:`RunOptions` holds what ``finetune`` and ``instruct`` share; :class:`FinetuneConfig` (``goft finetune`` and
+each run of ``goft compare``) and :class:`InstructConfig` (each run of ``goft instruct``) add their own fields and
+set their own defaults.  This module imports neither torch nor PEFT: ``goft --help`` reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from .errors import OptionError
+from .methods import (
+    FINETUNE_METHODS,
+    INSTRUCT_METHODS,
+    METHODS,
+    chosen_lr,
+    default_lr,
+    get_method,
+    instruct_default_lr,
+)
+
+VAL_FRACTION = 0.1  # of the training split, set aside (stratified, seed-fixed) for validation
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; empty -> None."""
+    return [t.strip() for t in text.split(",") if t.strip()] or None if text else None
+
+
+def option(
+    default: Any,
+    help: str,
+    parse: Optional[Callable[[str], Any]] = None,
+    shown: str | Callable[[], str] | None = None,
+    flag: Optional[str] = None,
+    choices: Optional[Callable[[], tuple]] = None,
+):
+    """A config field and what its command-line option says: ``help``; ``parse`` turns the option's text into the
+    value (default: the default's type, else str); ``shown`` names a default that its value does not say (a callable
+    when it is computed); ``flag`` replaces ``--field-name``; ``choices`` gives the allowed values."""
+    metadata = {"help": help, "parse": parse, "shown": shown, "flag": flag, "choices": choices}
+    return field(default=default, metadata=metadata)
+
+
+def _finetune_lr_default() -> str:
+    rates = [f"{name} {default_lr(name):g}{'*' if chosen_lr(name) is not None else ''}" for name in FINETUNE_METHODS]
+    butterfly = f"{default_lr('goft', structure='butterfly'):g}*"
+    return f"per method, * chosen on validation: {', '.join(rates)}; goft with --structure butterfly {butterfly}"
+
+
+@dataclass
+class RunOptions:
+    """What every training run takes; the options that decide what is trained are part of its checkpoint's
+    identity (:func:`goft.apps.loop.run_identity`)."""
+
+    method: str = option("goft", "a run name of the method registry (goft.apps.methods.METHODS)")
+    model: Optional[str] = option(None, "local transformers checkpoint directory, or an embedded model's name")
+    target_modules: Optional[list[str]] = option(
+        None, "comma-separated module names to adapt", parse=comma_list, shown="all linear layers of the encoder"
+    )
+    train_size: Optional[int] = option(None, "use only this many training examples (seeded)", parse=int)
+    epochs: int = option(3, "training epochs")
+    batch_size: int = option(32, "batch size")
+    lr: Optional[float] = option(None, "AdamW learning rate", parse=float, shown="the method's")
+    seed: int = option(0, "random seed")
+    orth_reg_weight: float = option(1e-2, "qGOFT penalty weight λ")
+    lora_r: int = option(8, "LoRA rank for --method lora")
+    output: Optional[str] = option(None, "directory for what the run writes; None keeps nothing")
+    save_every: int = option(0, "also checkpoint every N optimizer steps (it is always written at epoch ends)")
+    resume: bool = option(False, "continue an interrupted run from its checkpoint (same options and seed)")
+    overwrite: bool = option(False, "replace an earlier run's checkpoint in --output instead of refusing")
+    progress: bool = option(True, "no progress bar", flag="--no-progress")
+    # False for runs that only choose a learning rate: the test split stays unread (set by the protocol, no option)
+    evaluate_test: bool = True
+    device: str = option("cpu", "where to train: cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU")
+
+    ALLOWED_METHODS: ClassVar[tuple] = tuple(METHODS)
+    POSITIVE: ClassVar[tuple] = ("epochs", "batch_size", "lora_r")  # positive integers
+    HELP: ClassVar[dict] = {}  # a command's own wording of a shared option
+
+    def __post_init__(self):
+        get_method(self.method, self.ALLOWED_METHODS)
+        for name in self.POSITIVE:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise OptionError(name, f"must be a positive integer, got {value!r}")
+        if not isinstance(self.save_every, int) or self.save_every < 0:
+            raise OptionError("save_every", f"must be an integer >= 0, got {self.save_every!r}")
+        if (self.save_every or self.resume) and not self.output:
+            raise OptionError("output", "is needed by --save-every and --resume (where the checkpoint lives)")
+        if self.lr is not None and not (self.lr > 0):
+            raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
+        from .loop import training_device  # torch: loaded by the time a config is built
+
+        training_device(self.device)  # refuses a device this machine lacks before any data or model is loaded
+
+
+@dataclass
+class FinetuneConfig(RunOptions):
+    """One ``goft finetune`` run (and each run of ``goft compare``): a sequence classifier on a task or files."""
+
+    method: str = option(
+        "goft",
+        "goft, qgoft, lora, oft, boft (PEFT), head (classifier only), full, or any run name of goft compare",
+        choices=lambda: tuple(METHODS),
+    )
+    task: Optional[str] = option("polarity", "embedded task: polarity or hedge")
+    train_file: Optional[str] = option(None, "your own training data: .csv/.tsv (header text,label) or .jsonl")
+    eval_file: Optional[str] = option(None, "your own test data, same format (with --train-file)")
+    val_file: Optional[str] = option(
+        None, "your own validation data, same format", shown="set --val-fraction of --train-file aside"
+    )
+    val_fraction: float = option(
+        VAL_FRACTION, "share of the training data set aside, stratified and seed-fixed, for validation"
+    )
+    max_length: int = option(64, "max tokens per example")
+    structure: str = option(
+        "tree",
+        "GOFT's pairing for --method goft/qgoft: tree (the paper's, d-1 blocks) or butterfly "
+        "(about (d/2)·log2 d blocks)",
+    )
+    depth: int = option(1, "stacked GOFT rotations, each with its own blocks")
+
+    POSITIVE: ClassVar[tuple] = ("epochs", "batch_size", "max_length", "lora_r", "depth")
+    HELP: ClassVar[dict] = {
+        "model": ("local transformers checkpoint directory, or minilm", "the embedded MiniLM"),
+        "lr": ("AdamW learning rate (compare without it sweeps four rates per method)", _finetune_lr_default),
+        "output": (
+            "directory for the adapter (or head, or model), metrics.json, curve.png and checkpoint.pt",
+            "a new runs/METHOD-TASK-YYYYmmdd-HHMMSS",
+        ),
+        "save_every": ("also write OUTPUT/checkpoint.pt every N steps (it is always written at epoch ends)", None),
+        "resume": ("continue an interrupted run from OUTPUT/checkpoint.pt (same options and seed)", None),
+        "overwrite": ("start over in an --output that holds an earlier run's checkpoint, replacing it", None),
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
+        from ..ops.pairing import STRUCTURES
+
+        if self.train_file is not None:
+            self.task = None  # the data are the user's files: no embedded task is involved
+        if self.structure not in STRUCTURES:
+            raise OptionError("structure", f"must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
+        if (self.structure, self.depth) != ("tree", 1) and METHODS[self.method].family != "goft":
+            option_name = "structure" if self.structure != "tree" else "depth"
+            raise OptionError(option_name, f"shapes GOFT's rotation (--method goft or qgoft), not {self.method}")
+        if self.train_size is not None and self.train_size < 2:
+            raise OptionError("train_size", f"must be at least 2, got {self.train_size}")
+        if (self.train_file is None) != (self.eval_file is None):
+            raise OptionError("train_file", "and --eval-file go together: give both or neither")
+        if self.val_file is not None and self.train_file is None:
+            raise OptionError("val_file", "goes with --train-file and --eval-file (embedded tasks carve their own)")
+        if not 0 < self.val_fraction < 1:
+            raise OptionError("val_fraction", f"must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the method's default for this setting (see :func:`goft.apps.methods.default_lr`)."""
+        return self.lr if self.lr is not None else default_lr(self.method, **self.method_setting)
+
+    @property
+    def method_setting(self) -> dict:
+        """The options of this config that shape the method's adapter (its family's, not the others')."""
+        entry = METHODS[self.method]
+        if entry.family == "goft":  # λ only weighs qGOFT's penalty: strict GOFT trains the same thing at any λ
+            setting = {"structure": self.structure, "depth": self.depth}
+            return {**setting, "orth_reg_weight": self.orth_reg_weight} if entry.options.get("quasi") else setting
+        return {"r": self.lora_r} if entry.family == "lora" else {}
+
+    @property
+    def method_label(self) -> str:
+        """The method, with GOFT's pairing when it is not the paper's tree: ``goft (butterfly, depth 2)``."""
+        if (self.structure, self.depth) == ("tree", 1):
+            return self.method
+        return f"{self.method} ({self.structure}" + (f", depth {self.depth})" if self.depth != 1 else ")")
+
+    @property
+    def data_name(self) -> str:
+        """What the run learns from: the embedded task's name, or ``user:<training file>``."""
+        return self.task if self.train_file is None else f"user:{self.train_file}"
+
+
+@dataclass
+class InstructConfig(RunOptions):
+    """One ``goft instruct`` run: a causal LM tuned on polarity-instruct, scored by generation and forgetting."""
+
+    base_weights: str = option(
+        "fp32",
+        "fp32, or int8: quantize the base's linear layers on load (torchao int8 weight-only, through transformers) "
+        "and tune on that; the results name it",
+    )
+    train_size: int = option(512, "training sentences")
+    eval_size: int = option(200, "test sentences")
+    val_size: int = option(
+        100, "validation prompts that choose the rate, from the 10% of the training split set aside"
+    )
+    epochs: int = option(1, "epochs")
+    batch_size: int = option(8, "batch size")
+    forget_passages: int = option(48, "held-out passages that measure forgetting")
+    forget_tokens: int = option(128, "tokens per held-out passage")
+
+    ALLOWED_METHODS: ClassVar[tuple] = INSTRUCT_METHODS
+    POSITIVE: ClassVar[tuple] = ("train_size", "eval_size", "val_size", "epochs", "batch_size", "lora_r")
+    HELP: ClassVar[dict] = {
+        "model": ("local causal-LM directory, or smollm2", "embedded SmolLM2"),
+        "output": ("keep each run's checkpoint and adapter in OUTPUT/<method>-seed<N>-lr<rate>[-sweep]/", "none"),
+        "save_every": (
+            "also write OUTPUT/<run>/checkpoint.pt every N steps (it is always written at epoch ends)",
+            None,
+        ),
+        "resume": ("continue an interrupted run from OUTPUT/<run>/checkpoint.pt (same options and seed)", None),
+        "overwrite": ("start a run over when OUTPUT/<run>/ holds an unfinished run's checkpoint, replacing it", None),
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
+        from .loop import training_device
+        from .pretrained import check_base_weights
+
+        check_base_weights(self.base_weights)
+        if training_device(self.device).type != "cpu" and self.base_weights != "fp32":
+            raise OptionError(
+                "base_weights",
+                f"{self.base_weights} loads the base for the CPU (torchao weight-only); "
+                "use --device cpu with it, or fp32 on a GPU",
+            )
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else instruct_default_lr(self.method)
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        """This run's directory under ``output``: one per (method, base weights, seed, learning rate, and whether it
+        is a sweep run, which never reads the test sentences)."""
+        if self.output is None:
+            return None
+        quantized = "" if self.base_weights == "fp32" else f"-{self.base_weights}"
+        sweep = "" if self.evaluate_test else "-sweep"
+        return Path(self.output) / f"{self.method}{quantized}-seed{self.seed}-lr{self.learning_rate:g}{sweep}"
