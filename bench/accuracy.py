@@ -12,7 +12,7 @@ import platform
 
 import torch
 
-from goft import functional as F
+from goft import functional as givens
 
 
 def main() -> None:
@@ -24,29 +24,29 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed)
     for d in args.dims:
         theta = (torch.rand(d - 1, generator=g) * 2 - 1) * math.pi
-        quasi = F.angles_to_blocks((torch.rand(d - 1, generator=g) * 2 - 1) * math.pi)
+        quasi = givens.angles_to_blocks((torch.rand(d - 1, generator=g) * 2 - 1) * math.pi)
         quasi = quasi + 0.05 * torch.randn(d - 1, 2, 2, generator=g)
         x = torch.randn(args.tokens, d, generator=g)
         w = torch.randn(d, d, generator=g) / math.sqrt(d)
         for variant, params in (("goft", theta), ("qgoft", quasi)):
-            r64 = F.rotation_matrix(params.double(), d)
+            r64 = givens.rotation_matrix(params.double(), d)
             machine = platform.processor() or platform.machine()
             row = {"d": d, "variant": variant, "dtype": "float32", "machine": machine}
             if variant == "goft":
-                r32 = F.rotation_matrix(params, d)
+                r32 = givens.rotation_matrix(params, d)
                 row["orth_err_max"] = (r32.T @ r32 - torch.eye(d)).abs().max().item()
                 row["orth_err_bound_10d_eps"] = 10 * d * torch.finfo(torch.float32).eps
-            y = F.rotate(x, params)
+            y = givens.rotate(x, params)
             row["rotate_vs_fp64_dense_max_rel"] = (
                 (y.double() - x.double() @ r64).abs().max() / (x.double() @ r64).abs().max()
             ).item()
-            merged = F.merge_weight(w, params)
+            merged = givens.merge_weight(w, params)
             merged_out = x @ merged.T
-            unmerged_out = F.rotate(x, params) @ w.T
+            unmerged_out = givens.rotate(x, params) @ w.T
             row["merged_vs_unmerged_max_rel"] = (
                 (merged_out - unmerged_out).abs().max() / unmerged_out.abs().max()
             ).item()
-            restored = F.unmerge_weight(merged, params)
+            restored = givens.unmerge_weight(merged, params)
             row["unmerge_restore_max_rel"] = ((restored - w).abs().max() / w.abs().max()).item()
             print(json.dumps(row), flush=True)
 

@@ -12,7 +12,7 @@ import sys
 import torch
 from torch.utils import benchmark
 
-from goft import functional as F
+from goft import functional as givens
 from goft.ops import cuda_triton as T
 
 dims = [int(v) for v in sys.argv[1].split(",")] if len(sys.argv) > 1 else [768, 4096]
@@ -24,7 +24,7 @@ settings = [*itertools.product((0.5, 1, 2), (None,), (1, 2, 4, 8)), *((1, w, 4) 
 print(torch.cuda.get_device_name(device), "torch", torch.__version__)
 for d, dtype in itertools.product(dims, (torch.float32,)):
     x = torch.randn(4096, d, device=device, dtype=dtype, requires_grad=True)
-    theta = torch.randn(F.num_blocks(d), device=device, requires_grad=True)
+    theta = torch.randn(givens.num_blocks(d), device=device, requires_grad=True)
     times = {s: [] for s in settings}
     for _ in range(reps):
         for setting in settings:
@@ -34,7 +34,7 @@ for d, dtype in itertools.product(dims, (torch.float32,)):
             T.PROGRAMS_PER_SM = per_sm
             T._programs_per_launch.cache_clear()
             timer = benchmark.Timer(
-                stmt="F.rotate(x, theta).sum().backward()", globals={"F": F, "x": x, "theta": theta}
+                stmt="givens.rotate(x, theta).sum().backward()", globals={"givens": givens, "x": x, "theta": theta}
             )
             try:
                 times[setting].append(timer.timeit(3).median)

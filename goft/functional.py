@@ -1,10 +1,12 @@
 """The public face of goft's Givens-rotation math: pure functions, no ``nn.Module``.
 
 The convention (pairings, parameter order, ``R = P_M ⋯ P_1``, what the method cannot express) is stated once, in
-:mod:`goft.ops.pairing`; the functions below are defined in :mod:`goft.ops` and gathered here.
+:mod:`goft.ops.pairing`; the functions below are defined in :mod:`goft.ops` and gathered here; the package and the
+applications import this module as ``givens`` (``from goft import functional as givens``).
 """
 
 from .ops.autograd import merge_weight, rotate, rotate_inverse, unmerge_weight
+from .ops.backends import kernel_choice
 from .ops.blocks import angles_to_blocks, block_orthogonality_penalty
 from .ops.pairing import (
     STRUCTURES,
@@ -29,6 +31,7 @@ __all__ = [
     "givens_levels",
     "givens_pairs",
     "in_features_for_blocks",
+    "kernel_choice",
     "level_table",
     "merge_weight",
     "num_blocks",

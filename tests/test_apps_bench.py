@@ -36,9 +36,9 @@ def test_dense_reference_matches_goft_rotation():
     dense = bench.DenseGivensLinear(base)
     x = torch.randn(3, 12)
     theta = torch.pi * torch.tanh(dense.phi.detach())
-    from goft import functional as F
+    from goft import functional as givens
 
-    assert torch.allclose(dense(x), base(F.rotate(x, theta)), atol=1e-5)
+    assert torch.allclose(dense(x), base(givens.rotate(x, theta)), atol=1e-5)
 
 
 def test_half_precision_layers_and_the_decoder_step_run(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ def test_training_loop_learns_and_writes_files(toy_config, tmp_path, method):
 
 
 def test_a_butterfly_run_saves_its_pairing_and_counts_its_blocks(toy_config, tmp_path):
-    from goft import functional as F
+    from goft import functional as givens
 
     out = tmp_path / "run"
     metrics = finetune(toy_config(method="goft", structure="butterfly", depth=2, epochs=1, output=str(out)))
@@ -36,7 +36,7 @@ def test_a_butterfly_run_saves_its_pairing_and_counts_its_blocks(toy_config, tmp
     assert (saved["structure"], saved["depth"]) == ("butterfly", 2)
     written = json.loads((out / "metrics.json").read_text())
     assert written["config"]["structure"] == "butterfly" and written["method_label"] == "goft (butterfly, depth 2)"
-    per = lambda d: F.num_blocks(d, "butterfly", 2)  # noqa: E731
+    per = lambda d: givens.num_blocks(d, "butterfly", 2)  # noqa: E731
     assert metrics["adapter_params"] == 4 * per(16) + per(16) + per(24) + per(16)
 
 

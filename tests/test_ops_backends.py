@@ -5,14 +5,14 @@ import importlib
 import pytest
 import torch
 
-from goft import functional as F
+from goft import functional as givens
 from goft.ops import autograd, backends, reference
 
 
 def test_kernel_choice_is_validated(monkeypatch):
     monkeypatch.setenv("GOFT_KERNEL", "fast")
     with pytest.raises(ValueError, match=r"GOFT_KERNEL must be one of 'auto', 'numba', 'triton', 'torch', got 'fast'"):
-        F.rotate(torch.zeros(2, 4), torch.zeros(3))
+        givens.rotate(torch.zeros(2, 4), torch.zeros(3))
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_a_broken_compiler_counts_as_missing(broken_compilers, monkeypatch):
     assert backends.kernel_choice("cuda") == "torch" and backends.kernel_choice("cpu") == "torch"
     x = torch.randn(3, 6, dtype=torch.float64)
     theta = torch.randn(5, dtype=torch.float64)
-    assert torch.allclose(F.rotate(x, theta), x @ F.rotation_matrix(theta, 6), atol=1e-12, rtol=0)
+    assert torch.allclose(givens.rotate(x, theta), x @ givens.rotation_matrix(theta, 6), atol=1e-12, rtol=0)
     for insisted in ("numba", "triton"):
         monkeypatch.setenv("GOFT_KERNEL", insisted)
         with pytest.raises(ImportError, match=f"GOFT_KERNEL={insisted} but {insisted} cannot be imported"):
@@ -71,9 +71,9 @@ def test_forward_backward_merge_unmerge_and_inverse_ask_once_and_agree(choice, m
     x = torch.randn(4, 9, requires_grad=True)
     blocks = torch.eye(2).repeat(8, 1, 1) + 0.1 * torch.randn(8, 2, 2)
     blocks.requires_grad_()
-    F.rotate(x, blocks).sum().backward()
+    givens.rotate(x, blocks).sum().backward()
     w = torch.randn(3, 9)
-    F.unmerge_weight(F.merge_weight(w, blocks.detach()), blocks.detach())
-    F.rotate_inverse(x.detach(), blocks.detach())
+    givens.unmerge_weight(givens.merge_weight(w, blocks.detach()), blocks.detach())
+    givens.rotate_inverse(x.detach(), blocks.detach())
     assert len(asked) == 5 and len(set(asked)) == 1
     assert asked[0] is (reference if choice == "torch" else backends.numba_backend() or reference)

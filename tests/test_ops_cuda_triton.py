@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from goft import functional as F
+from goft import functional as givens
 
 triton = pytest.importorskip("triton")
 tl = triton.language
@@ -24,7 +24,7 @@ DIMS = [2, 3, 5, 7, 8, 12, 768]
 def make_params(d, quasi, seed):
     g = torch.Generator().manual_seed(seed)
     if quasi:  # near-orthogonal free blocks, so products over ~10 levels stay O(1)
-        return F.angles_to_blocks(torch.randn(d - 1, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(
+        return givens.angles_to_blocks(torch.randn(d - 1, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(
             d - 1, 2, 2, generator=g, dtype=torch.float64
         )
     return torch.randn(d - 1, generator=g, dtype=torch.float64)
@@ -37,7 +37,7 @@ def make_scale(d, seed):
 def bottom_first_matrix(blocks, d):
     """P_1 ⋯ P_L as a dense matrix (the order merge_weight sweeps in): the transpose of R built from transposed
     blocks, (P_L^T ⋯ P_1^T)^T."""
-    return F.rotation_matrix(blocks.transpose(-1, -2), d).T
+    return givens.rotation_matrix(blocks.transpose(-1, -2), d).T
 
 
 def close(got, want, rtol):
@@ -65,11 +65,11 @@ def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_op
     params go in as angles (level inputs recovered by transposition, one gradient per angle), quasi as blocks (level
     inputs kept in the scratch).  37 rows: several programs and a short last tile."""
     pairing = {"structure": structure, "depth": depth}
-    n_blocks = F.num_blocks(d, structure, depth)
+    n_blocks = givens.num_blocks(d, structure, depth)
     g = torch.Generator().manual_seed(d + depth)
     theta = torch.randn(n_blocks, generator=g, dtype=torch.float64)
     params = (
-        F.angles_to_blocks(theta) + 0.3 * torch.randn(n_blocks, 2, 2, generator=g, dtype=torch.float64)
+        givens.angles_to_blocks(theta) + 0.3 * torch.randn(n_blocks, 2, 2, generator=g, dtype=torch.float64)
         if quasi
         else theta
     )
@@ -79,7 +79,7 @@ def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_op
     params_ref = params.clone().requires_grad_()
     scale_ref = None if scale is None else scale.clone().requires_grad_()
     x_ref = x.clone().requires_grad_()
-    y_ref = x_ref @ F.rotation_matrix(params_ref, d, scale_ref, **pairing)
+    y_ref = x_ref @ givens.rotation_matrix(params_ref, d, scale_ref, **pairing)
     y_ref.backward(grad)
     dev = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
     tol = 2e-6 * math.log2(d + 1) * depth
@@ -97,7 +97,7 @@ def dense_check(d, structure, depth, quasi, with_scale, n_rows=37, **backward_op
     else:
         assert gs is None
     blocks = as_blocks(params, d, structure, depth)
-    bottom_first = F.rotation_matrix(blocks.transpose(-1, -2), d, **pairing).T  # P_1 ⋯ P_M
+    bottom_first = givens.rotation_matrix(blocks.transpose(-1, -2), d, **pairing).T  # P_1 ⋯ P_M
     close(T.rotate_rows(dev(x), dev(params), None, False, **pairing), x @ bottom_first, tol)
 
 
@@ -159,7 +159,7 @@ def test_angles_and_their_rotations_as_blocks_give_one_result():
     gradient contracted with d/dθ of the rotation."""
     d = 100
     theta = make_params(d, False, 3).float().to(DEVICE)
-    blocks = F.angles_to_blocks(theta)
+    blocks = givens.angles_to_blocks(theta)
     scale = make_scale(d, 3).float().to(DEVICE)
     x = torch.randn(19, d, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     g = torch.randn(19, d, generator=torch.Generator().manual_seed(5)).to(DEVICE)
@@ -212,7 +212,7 @@ def test_half_inputs_compute_in_fp32_and_keep_their_dtype(dtype):
     x = torch.randn(9, d).to(dtype).to(DEVICE)
     y = T.rotate_rows(x, blocks, None, True)
     assert y.dtype == dtype
-    want = x.double().cpu() @ F.rotation_matrix(params, d)  # the rounding is the output's, once
+    want = x.double().cpu() @ givens.rotation_matrix(params, d)  # the rounding is the output's, once
     close(y, want, 2 * torch.finfo(dtype).eps)
     gx, gb, _ = T.rotate_rows_backward(x, y, blocks, None, True, False)
     assert gx.dtype == dtype and gb.dtype == torch.float32
@@ -251,7 +251,7 @@ def test_empty_and_strided_rows():
     assert g_theta.shape == (d - 1,) and gs.shape == (d,) and not g_theta.any() and not gs.any()
     wide = torch.randn(5, 2 * d, device=DEVICE)
     x = wide[:, ::2]  # last-dim stride 2: copied to unit stride
-    want = x.double().cpu() @ F.rotation_matrix(blocks.double().cpu(), d)
+    want = x.double().cpu() @ givens.rotation_matrix(blocks.double().cpu(), d)
     close(T.rotate_rows(x, blocks, None, True), want, 1e-5)
 
 
@@ -265,16 +265,16 @@ def test_public_functions_on_cuda_match_the_cpu_reference(d, quasi, monkeypatch)
     monkeypatch.setenv("GOFT_KERNEL", "torch")
     p_cpu, s_cpu = params.clone().requires_grad_(), scale.clone().requires_grad_()
     x_cpu = x.clone().requires_grad_()
-    F.rotate(x_cpu, p_cpu, s_cpu).square().sum().backward()
+    givens.rotate(x_cpu, p_cpu, s_cpu).square().sum().backward()
     w = torch.randn(40, d)
-    merged_cpu = F.merge_weight(w, params, scale)
+    merged_cpu = givens.merge_weight(w, params, scale)
     monkeypatch.setenv("GOFT_KERNEL", "triton")
     assert backends.backend_for(x.cuda(), torch.float32) is T
     p_gpu, s_gpu = params.cuda().requires_grad_(), scale.cuda().requires_grad_()
     x_gpu = x.cuda().requires_grad_()
-    F.rotate(x_gpu, p_gpu, s_gpu).square().sum().backward()
-    merged = F.merge_weight(w.cuda(), p_gpu.detach(), s_gpu.detach())
-    restored = F.unmerge_weight(merged, p_gpu.detach(), s_gpu.detach())
+    givens.rotate(x_gpu, p_gpu, s_gpu).square().sum().backward()
+    merged = givens.merge_weight(w.cuda(), p_gpu.detach(), s_gpu.detach())
+    restored = givens.unmerge_weight(merged, p_gpu.detach(), s_gpu.detach())
     rtol = 1e-5 * math.log2(d + 1)
     for got, want in [
         (x_gpu.grad, x_cpu.grad),
@@ -297,9 +297,9 @@ def test_the_custom_op_takes_the_kernels_gradients_as_separate_tensors(quasi, mo
     params = make_params(d, quasi, 3).float().to(DEVICE).requires_grad_()
     scale = make_scale(d, 3).float().to(DEVICE).requires_grad_()
     x = torch.randn(5, d, device=DEVICE, requires_grad=True)
-    F.rotate(x, params, scale).square().sum().backward()
+    givens.rotate(x, params, scale).square().sum().backward()
     want_x, want_p, want_s = (t.detach().double().cpu().requires_grad_() for t in (x, params, scale))
-    rows = want_x @ F.rotation_matrix(want_p if quasi else F.angles_to_blocks(want_p), d) * want_s
+    rows = want_x @ givens.rotation_matrix(want_p if quasi else givens.angles_to_blocks(want_p), d) * want_s
     rows.square().sum().backward()
     for got, want in [(x.grad, want_x.grad), (params.grad, want_p.grad), (scale.grad, want_s.grad)]:
         close(got, want, 1e-5)

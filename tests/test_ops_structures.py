@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_functional import EPS32, KERNELS, dense_product, use_kernel
 
-from goft import functional as F
+from goft import functional as givens
 
 # (structure, depth) beyond the paper's tree at depth 1, which tests/test_functional.py covers
 DIALS = [("tree", 2), ("butterfly", 1), ("butterfly", 2), ("tree", 3)]
@@ -48,10 +48,10 @@ def spelled_out(d, structure, depth):
 @functools.cache
 def variants(d, structure, depth, dtype=torch.float64):
     """(name, params, scale): strict, quasi (rotations plus noise), strict with a scale, quasi with a scale."""
-    n = F.num_blocks(d, structure, depth)
+    n = givens.num_blocks(d, structure, depth)
     g = torch.Generator().manual_seed(d * 7 + depth)
     theta = ((torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.pi).to(dtype)
-    quasi = F.angles_to_blocks(theta.double()) + 0.1 * torch.randn(n, 2, 2, generator=g, dtype=torch.float64)
+    quasi = givens.angles_to_blocks(theta.double()) + 0.1 * torch.randn(n, 2, 2, generator=g, dtype=torch.float64)
     scale = 0.5 + torch.rand(d, generator=g, dtype=torch.float64)
     return [
         ("strict", theta, None),
@@ -64,38 +64,40 @@ def variants(d, structure, depth, dtype=torch.float64):
 @pytest.mark.parametrize("d", SIZES + [9, 1000, 4096])
 @pytest.mark.parametrize("structure, depth", DIALS + [("tree", 1)])
 def test_pairs_are_the_spelled_out_ones(d, structure, depth):
-    got = [p.tolist() for p in F.givens_pairs(d, structure, depth)]
+    got = [p.tolist() for p in givens.givens_pairs(d, structure, depth)]
     want = [[list(pair) for pair in level] for level in spelled_out(d, structure, depth)]
     assert got == want
-    assert F.num_blocks(d, structure, depth) == sum(map(len, want))
+    assert givens.num_blocks(d, structure, depth) == sum(map(len, want))
     for level in got:
         flat = [i for pair in level for i in pair]
         assert len(flat) == len(set(flat)) and all(i < j for i, j in level)
 
 
 def test_butterfly_counts():
-    assert F.num_blocks(768, "butterfly") == 3584
+    assert givens.num_blocks(768, "butterfly") == 3584
     for m in range(1, 13):
-        assert F.num_blocks(2**m, "butterfly") == 2 ** (m - 1) * m
-    assert F.num_blocks(768, "tree", 2) == 2 * 767
+        assert givens.num_blocks(2**m, "butterfly") == 2 ** (m - 1) * m
+    assert givens.num_blocks(768, "tree", 2) == 2 * 767
 
 
 @pytest.mark.parametrize("d", SIZES + [9, 1000])
 def test_butterfly_contains_the_tree_level_by_level(d):
-    for tree, butterfly in zip(F.givens_pairs(d), F.givens_pairs(d, "butterfly"), strict=True):
+    for tree, butterfly in zip(givens.givens_pairs(d), givens.givens_pairs(d, "butterfly"), strict=True):
         assert set(map(tuple, tree.tolist())) <= set(map(tuple, butterfly.tolist()))
 
 
 @pytest.mark.parametrize("d", [2, 5, 12, 768])
 def test_a_butterfly_with_only_tree_blocks_turned_is_the_tree(d, kernel):
     theta_tree = variants(d, "tree", 1)[0][1]
-    theta = torch.zeros(F.num_blocks(d, "butterfly"), dtype=torch.float64)
-    for level_tree, level in zip(F.level_table(d), F.level_table(d, "butterfly"), strict=True):
+    theta = torch.zeros(givens.num_blocks(d, "butterfly"), dtype=torch.float64)
+    for level_tree, level in zip(givens.level_table(d), givens.level_table(d, "butterfly"), strict=True):
         where = {pair: k for k, pair in enumerate(zip(level.left, level.right, strict=True))}
         for k, pair in enumerate(zip(level_tree.left, level_tree.right, strict=True)):
             theta[level.offset + where[pair]] = theta_tree[level_tree.offset + k]
     x = torch.randn(4, d, dtype=torch.float64)
-    torch.testing.assert_close(F.rotate(x, theta, structure="butterfly"), F.rotate(x, theta_tree), rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        givens.rotate(x, theta, structure="butterfly"), givens.rotate(x, theta_tree), rtol=0, atol=1e-13
+    )
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 8, 12, 33])
@@ -103,7 +105,7 @@ def test_a_butterfly_with_only_tree_blocks_turned_is_the_tree(d, kernel):
 def test_rotation_matrix_is_the_dense_product(d, structure, depth):
     for name, params, scale in variants(d, structure, depth):
         want = dense_product(params, d, spelled_out(d, structure, depth), scale)
-        got = F.rotation_matrix(params, d, scale, structure=structure, depth=depth)
+        got = givens.rotation_matrix(params, d, scale, structure=structure, depth=depth)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-13, msg=name)
 
 
@@ -111,8 +113,8 @@ def check_orthogonal_fp32(d, structure, depth):
     theta = variants(d, structure, depth, torch.float32)[0][1]
     eye = torch.eye(d)
     for r in (
-        F.rotation_matrix(theta, d, structure=structure, depth=depth),
-        F.rotate(eye, theta, structure=structure, depth=depth),
+        givens.rotation_matrix(theta, d, structure=structure, depth=depth),
+        givens.rotate(eye, theta, structure=structure, depth=depth),
     ):  # rows of I @ R are R's rows
         err = (r.T @ r - eye).abs().max().item()
         assert err <= 10 * d * EPS32, err
@@ -138,14 +140,16 @@ def test_rotate_merge_unmerge_inverse(d, structure, depth, kernel):
     w = torch.randn(5, d, dtype=torch.float64, generator=g)
     tol = 1e-12 * max(1, math.log2(d)) * depth
     for name, params, scale in variants(d, structure, depth):
-        r = F.rotation_matrix(params, d, scale, **pairing)
-        y = F.rotate(x, params, scale, **pairing)
+        r = givens.rotation_matrix(params, d, scale, **pairing)
+        y = givens.rotate(x, params, scale, **pairing)
         torch.testing.assert_close(y, x @ r, rtol=0, atol=tol, msg=name)
-        merged = F.merge_weight(w, params, scale, **pairing)
+        merged = givens.merge_weight(w, params, scale, **pairing)
         torch.testing.assert_close(merged, w @ r.T, rtol=0, atol=tol, msg=name)
         torch.testing.assert_close(x @ merged.T, y @ w.T, rtol=0, atol=10 * tol, msg=name)  # merged == unmerged
-        torch.testing.assert_close(F.unmerge_weight(merged, params, scale, **pairing), w, rtol=0, atol=1e-10, msg=name)
-        torch.testing.assert_close(F.rotate_inverse(y, params, scale, **pairing), x, rtol=0, atol=1e-10, msg=name)
+        torch.testing.assert_close(
+            givens.unmerge_weight(merged, params, scale, **pairing), w, rtol=0, atol=1e-10, msg=name
+        )
+        torch.testing.assert_close(givens.rotate_inverse(y, params, scale, **pairing), x, rtol=0, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 12])
@@ -154,7 +158,7 @@ def test_gradcheck(d, structure, depth, kernel):
     x = torch.randn(3, d, dtype=torch.float64, requires_grad=True)
 
     def rotate(x, params, scale=None):
-        return F.rotate(x, params, scale, structure=structure, depth=depth)
+        return givens.rotate(x, params, scale, structure=structure, depth=depth)
 
     for name, params, scale in variants(d, structure, depth):
         inputs = (x, params.clone().requires_grad_()) + (() if scale is None else (scale.clone().requires_grad_(),))
@@ -172,9 +176,9 @@ def test_gradients_at_768_match_autograd_through_dense_R(kernel):
             s = None if scale is None else scale.clone().requires_grad_()
             xx = x.clone().requires_grad_()
             out = (
-                xx @ F.rotation_matrix(p, d, s, structure=structure, depth=depth)
+                xx @ givens.rotation_matrix(p, d, s, structure=structure, depth=depth)
                 if through_dense
-                else F.rotate(xx, p, s, structure=structure, depth=depth)
+                else givens.rotate(xx, p, s, structure=structure, depth=depth)
             )
             (out * g).sum().backward()
             grads.append([t.grad for t in (xx, p, s) if t is not None])
@@ -191,19 +195,19 @@ def test_gradients_at_768_match_autograd_through_dense_R(kernel):
     ],
 )
 def test_bad_pairings_are_refused(structure, depth, message):
-    with pytest.raises(F.GivensError, match=message):
-        F.rotate(torch.randn(2, 8), torch.zeros(7), structure=structure, depth=depth)
+    with pytest.raises(givens.GivensError, match=message):
+        givens.rotate(torch.randn(2, 8), torch.zeros(7), structure=structure, depth=depth)
 
 
 def test_params_of_another_pairing_are_refused_naming_it():
-    with pytest.raises(F.GivensError, match=r"params for d=8 \(butterfly, depth 1\) must have shape \(12,\)"):
-        F.rotate(torch.randn(2, 8), torch.zeros(7), structure="butterfly")
+    with pytest.raises(givens.GivensError, match=r"params for d=8 \(butterfly, depth 1\) must have shape \(12,\)"):
+        givens.rotate(torch.randn(2, 8), torch.zeros(7), structure="butterfly")
 
 
 @pytest.mark.parametrize("structure, depth", DIALS + [("tree", 1)])
 def test_in_features_is_recovered_from_the_block_count(structure, depth):
     for d in SIZES + [9, 1000, 4096]:
-        assert F.in_features_for_blocks(F.num_blocks(d, structure, depth), structure, depth) == d
+        assert givens.in_features_for_blocks(givens.num_blocks(d, structure, depth), structure, depth) == d
     for d in range(2, 40):  # a count between two sizes' counts belongs to no size
-        for n in range(F.num_blocks(d, structure, depth) + 1, F.num_blocks(d + 1, structure, depth)):
-            assert F.in_features_for_blocks(n, structure, depth) is None
+        for n in range(givens.num_blocks(d, structure, depth) + 1, givens.num_blocks(d + 1, structure, depth)):
+            assert givens.in_features_for_blocks(n, structure, depth) is None

@@ -9,7 +9,7 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 
 from goft import GOFTConfig, GOFTLayer
-from goft import functional as F
+from goft import functional as givens
 
 VARIANTS = {
     "goft": {},
@@ -111,5 +111,5 @@ def test_rotate_along_channels_matches_functional():
     model = adapted(5, dims=1)
     layer = model.base_model.model.conv
     x = torch.randn(2, 5, 9, dtype=torch.float64)
-    want = F.rotate(x.transpose(1, 2), layer.rotation_params("default")).transpose(1, 2)
+    want = givens.rotate(x.transpose(1, 2), layer.rotation_params("default")).transpose(1, 2)
     torch.testing.assert_close(layer.rotate_input(x, "default"), want, atol=0, rtol=0)

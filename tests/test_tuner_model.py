@@ -13,7 +13,7 @@ from toys import PROMPTS, OneLinear, adapted_llama, make_mlp, tiny_gpt2
 
 import goft
 from goft import GOFTConfig, GOFTLayer
-from goft import functional as F
+from goft import functional as givens
 
 X = torch.randn(6, 12, generator=torch.Generator().manual_seed(1))
 
@@ -204,8 +204,8 @@ def test_two_active_adapters_forward_equals_sequential_merge(quasi):
     # explicit: merging default then other gives W (R_other R_default)^T
     r = layer.rotation_matrix("other") @ layer.rotation_matrix("default")
     lin0_out = (
-        F.rotate(
-            F.rotate(X, layer.rotation_params("other"), layer.rotation_scale("other")),
+        givens.rotate(
+            givens.rotate(X, layer.rotation_params("other"), layer.rotation_scale("other")),
             layer.rotation_params("default"),
         )
         @ w.T

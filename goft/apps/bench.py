@@ -26,7 +26,6 @@ from torch.utils import benchmark
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from .. import functional as givens
-from ..ops import backends
 from ..tuner.layer import GOFTLayer
 from ..tuner.model import orthogonality_penalty
 from . import plots
@@ -55,7 +54,7 @@ def machine_description(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    info["goft_kernel"] = backends.kernel_choice(device.type)
+    info["goft_kernel"] = givens.kernel_choice(device.type)
     return info
 
 

@@ -142,7 +142,7 @@ class FinetuneConfig(RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        from ..ops.pairing import STRUCTURES
+        from ..functional import STRUCTURES
 
         if self.train_file is not None:
             self.task = None  # the data are the user's files: no embedded task is involved
