@@ -110,9 +110,9 @@ def test_rows_wider_than_a_tile_run_in_two_passes_per_stack(
     """Past MAX_TILE columns each stack runs as a low pass (column blocks) and a high pass (across blocks); a tile
     of 4 or 8 columns makes d = 9 and 17 take that path (rows up to MAX_TILE² columns), the high pass with chunks
     of 1 and 2 columns."""
-    monkeypatch.setattr(T, "MAX_TILE", max_tile)
+    monkeypatch.setattr(T.planning, "MAX_TILE", max_tile)
     passes = T.plan_passes(d, depth, structure == "tree", top_first=True)
-    assert len(passes) == 2 * depth and all(step.tile <= max_tile for step in passes)
+    assert len(passes) == 2 * depth and all(launch.tile <= max_tile for launch in passes)
     dense_check(d, structure, depth, quasi, with_scale)
 
 
@@ -125,19 +125,19 @@ def test_the_pass_plan_covers_every_level_once():
                 for top_first in (True, False):
                     order = (lambda r: reversed(r)) if top_first else (lambda r: r)  # noqa: E731
                     walked = [
-                        stack * per_stack + kv + step.lev_shift
-                        for step in T.plan_passes(d, depth, structure == "tree", top_first)
-                        for stack in order(range(step.stack0, step.stack0 + step.stacks))
+                        stack * per_stack + kv + launch.lev_shift
+                        for launch in T.plan_passes(d, depth, structure == "tree", top_first)
+                        for stack in order(range(launch.stack0, launch.stack0 + launch.stacks))
                         for kv in (
-                            reversed(range(step.kv_first, step.kv_end))
+                            reversed(range(launch.kv_first, launch.kv_end))
                             if top_first
-                            else range(step.kv_first, step.kv_end)
+                            else range(launch.kv_first, launch.kv_end)
                         )
                     ]
                     want = list(range(per_stack * depth))
                     assert walked == (want[::-1] if top_first else want), (d, structure, depth)
-            for step in T.plan_passes(d, 1, structure == "tree", True):
-                assert step.tile <= T.MAX_TILE and step.tile == 1 << step.kv_end
+            for launch in T.plan_passes(d, 1, structure == "tree", True):
+                assert launch.tile <= T.MAX_TILE and launch.tile == 1 << launch.kv_end
     with pytest.raises(ValueError, match="wider than the kernels take"):
         T.plan_passes(T.widest_row() + 1, 1, False, True)
 
@@ -177,9 +177,42 @@ def test_angles_and_their_rotations_as_blocks_give_one_result():
 def sin_cos_kernel(x_ptr, sin_ptr, cos_ptr, n, BLOCK: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = i < n
-    sin, cos = T._sin_cos(tl.load(x_ptr + i, mask=live, other=0.0))
+    sin, cos = T.levels._sin_cos(tl.load(x_ptr + i, mask=live, other=0.0))
     tl.store(sin_ptr + i, sin, mask=live)
     tl.store(cos_ptr + i, cos, mask=live)
+
+
+@triton.jit
+def scratch_offset_kernel(
+    out_ptr,
+    STACK_LOCAL: tl.constexpr,
+    KV: tl.constexpr,
+    KV_FIRST: tl.constexpr,
+    KV_END: tl.constexpr,
+    BM: tl.constexpr,
+    DV: tl.constexpr,
+    COMPACT: tl.constexpr,
+):
+    tl.store(out_ptr, T.levels._scratch_offset(STACK_LOCAL, KV, KV_FIRST, KV_END, BM, DV, COMPACT))
+
+
+@pytest.mark.parametrize("d, max_tile, depth", [(12, 4096, 1), (768, 4096, 2), (17, 8, 1), (9, 4, 2)])
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_scratch_size_is_the_kernels_layout(d, max_tile, depth, compact, monkeypatch):
+    """planning.scratch_per_program is where the kernel's last level ends: each level's pair inputs (2·BM·G values
+    for a tree level, BM·DV otherwise) start where the one before ends, stack after stack, with no gap or overlap."""
+    monkeypatch.setattr(T.planning, "MAX_TILE", max_tile)
+    for launch in T.plan_passes(d, depth, compact, top_first=True):
+        bm = T.tile_rows(launch.tile)
+        end = 0
+        for stack in range(launch.stacks):
+            for kv in range(launch.kv_first, launch.kv_end):
+                out = torch.empty(1, dtype=torch.int64, device=DEVICE)
+                scratch_offset_kernel[(1,)](out, stack, kv, launch.kv_first, launch.kv_end, bm, launch.tile, compact)
+                assert out.item() == end, (launch, stack, kv)
+                end += 2 * bm * (launch.tile >> (kv + 1)) if compact else bm * launch.tile
+        assert T.planning.scratch_per_program(launch, angles=False, compact=compact) == end
+        assert T.planning.scratch_per_program(launch, angles=True, compact=compact) == 0
 
 
 def test_the_kernels_sine_and_cosine_are_within_about_an_ulp():

@@ -81,27 +81,27 @@ def compile_all(d: int, depth: int) -> None:
     width = cuda_triton.padded_width(d)
     for compact in (True, False):
         seen = set()
-        for step in cuda_triton.plan_passes(d, depth, compact, top_first=True):
-            common = step.constexprs(width.bit_length() - 1, width, compact)
+        for launch in cuda_triton.plan_passes(d, depth, compact, top_first=True):
+            common = launch.constexprs(width.bit_length() - 1, width, compact)
             key = tuple(sorted({**common, "STACK0": 0}.items()))
             if key in seen:
                 continue
             seen.add(key)
-            first, last = step.kv_first + step.lev_shift, step.kv_end - 1 + step.lev_shift
-            label = f"D{width}-DV{step.tile}-levels{first}..{last}-{'tree' if compact else 'general'}"
+            first, last = launch.kv_first + launch.lev_shift, launch.kv_end - 1 + launch.lev_shift
+            label = f"D{width}-DV{launch.tile}-levels{first}..{last}-{'tree' if compact else 'general'}"
             compile_one(
-                cuda_triton._rotate_kernel,
+                cuda_triton.kernels._rotate_kernel,
                 FORWARD,
                 {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": True},
-                step.warps(),
+                launch.warps(),
                 f"_rotate_kernel-{label}",
             )
             for angles in (True, False):
                 compile_one(
-                    cuda_triton._rotate_backward_kernel,
+                    cuda_triton.kernels._rotate_backward_kernel,
                     BACKWARD,
-                    {**common, "HAS_SCALE": True, "ANGLES": angles, "ATOMIC": angles, "CHUNKS": step.chunks},
-                    step.warps(),
+                    {**common, "HAS_SCALE": True, "ANGLES": angles, "ATOMIC": angles, "CHUNKS": launch.chunks},
+                    launch.warps(),
                     f"_rotate_backward_kernel-{label}-{'angles' if angles else 'blocks'}",
                 )
 
@@ -109,5 +109,5 @@ def compile_all(d: int, depth: int) -> None:
 if __name__ == "__main__":
     # usage: triton_ahead_of_time.py d depth [max_tile]
     if len(sys.argv) > 3:
-        cuda_triton.MAX_TILE = int(sys.argv[3])
+        cuda_triton.planning.MAX_TILE = int(sys.argv[3])
     compile_all(int(sys.argv[1]), int(sys.argv[2]))
