@@ -1,9 +1,9 @@
 """Benchmarks behind ``goft bench``: GOFT against the frozen layer, PEFT's LoRA / OFT / BOFT and the authors' dense-R
-approach, measured in one run, interleaved, as medians of repeated runs (each repetition timed by
-``torch.utils.benchmark``, which synchronises CUDA around it); on CUDA also the peak memory of each step.
+approach, measured in one run, interleaved, as medians of repeated runs (:mod:`goft.apps.bench_timing`); on CUDA
+also the peak memory of each step.
 
 Each measurement is one JSON line (written to ``OUT/bench.jsonl``) that names the machine; rich tables summarise them
-and ``OUT/bench_layer.png`` plots the per-layer time ratio against d.
+and ``OUT/bench_layer.png`` plots the per-layer time ratio against d (:mod:`goft.apps.bench_report`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -20,152 +18,19 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import nn
-from torch.utils import benchmark
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from .. import functional as givens
 from ..tuner.layer import GOFTLayer
 from ..tuner.model import orthogonality_penalty
-from . import plots
+from .bench_report import plot_layer, report
+from .bench_timing import interleaved_times, machine_description, peak_step_bytes, saved_bytes, sync, timing_fields
+from .dense_baseline import DenseGivensLinear
 from .errors import ModelUnavailableError
 from .methods import METHODS, count_parameters, wrap
 from .pretrained import load_sequence_classifier
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Machine, timing, saved-tensor accounting
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def machine_description(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    info["goft_kernel"] = givens.kernel_choice(device.type)
-    return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved_times(
-    steps: dict[str, Callable[[], None]], reps: int, device: torch.device, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Seconds of each step in each repetition, timing the steps round-robin so that machine noise hits all of them
-    alike (repetition i of every step ran back to back)."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    _sync(device)
-    # (Timer would run single-threaded by default: keep the threads the process has, as the steps will in use)
-    timers = {
-        name: benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
-        for name, step in steps.items()
-    }
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, timer in timers.items():
-            times[name].append(timer.timeit(1).raw_times[0])
-    return times
-
-
-def peak_step_bytes(step: Callable[[], None], device: torch.device, above_start: bool = False) -> int | None:
-    """Peak CUDA memory allocated while ``step`` runs: all live tensors, the model's included, or with
-    ``above_start`` only what the step adds to what was allocated when it began; None on CPU."""
-    if device.type != "cuda":
-        return None
-    _sync(device)
-    start = torch.cuda.memory_allocated(device) if above_start else 0
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    _sync(device)
-    return torch.cuda.max_memory_allocated(device) - start
-
-
-def timing_fields(times: dict[str, list[float]], name: str, reference: str | None) -> dict:
-    """Median seconds of ``name`` with its range, and its ratio to ``reference`` (median of the medians) with the
-    range of the per-repetition ratios, so that a noisy run shows as noisy."""
-    fields = {"seconds": statistics.median(times[name]), "seconds_range": [min(times[name]), max(times[name])]}
-    if reference is not None and reference in times:
-        ratios = [t / r for t, r in zip(times[name], times[reference], strict=True)]
-        fields[f"ratio_to_{reference}"] = fields["seconds"] / statistics.median(times[reference])
-        fields[f"ratio_to_{reference}_range"] = [min(ratios), max(ratios)]
-    return fields
-
-
-def saved_bytes(step: Callable[[], None], exclude: torch.Tensor) -> int:
-    """Bytes of the distinct storages autograd saves for backward during ``step``, not counting ``exclude``'s storage
-    (the layer input, which the network keeps alive anyway)."""
-    storages: dict[int, int] = {}
-    skip = exclude.untyped_storage().data_ptr()
-
-    def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        if storage.data_ptr() != skip:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(storages.values())
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The authors' approach, re-implemented faithfully: dense level matrices, multiplied, then x @ R
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class DenseGivensLinear(nn.Module):
-    """The authors' first approach: angles ``π·tanh(φ)``; each level built as a dense d×d matrix, the levels
-    multiplied into R every step, then ``base(x @ R)``.  Only for benchmarking."""
-
-    def __init__(self, base: nn.Linear):
-        super().__init__()
-        self.base = base
-        d = base.in_features
-        self.phi = nn.Parameter(torch.randn(d - 1) * 0.1)
-        pairs = givens.givens_pairs(d)
-        empty = torch.zeros(0, dtype=torch.long)
-        self.register_buffer("rows_i", torch.cat([p[:, 0] for p in pairs]) if pairs else empty)
-        self.register_buffer("rows_j", torch.cat([p[:, 1] for p in pairs]) if pairs else empty.clone())
-        self.level_sizes = [len(p) for p in pairs]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.base.in_features
-        theta = math.pi * torch.tanh(self.phi)
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        eye = torch.eye(d, device=x.device, dtype=x.dtype)
-        r = eye
-        start = 0
-        for size in self.level_sizes:
-            i, j = self.rows_i[start : start + size], self.rows_j[start : start + size]
-            c, s = cos[start : start + size], sin[start : start + size]
-            level = eye.index_put((i, i), c).index_put((j, j), c).index_put((i, j), -s).index_put((j, i), s)
-            r = level @ r
-            start += size
-        return self.base(x @ r)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Per-layer benchmark
-# ---------------------------------------------------------------------------------------------------------------------
-
-# "frozen" (the base layer alone) and "authors_dense" are bench-only; the others are run names of the registry.
 LAYER_METHODS = (
     "frozen",
     "goft",
@@ -266,14 +131,14 @@ def bench_merge(d: int, device: torch.device, reps: int) -> list[dict]:
         w0 = layer.base_layer.weight.detach().clone()
         merge_times, unmerge_times, restore_first = [], [], None
         for _ in range(reps):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             layer.merge()
-            _sync(device)
+            sync(device)
             merge_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             layer.unmerge()
-            _sync(device)
+            sync(device)
             unmerge_times.append(time.perf_counter() - start)
             if restore_first is None:
                 restore_first = ((layer.base_layer.weight - w0).abs().max() / w0.abs().max()).item()
@@ -293,10 +158,6 @@ def bench_merge(d: int, device: torch.device, reps: int) -> list[dict]:
         )
     return rows
 
-
-# ---------------------------------------------------------------------------------------------------------------------
-# End-to-end: one training step of the embedded MiniLM with all its linear layers adapted
-# ---------------------------------------------------------------------------------------------------------------------
 
 E2E_METHODS = ("goft", "qgoft", "lora_r8", "oft", "boft")
 E2E_MODELS = ("minilm", "llama-1b")
@@ -402,47 +263,6 @@ def bench_e2e(
     ]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Driver, report, plot
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.2f}"
-
-
-def plot_layer(rows: list[dict], tokens: int, path: Path, dtype: str = "float32") -> None:
-    plt = plots.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = [m for m in LAYER_METHODS if any(r.get("method") == m for r in rows)]
-    for method in methods:
-        pts = sorted(
-            (r["d"], r["ratio_to_frozen"])
-            for r in rows
-            if r["bench"] == "layer"
-            and r["method"] == method
-            and r["tokens"] == tokens
-            and r.get("dtype", "float32") == dtype
-        )
-        if pts:
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                marker="o",
-                label=method,
-                linewidth=2.5 if method.startswith(("goft", "qgoft")) else 1.2,
-            )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("d (in = out features)")
-    ax.set_ylabel("forward+backward time / frozen layer")
-    ax.set_title(f"One adapted linear layer, {tokens} tokens, {dtype}")
-    ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    plots.save_figure(fig, path, dpi=120)
-
-
 def run(
     out: Path,
     dims,
@@ -499,68 +319,3 @@ def run(
     else:
         console.print(f"wrote {jsonl}")
     return rows
-
-
-def _ratio_cell(row: dict, reference: str) -> str:
-    low, high = row[f"ratio_to_{reference}_range"]
-    return f"{row[f'ratio_to_{reference}']:.2f} [{low:.2f}–{high:.2f}]"
-
-
-def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, dtypes=("float32",)) -> None:
-    """Print the measurements as rich tables (the JSON lines hold everything)."""
-    ref_d = dims[min(1, len(dims) - 1)] if dims else None
-    with_peak = any(r.get("step_peak_bytes") is not None for r in rows if r["bench"] == "layer")
-    for dtype in dtypes if dims else ():
-        for tokens in tokens_list:
-            table = Table(
-                title=f"one linear layer, {tokens} tokens, {dtype}, forward+backward: time / frozen layer, "
-                f"median [range of the {reps} interleaved repetitions]"
-            )
-            columns = ["method", *(f"d={d} ratio" for d in dims), f"saved MiB d={ref_d}"]
-            if with_peak:
-                columns.append(f"step peak MiB d={ref_d}")
-            for col in columns:
-                table.add_column(col, justify="left" if col == "method" else "right")
-            for method in methods:
-                hits = {
-                    r["d"]: r
-                    for r in rows
-                    if r["bench"] == "layer"
-                    and r["method"] == method
-                    and r["tokens"] == tokens
-                    and r.get("dtype", "float32") == dtype
-                }
-                cells = [_ratio_cell(hits[d], "frozen") if d in hits else "—" for d in dims]
-                cells.append(_mib(hits[ref_d]["saved_bytes"]) if ref_d in hits else "—")
-                if with_peak:
-                    cells.append(_mib(hits[ref_d]["step_peak_bytes"]) if ref_d in hits else "—")
-                table.add_row(method, *cells)
-            console.print(table)
-    for row in rows:
-        if row["bench"] == "rotation_scaling":
-            console.print(
-                f"rotation alone, {row['tokens']} tokens: time ∝ d^{row['fitted_exponent']:.2f} over d={row['dims']}"
-            )
-        if row["bench"] == "merge":
-            console.print(
-                f"merge {row['method']} {row['d']}x{row['d']}: {row['merge_seconds']:.3f} s, unmerge "
-                f"{row['unmerge_seconds']:.3f} s, restore error {row['unmerge_restore_max_rel']:.1e} after "
-                f"one round trip, {row['unmerge_restore_max_rel_after_all_reps']:.1e} after {row['reps']}"
-            )
-    for model_name in E2E_MODELS:
-        e2e_rows = [r for r in rows if r["bench"] == "e2e" and r["model"] == model_name]
-        if not e2e_rows:
-            continue
-        first = e2e_rows[0]
-        table = Table(
-            title=f"{model_name} training step ({first['weights']}; batch {first['batch']} x "
-            f"{first['seq_len']} tokens, all linear layers adapted), median of {reps} [range of the "
-            "per-repetition ratios]"
-        )
-        for col in ("method", "seconds", "vs LoRA r=8", "peak MiB", "trainable params"):
-            table.add_column(col, justify="right")
-        for r in e2e_rows:
-            ratio = _ratio_cell(r, "lora_r8") if "ratio_to_lora_r8" in r else "—"
-            peak = _mib(r["peak_bytes"]) if r.get("peak_bytes") is not None else "—"
-            table.add_row(r["method"], f"{r['seconds']:.3f}", ratio, peak, f"{r['trainable_params']:,}")
-        console.print(table)
