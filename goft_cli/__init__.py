@@ -2,10 +2,11 @@
 
 Importing any module of the ``goft`` package runs ``goft/__init__``, which imports PEFT (and with it torch and
 transformers, several seconds) to register the method.  The parser needs none of that: it lives in
-:mod:`goft.apps.cli`, which imports only the standard library, the error types and the method registry.  So this
-entry point binds the ``goft`` package object without running its ``__init__``, imports the parser, and runs
-``goft/__init__`` in that same module object once the options are parsed, before any command starts.  Afterwards the
-package is exactly what ``import goft`` gives.  (``python -m goft`` imports the package the usual way.)
+:mod:`goft.apps.cli`, which imports only the standard library and light modules of goft.apps (parsers, configs,
+errors, the method registry).  So this entry point binds the ``goft`` package object without running its
+``__init__``, imports the parser, and runs ``goft/__init__`` in that same module object once the options are parsed,
+before any command starts.  Afterwards the package is exactly what ``import goft`` gives.  (``python -m goft``
+imports the package the usual way.)
 """
 
 from __future__ import annotations

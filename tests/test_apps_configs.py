@@ -4,7 +4,7 @@ from dataclasses import fields
 
 import pytest
 
-from goft.apps.cli import build_parser
+from goft.apps.parsers import build_parser
 from goft.apps.configs import FinetuneConfig, InstructConfig, comma_list
 from goft.apps.errors import OptionError
 
@@ -41,7 +41,7 @@ def test_options_from_the_command_line_build_the_config():
     args = build_parser().parse_args(
         ["finetune", "--epochs", "2", "--target-modules", "query, value", "--no-progress"]
     )
-    from goft.apps.cli import config_from
+    from goft.apps.parsers import config_from
 
     cfg = config_from(args, FinetuneConfig)
     assert (cfg.epochs, cfg.target_modules, cfg.progress, cfg.batch_size) == (2, ["query", "value"], False, 32)

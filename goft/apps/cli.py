@@ -1,10 +1,9 @@
-"""The ``goft`` command line (also ``python -m goft``): argparse, and the one place that turns errors into messages.
+"""The ``goft`` command line (also ``python -m goft``): the commands, and the one place that turns errors into text.
 
-Each subcommand's options become a config of :mod:`goft.apps.configs` or arguments of its module's function
-(``finetune``, ``compare``, ``instruct``, ``adapter_stats``, ``merge``, ``bench``); those modules know nothing of
-argparse.  A config's options are built from its dataclass fields (:func:`add_config_options`): their defaults and
-help are stated there once.  Heavy modules are imported only by the subcommand that needs them, so ``goft --help``
-stays quick.
+Each subcommand's options (:mod:`goft.apps.parsers`) become a config of :mod:`goft.apps.configs` or arguments of
+its module's function (``finetune``, ``compare``, ``instruct``, ``adapter_stats``, ``merge``, ``bench``); those
+modules know nothing of argparse.  Heavy modules are imported only by the subcommand that needs them, so ``goft
+--help`` stays quick.
 """
 
 from __future__ import annotations
@@ -14,93 +13,13 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
-from .configs import FinetuneConfig, InstructConfig, RunOptions
+from .configs import FinetuneConfig, InstructConfig
 from .errors import AppError, Interrupted, OptionError
 from .log_filters import drop_foreign_kernel_noise
-from .methods import COMPARE_DEFAULT, INSTRUCT_METHODS, METHODS, instruct_default_lr
-
-
-def _int_list(minimum: int):
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-        if not values or any(v < minimum for v in values):
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
-        return values
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}") from None
-    if not values or not all(0 < v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers > 0, got {text!r}")
-    return values
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Options built from configs
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class ShowDefaults(argparse.HelpFormatter):
-    """Help that ends with the option's default, unless the help names it or there is none to name (None, or a
-    flag's False / True: ``is``, since 0 == False and 1 == True)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        unnamed = action.default is None or action.default is False or action.default is True
-        if "(default:" in help_text or unnamed or action.default == argparse.SUPPRESS:
-            return help_text
-        return f"{help_text} (default: %(default)s)"
-
-
-def add_config_options(parser: argparse.ArgumentParser, config: type[RunOptions], names: list[str]) -> None:
-    """``--field-name`` options for the fields ``names`` of ``config``, with the fields' defaults and help; the
-    namespace remembers which fields they are (:func:`config_from`)."""
-    by_name = {f.name: f for f in fields(config)}
-    for name in names:
-        meta = by_name[name].metadata
-        default = by_name[name].default
-        help_text, shown = config.HELP.get(name, (meta["help"], meta["shown"]))
-        shown = shown() if callable(shown) else shown
-        kwargs: dict = {"dest": name, "default": default}
-        if isinstance(default, bool):
-            kwargs["action"] = "store_false" if default else "store_true"
-        else:
-            kwargs["type"] = meta["parse"] or (type(default) if default is not None else str)
-            if meta["choices"] is not None:
-                kwargs["choices"] = meta["choices"]()
-            if shown is not None:
-                help_text += f" (default: {shown})"
-        flag = meta["flag"] or "--" + name.replace("_", "-")
-        parser.add_argument(flag, help=help_text.replace("%", "%%"), **kwargs)
-    parser.set_defaults(config_fields=tuple(names))
-
-
-def config_from(args: argparse.Namespace, config: type[RunOptions], **values):
-    """``config`` built from the options :func:`add_config_options` added (and ``values``); the rest keep the
-    dataclass's defaults."""
-    return config(**{name: getattr(args, name) for name in args.config_fields}, **values)
-
+from .methods import INSTRUCT_METHODS, METHODS
+from .parsers import build_parser, config_from
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Commands: options -> a config or arguments of the command's module -> its function
@@ -212,228 +131,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Parsers
-# ---------------------------------------------------------------------------------------------------------------------
-
-TRAINING_FIELDS = [
-    "task",
-    "model",
-    "train_file",
-    "eval_file",
-    "val_file",
-    "val_fraction",
-    "target_modules",
-    "epochs",
-    "lr",
-    "batch_size",
-    "max_length",
-    "train_size",
-    "device",
-    "progress",
-]
-
-
-def _add_finetune_parser(sub) -> None:
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a classifier with one method and evaluate it",
-        description="Fine-tune the embedded MiniLM (or --model) on a real task (or your files); "
-        "writes OUTPUT/metrics.json, the adapter and curve.png.",
-        formatter_class=ShowDefaults,
-    )
-    # (finetune only, with --structure and --depth: compare's rows are keyed by method name, see its registry rows)
-    add_config_options(
-        p,
-        FinetuneConfig,
-        [
-            "method",
-            *TRAINING_FIELDS,
-            "structure",
-            "depth",
-            "orth_reg_weight",
-            "lora_r",
-            "seed",
-            "output",
-            "save_every",
-            "resume",
-            "overwrite",
-        ],
-    )
-    p.set_defaults(func=cmd_finetune)
-
-
-def _add_compare_parser(sub) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="methods x seeds on one task, rates chosen on validation -> results/<data>.*",
-        description="For each method: train at four rates spanning 30x around its sweep centre "
-        "(seed 0), choose the rate with the best validation accuracy, then train every "
-        "seed at that rate and score it on the test split. --lr replaces the sweep by one "
-        "rate. Results are recorded run by run in RESULTS/<task or training file's "
-        "name>.json; a rerun skips what is recorded and continues an interrupted run from "
-        "its checkpoint (RESULTS/unfinished/).",
-        formatter_class=ShowDefaults,
-    )
-    p.add_argument(
-        "--methods",
-        default=",".join(COMPARE_DEFAULT),
-        help=f"comma-separated runs from {', '.join(METHODS)}; lora_r2 matches qGOFT's parameter count",
-    )
-    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, 0..N-1")
-    p.add_argument("--results", default="results", help="results directory")
-    p.add_argument(
-        "--no-sweep",
-        action="store_true",
-        help="skip the validation sweep: every seed at the method's default rate (or --lr); for quick "
-        "looks, not for verdicts",
-    )
-    add_config_options(p, FinetuneConfig, TRAINING_FIELDS)
-    p.set_defaults(func=cmd_compare)
-
-
-def _add_instruct_parser(sub) -> None:
-    p = sub.add_parser(
-        "instruct",
-        help="instruction-tune a causal LM on polarity-instruct; accuracy and forgetting",
-        description="Tune SmolLM2-135M-Instruct (or --model) with each method: sweep the learning "
-        "rate with seed 0 scored on validation prompts (set aside from the training "
-        "split), then run every seed at the best rate and score it on the test "
-        "sentences; greedy generation accuracy and KL forgetting on held-out text, "
-        "appended to --results.",
-        formatter_class=ShowDefaults,
-    )
-    p.add_argument("--methods", default=",".join(INSTRUCT_METHODS), help="comma-separated")
-    p.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds, 0..N-1")
-    p.add_argument(
-        "--lr",
-        type=_positive_float_list,
-        default=None,
-        help="comma-separated rates to sweep (default: four rates spanning 30x around each method's sweep "
-        "centre: " + ", ".join(f"{m} {METHODS[m].instruct_lr:g}" for m in INSTRUCT_METHODS) + ")",
-    )
-    p.add_argument(
-        "--no-sweep",
-        action="store_true",
-        help="skip the sweep: run every seed at each --lr rate (or the method's default: the rate its "
-        "recorded sweep chose, else the sweep's centre; "
-        + ", ".join(f"{m} {instruct_default_lr(m):g}" for m in INSTRUCT_METHODS)
-        + ") and score it on the test sentences; recorded as stage 'unswept'",
-    )
-    p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
-    add_config_options(
-        p,
-        InstructConfig,
-        [
-            "model",
-            "base_weights",
-            "train_size",
-            "eval_size",
-            "val_size",
-            "epochs",
-            "batch_size",
-            "device",
-            "output",
-            "save_every",
-            "resume",
-            "overwrite",
-            "progress",
-        ],
-    )
-    p.set_defaults(func=cmd_instruct)
-
-
-def _add_inspect_and_merge_parsers(sub) -> None:
-    p = sub.add_parser(
-        "inspect", help="per-layer statistics of a saved GOFT adapter (and a PNG)", formatter_class=ShowDefaults
-    )
-    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
-    p.add_argument(
-        "--plot",
-        default=None,
-        help="write the per-layer PNG here (default: ADAPTER_DIR-inspect.png, beside the adapter)",
-    )
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser(
-        "merge",
-        help="fold a saved adapter into its base model and save a plain checkpoint",
-        formatter_class=ShowDefaults,
-    )
-    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
-    p.add_argument("--output", required=True, help="directory for the merged checkpoint (must be new or empty)")
-    p.add_argument(
-        "--base",
-        default=None,
-        help="base model directory, or minilm / smollm2 (default: the adapter's base_model_name_or_path)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-    p.set_defaults(func=cmd_merge)
-
-
-def _add_bench_parser(sub) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="speed and memory against the frozen layer, LoRA, OFT, BOFT, the dense approach",
-        description="Per-layer forward+backward time and saved bytes, rotation scaling in d, merge "
-        "time, and an end-to-end MiniLM training step; interleaved medians in one run.",
-        formatter_class=ShowDefaults,
-    )
-    p.add_argument(
-        "--dims", type=_int_list(2), default="384,768,1024,2048,4096", help="layer sizes d_in = d_out, each >= 2"
-    )
-    p.add_argument("--tokens", type=_int_list(1), default="512,4096", help="tokens per step")
-    p.add_argument("--reps", type=_positive_int, default=7, help="timed repetitions per method")
-    p.add_argument(
-        "--methods",
-        default="",
-        help="comma-separated subset of the layer methods, also used for the end-to-end step (default: all)",
-    )
-    p.add_argument(
-        "--dense-max-d",
-        type=int,
-        default=2048,
-        help="largest d for the authors' dense approach, which costs O(L d^3) a step",
-    )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument(
-        "--dtypes",
-        default="float32",
-        help="comma-separated dtypes of the layer and its input: float32, bfloat16, float16; adapters keep the "
-        "dtype PEFT gives them",
-    )
-    p.add_argument(
-        "--e2e-models",
-        default="minilm",
-        help="models for the end-to-end training step: minilm, llama-1b (Llama 3.2 1B's architecture "
-        "with random weights, bf16; for a GPU)",
-    )
-    p.add_argument(
-        "--no-layers", action="store_true", help="skip the per-layer benchmark (and the rotation's scaling in d)"
-    )
-    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end training steps")
-    p.add_argument("--no-merge", action="store_true", help="skip the 4096x4096 merge timing")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="directory for bench.jsonl and bench_layer.png (default: a new runs/bench-YYYYmmdd-HHMMSS; "
-        "the committed results/ are written only when named)",
-    )
-    p.set_defaults(func=cmd_bench)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="goft", description="Givens-rotation orthogonal fine-tuning (GOFT, qGOFT)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (
-        _add_finetune_parser,
-        _add_compare_parser,
-        _add_instruct_parser,
-        _add_inspect_and_merge_parsers,
-        _add_bench_parser,
-    ):
-        add(sub)
-    return parser
+COMMANDS = {
+    "finetune": cmd_finetune,
+    "compare": cmd_compare,
+    "instruct": cmd_instruct,
+    "inspect": cmd_inspect,
+    "merge": cmd_merge,
+    "bench": cmd_bench,
+}
 
 
 def resume_command(argv: list[str] | None, output: str | None) -> str:
@@ -457,7 +162,7 @@ def main(argv: list[str] | None = None, before_command: Callable[[], object] | N
     if before_command is not None:
         before_command()
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except OptionError as err:
         raise SystemExit(f"goft {args.command}: {err.as_flag()}") from None
     except Interrupted as err:

@@ -96,7 +96,7 @@ class RunOptions:
             raise OptionError("output", "is needed by --save-every and --resume (where the checkpoint lives)")
         if self.lr is not None and not (self.lr > 0):
             raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
-        from .loop import training_device  # torch: loaded by the time a config is built
+        from .devices import training_device  # torch: loaded by the time a config is built
 
         training_device(self.device)  # refuses a device this machine lacks before any data or model is loaded
 
@@ -221,7 +221,7 @@ class InstructConfig(RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        from .loop import training_device
+        from .devices import training_device
         from .pretrained import check_base_weights
 
         check_base_weights(self.base_weights)

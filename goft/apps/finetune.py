@@ -10,15 +10,14 @@ import torch
 
 from . import adapter_files, data, files, plots
 from .configs import FinetuneConfig
+from .devices import device_description, use_device
 from .errors import OptionError
 from .loop import (
     CHECKPOINT_NAME,
     LoopOptions,
     batch_order,
-    device_description,
     run_identity,
     train,
-    use_device,
 )
 from .methods import (
     METHODS,

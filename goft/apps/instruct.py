@@ -21,17 +21,16 @@ import torch
 
 from . import adapter_files, data, files, pretrained
 from .configs import InstructConfig
+from .devices import device_description, use_device
 from .forgetting import forgetting, heldout_passages, next_token_logprobs
 from .instruct_report import write_report
 from .instruct_task import TASK, answer_ids, build_batch, generation_accuracy, prompt_ids
 from .loop import (
     CHECKPOINT_NAME,
     LoopOptions,
-    device_description,
     run_identity,
     train,
     trained_to_the_end,
-    use_device,
 )
 from .methods import METHODS, count_parameters, instruct_default_lr, wrap
 from .protocol import Plan, lr_grid, run_protocol

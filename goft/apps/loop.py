@@ -70,43 +70,6 @@ class LoopResult:
 # Options of a run that cannot change what it trains: a checkpoint may be resumed with these changed.
 # A run may also continue on another device than it started on (the checkpoint is loaded onto the run's device).
 RUN_NEUTRAL_OPTIONS = frozenset({"progress", "resume", "overwrite", "save_every", "output", "evaluate_test", "device"})
-DEVICES = ("cpu", "cuda", "cuda:N")
-
-
-def training_device(name: str) -> torch.device:
-    """The device named by ``--device``: ``cpu``, ``cuda`` or ``cuda:N``; under torchrun, ``cuda`` is each process's
-    own GPU (``LOCAL_RANK``).  Refuses a device this PyTorch cannot use, naming the option."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise OptionError("device", f"must be one of {', '.join(DEVICES)}, got {name!r}") from None
-    if device.type == "cpu" and device.index is None:
-        return device
-    if device.type != "cuda":
-        raise OptionError("device", f"must be one of {', '.join(DEVICES)}, got {name!r}")
-    if not torch.cuda.is_available():
-        raise OptionError(
-            "device", f"is {name!r}, but this PyTorch ({torch.__version__}) sees no CUDA device; use --device cpu"
-        )
-    if device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.index >= torch.cuda.device_count():
-        raise OptionError("device", f"is {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def use_device(name: str) -> torch.device:
-    """:func:`training_device`, made the current CUDA device when it is one: NCCL under torchrun talks through the
-    current device, which must be each process's own GPU."""
-    device = training_device(name)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
-
-
-def device_description(device: torch.device) -> str:
-    """What a results row records of the device a run trained on: ``cpu``, or ``cuda (NVIDIA H100 80GB HBM3)``."""
-    return "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
 
 
 def run_identity(config, lr: float) -> dict:
