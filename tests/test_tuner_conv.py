@@ -113,3 +113,21 @@ def test_rotate_along_channels_matches_functional():
     x = torch.randn(2, 5, 9, dtype=torch.float64)
     want = givens.rotate(x.transpose(1, 2), layer.rotation_params("default")).transpose(1, 2)
     torch.testing.assert_close(layer.rotate_input(x, "default"), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_adapter_at_init_gives_the_base_output_bit_for_bit_in_either_layout(dims, channels_last):
+    """The rotation runs on channels-last rows; the base convolution must still see the layout it was given, or it
+    takes another algorithm (fp32 outputs then differ by ~1e-6 even at R = I)."""
+    torch.manual_seed(dims)
+    conv = CONVS[dims](24, 8, kernel_size=3, padding=1)
+    x = torch.randn(2, 24, *(10,) * dims)
+    if channels_last and dims > 1:
+        x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    want = conv(x)
+    model = get_peft_model(OneConv(conv), GOFTConfig(target_modules=["conv"]))
+    layer = model.base_model.model.conv
+    assert torch.equal(model(x), want)
+    rotated = layer.rotate_input(x, "default")
+    assert rotated.stride() == x.stride() and torch.equal(rotated, x)  # the input's layout, and R = I exactly

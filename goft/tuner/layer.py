@@ -192,7 +192,12 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         if not self.spatial_dims:
             return givens.rotate(x, params, scale, **pairing)
         channel_dim = x.dim() - self.spatial_dims - 1  # 1 for (N, C, *spatial), 0 for unbatched (C, *spatial)
-        return givens.rotate(x.movedim(channel_dim, -1), params, scale, **pairing).movedim(-1, channel_dim)
+        rotated = givens.rotate(x.movedim(channel_dim, -1), params, scale, **pairing).movedim(-1, channel_dim)
+        # The rotation runs on channels-last rows, so ``rotated`` is laid out channels-last.  Hand the base layer the
+        # layout it was given: a channels-first input gets its layout back (else the convolution would take another
+        # algorithm, and an adapter at init would not give the base's output bit for bit); a channels-last input
+        # keeps the rotation's output as it is, with no copy.
+        return rotated.contiguous() if x.is_contiguous() else rotated
 
     # ---------------------------------------------------------------------------------------------------------------
     # Forward
