@@ -20,8 +20,8 @@ fi
   python3 -c "import torch, triton, peft, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
 # (the ahead-of-time compile test is for machines without a GPU: here the kernels compile for real)
-timeout 120 python3 -m pytest -q tests/test_ops_cuda_triton.py -k "not compile_for_a_gpu" -p no:cacheprovider \
-  -p no:warnings 2>&1 | tee "$OUT/test_ops_cuda_triton.log"
+timeout 120 python3 -m pytest -q tests/ops/test_cuda_triton.py -k "not compile_for_a_gpu" -p no:cacheprovider \
+  -p no:warnings 2>&1 | tee "$OUT/test_cuda_triton.log"
 timeout 180 python3 -m goft bench --device cuda --dims 768,4096,11008 --tokens 4096 --reps 20 \
   --dtypes float32,bfloat16 --methods goft,qgoft,goft_butterfly,lora_r8,oft,boft --no-merge \
   --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"

@@ -10,6 +10,7 @@ import torch
 # are defined, so it must be set before goft.ops.cuda_triton is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+from rotations import KERNELS, use_kernel
 from toys import WORDS, write_sentiment_csv
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -136,3 +137,10 @@ def chat_tokenizer():
         "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
     )
     return fast
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    """Each CPU backend in turn (GOFT_KERNEL): the torch reference and, where numba imports, the fused kernels."""
+    with use_kernel(request.param):
+        yield request.param

@@ -1,6 +1,6 @@
 """Compile goft's Triton kernels for an sm_90a GPU on a machine without one (Triton's compiler and ptxas run on the
 CPU), so that what the interpreter tolerates but the compiler refuses fails here.  Run as a script by
-tests/test_ops_cuda_triton.py (the test process has Triton's interpreter switched on); prints one line per kernel
+tests/ops/test_cuda_triton.py (the test process has Triton's interpreter switched on); prints one line per kernel
 with ptxas's register and spill counts."""
 
 import os

@@ -13,7 +13,7 @@ def register_with_peft() -> None:
 
     peft's ``register_peft_method`` only accepts names already in its ``PeftType`` enum, which cannot be extended, so
     goft inserts its own str-enum member (:data:`goft.tuner.config.GOFT_PEFT_TYPE`) into the same dict objects that
-    every peft module holds.  ``tests/test_registration.py`` fails loudly if a peft upgrade moves these tables.
+    every peft module holds.  ``tests/tuner/test_registration.py`` fails loudly if a peft upgrade moves these tables.
     """
     tables = {
         "PEFT_TYPE_TO_CONFIG_MAPPING": GOFTConfig,

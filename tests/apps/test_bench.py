@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from goft.apps import bench, bench_timing, dense_baseline
+from goft.apps import bench
 
 
 def test_bench_toy_run_writes_jsonl_and_plot(tmp_path):
@@ -20,25 +20,6 @@ def test_bench_toy_run_writes_jsonl_and_plot(tmp_path):
     assert goft16["trainable_params"] == 15
     assert any(r["bench"] == "rotation_scaling" for r in rows)
     assert (tmp_path / "bench_layer.png").stat().st_size > 0
-
-
-def test_saved_bytes_counts_distinct_storages_but_not_the_input():
-    x = torch.randn(64, 32, requires_grad=True)
-    w = torch.randn(32, 32, requires_grad=True)
-    # x @ w saves x (excluded) and w (32*32*4 bytes); tanh saves its 64x32 output
-    n = bench_timing.saved_bytes(lambda: torch.tanh(x @ w).sum().backward(), exclude=x)
-    assert n == 32 * 32 * 4 + 64 * 32 * 4
-
-
-def test_dense_reference_matches_goft_rotation():
-    torch.manual_seed(0)
-    base = torch.nn.Linear(12, 5)
-    dense = dense_baseline.DenseGivensLinear(base)
-    x = torch.randn(3, 12)
-    theta = torch.pi * torch.tanh(dense.phi.detach())
-    from goft import functional as givens
-
-    assert torch.allclose(dense(x), base(givens.rotate(x, theta)), atol=1e-5)
 
 
 def test_half_precision_layers_and_the_decoder_step_run(tmp_path, monkeypatch):

@@ -4,9 +4,9 @@ from dataclasses import fields
 
 import pytest
 
-from goft.apps.parsers import build_parser
 from goft.apps.configs import FinetuneConfig, InstructConfig, comma_list
 from goft.apps.errors import OptionError
+from goft.apps.parsers import build_parser
 
 
 def subcommand_parser(name):

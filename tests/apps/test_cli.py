@@ -81,24 +81,6 @@ def test_finetune_names_the_pairing_flags_and_compare_points_to_its_rows(tmp_pat
     assert not (tmp_path / "polarity.json").exists()
 
 
-def test_inspect_reads_a_butterfly_adapter(tmp_path, capsys):
-    from peft import get_peft_model
-    from toys import make_mlp
-
-    from goft import GOFTConfig
-    from goft.apps.adapter_stats import layer_statistics
-
-    model = get_peft_model(
-        make_mlp(), GOFTConfig(target_modules=["lin0", "lin1"], structure="butterfly", depth=2, init_weights=False)
-    )
-    model.save_pretrained(tmp_path / "adapter")
-    assert main(["inspect", str(tmp_path / "adapter")]) == 0
-    assert "GOFT (butterfly, depth 2) adapter" in capsys.readouterr().out
-    rows = layer_statistics(tmp_path / "adapter")
-    assert sorted(r["d"] for r in rows) == [7, 12]
-    assert max(r["col_inner_max"] for r in rows) < 1e-12  # strict: R is orthogonal
-
-
 def test_counts_must_be_positive(capsys):
     for argv in (["compare", "--seeds", "0"], ["instruct", "--seeds", "-1"], ["bench", "--reps", "0"]):
         with pytest.raises(SystemExit) as exit_info:
@@ -298,24 +280,6 @@ def test_bench_writes_a_new_directory_by_default_with_the_spread(tmp_path, monke
     )
 
 
-def test_inspect_names_qgoft_and_separates_what_its_penalty_controls(tmp_path, capsys):
-    from peft import get_peft_model
-    from toys import make_mlp
-
-    from goft import GOFTConfig
-    from goft.apps.adapter_stats import layer_statistics
-
-    model = get_peft_model(make_mlp(), GOFTConfig(target_modules=["lin0"], quasi=True, init_weights=False))
-    model.save_pretrained(tmp_path / "adapter")
-    assert main(["inspect", str(tmp_path / "adapter")]) == 0
-    assert "qGOFT adapter" in capsys.readouterr().out and (tmp_path / "adapter-inspect.png").is_file()
-    (row,) = layer_statistics(tmp_path / "adapter")
-    r = model.base_model.model.lin0.rotation_matrix("default").double()
-    gram = r.T @ r
-    assert row["col_inner_max"] == pytest.approx((gram - torch.diag(torch.diagonal(gram))).abs().max().item())
-    assert row["col_norm_max"] == pytest.approx(r.norm(dim=0).max().item())
-
-
 def test_curve_of_a_short_run_has_no_one_step_mean_and_labels_its_single_epoch(tmp_path, monkeypatch):
     from goft.apps import finetune as finetune_module
     from goft.apps import plots
@@ -442,29 +406,3 @@ def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_con
     refused = r"^goft compare: --batch-size 8 differs from the runs in .*train\.json \(16\)"
     with pytest.raises(SystemExit, match=refused):
         main([*args, "--batch-size", "8"])
-
-
-def test_only_the_foreign_kernel_noise_is_dropped(caplog):
-    import logging
-
-    from goft.apps import log_filters
-
-    log_filters.drop_foreign_kernel_noise()
-    log_filters.drop_foreign_kernel_noise()  # idempotent: one filter per logger
-    assert sum(type(f).__name__ == "_DropMessages" for f in logging.getLogger("torchao").filters) == 1
-    with caplog.at_level(logging.WARNING):
-        logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no")
-        logging.getLogger("torch.utils._pytree").warning(
-            "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an"
-        )
-        logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
-            "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure"
-        )
-        logging.getLogger("torchao").warning("Failed to quantize layer q_proj")
-        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to dequantize")
-        logging.getLogger("torch.utils._pytree").warning("something else about pytree")
-    assert [r.getMessage() for r in caplog.records] == [
-        "Failed to quantize layer q_proj",
-        "Failed to dequantize",
-        "something else about pytree",
-    ]

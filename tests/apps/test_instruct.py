@@ -1,65 +1,14 @@
 """`goft instruct`'s pieces: prompts and answer-only labels, answer parsing, forgetting, the resumable sweep."""
 
 import json
-import math
 import shutil
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from goft.apps import forgetting, instruct, instruct_report, instruct_task, pretrained, results
+from goft.apps import instruct, instruct_report, pretrained, results
 from goft.apps.errors import OptionError
 from goft.apps.methods import METHODS
 from goft.apps.protocol import lr_grid
-
-
-def test_batches_train_only_on_the_answer(chat_tokenizer):
-    p = instruct_task.prompt_ids(chat_tokenizer, "a fine film")
-    a = instruct_task.answer_ids(chat_tokenizer, 1)
-    assert chat_tokenizer.decode(a) == "positive <|im_end|>"
-    batch = instruct_task.build_batch(chat_tokenizer, [(p, a), (p[:-2], instruct_task.answer_ids(chat_tokenizer, 0))])
-    labels = batch["labels"]
-    assert (labels[0, : len(p)] == -100).all() and labels[0, len(p) : len(p) + 2].tolist() == a
-    assert batch["attention_mask"][1].sum() == len(p) - 2 + 2
-    assert (labels[1, len(p) - 2 + 2 :] == -100).all()
-
-
-@pytest.mark.parametrize(
-    "reply, want",
-    [(" Positive.", 1), ("negative, clearly", 0), ("This review is positive", 1), ("I cannot tell", None), ("", None)],
-)
-def test_parse_answer(reply, want):
-    assert instruct_task.parse_answer(reply) == want
-
-
-def test_forgetting_measures():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 10, 40)
-    base = torch.log_softmax(logits, -1)
-    passages = torch.randint(0, 40, (3, 10))
-    same = forgetting.forgetting(base, base, passages)
-    assert same["kl_base_to_tuned"] == pytest.approx(0.0, abs=1e-7) and same["perplexity_change"] == 0.0
-    other = forgetting.forgetting(base, torch.log_softmax(logits + torch.randn(3, 10, 40), -1), passages)
-    assert other["kl_base_to_tuned"] > 0.01
-    nll = -base[:, :-1].gather(-1, passages[:, 1:, None]).mean().item()
-    assert same["perplexity_base"] == pytest.approx(math.exp(nll), rel=1e-6)
-
-
-def test_generation_accuracy_runs_on_a_tiny_chat_model(chat_tokenizer):
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(chat_tokenizer),
-            hidden_size=16,
-            intermediate_size=24,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=128,
-        )
-    )
-    acc = instruct_task.generation_accuracy(model, chat_tokenizer, ["a fine film", "a film"], [1, 0])
-    assert 0.0 <= acc <= 1.0
 
 
 def fake_metrics(cfg, accuracy, val_accuracy, **extra):

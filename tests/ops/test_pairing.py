@@ -1,24 +1,51 @@
-"""The capacity dial: butterfly pairings and stacked rotations, checked against pairings and dense matrices written
-here from the convention's words, over awkward sizes and both CPU backends, at tight tolerances."""
+"""The pairing convention (goft.ops.pairing): the tree as the paper writes it, bad sizes refused; the other
+structures (butterfly, depth) spelled out, and rotate, merge and gradients on them against dense products."""
 
 import functools
 import math
 
 import pytest
 import torch
-from test_functional import EPS32, KERNELS, dense_product, use_kernel
+from rotations import (
+    EPS32,
+    SIZES,
+    dense_product,
+    reference_pairs,
+)
 
 from goft import functional as givens
 
+
+@pytest.mark.parametrize("d", SIZES + [4096, 1000, 9])
+def test_pairs_match_the_design_pseudocode(d):
+    got = [p.tolist() for p in givens.givens_pairs(d)]
+    want = [[list(pair) for pair in level] for level in reference_pairs(d)]
+    assert got == want
+    assert sum(len(level) for level in got) == d - 1
+    assert len(got) == (0 if d == 1 else math.ceil(math.log2(d)))
+    for level in got:  # pairs of one level are disjoint
+        flat = [i for pair in level for i in pair]
+        assert len(flat) == len(set(flat))
+
+
+def test_pairs_d8_and_d768():
+    assert [p.tolist() for p in givens.givens_pairs(8)] == [
+        [[0, 1], [2, 3], [4, 5], [6, 7]],
+        [[0, 2], [4, 6]],
+        [[0, 4]],
+    ]
+    assert len(givens.givens_pairs(768)) == 10 and givens.num_blocks(768) == 767
+    assert givens.givens_pairs(1) == []
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_bad_dimension_is_refused(bad):
+    with pytest.raises(givens.GivensError, match="d must be an integer >= 1"):
+        givens.givens_levels(bad)
+
+
 # (structure, depth) beyond the paper's tree at depth 1, which tests/test_functional.py covers
 DIALS = [("tree", 2), ("butterfly", 1), ("butterfly", 2), ("tree", 3)]
-SIZES = [1, 2, 3, 5, 7, 8, 12, 768]
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    with use_kernel(request.param):
-        yield request.param
 
 
 def tree_levels(d):

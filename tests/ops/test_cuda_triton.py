@@ -364,7 +364,7 @@ def test_the_kernels_compile_for_a_gpu_without_one():
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.isfile(ptxas):
         pytest.skip("this Triton has no ptxas (not an NVIDIA-enabled build)")
-    script = os.path.join(os.path.dirname(__file__), "triton_ahead_of_time.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "triton_ahead_of_time.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     for args, launches in ((["12", "2"], 2), (["33", "1", "8"], 4)):
         done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=900)

@@ -130,7 +130,7 @@ def test_each_chosen_rate_is_what_the_recorded_sweeps_chose_on_both_tasks():
     from goft.apps import results as results_files
     from goft.apps.protocol import choose_lr, lr_grid
 
-    results = Path(__file__).resolve().parent.parent / "results"
+    results = Path(__file__).resolve().parents[2] / "results"
     runs = {task: results_files.load(results / f"{task}.json", "compare")["runs"] for task in ("polarity", "hedge")}
     for name, entry in METHODS.items():
         grid = lr_grid(entry.lr)
@@ -157,7 +157,7 @@ def test_each_instruct_default_is_what_the_recorded_sweep_chose():
     from goft.apps.instruct import SCHEDULE, InstructConfig, trained_like
     from goft.apps.protocol import choose_lr, lr_grid
 
-    path = Path(__file__).resolve().parent.parent / "results" / "smollm2-instruct.json"
+    path = Path(__file__).resolve().parents[2] / "results" / "smollm2-instruct.json"
     runs = results.load(path, "instruct")["runs"]
     base = InstructConfig()
     for name in methods.INSTRUCT_METHODS:

@@ -64,15 +64,6 @@ def test_bad_finetune_options_are_refused():
             FinetuneConfig(device=bad)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_a_gpu_is_refused_by_name_where_there_is_none():
-    for name in ("cuda", "cuda:0"):
-        with pytest.raises(
-            OptionError, match=f"^device is {name!r}, but this PyTorch .* sees no CUDA device; use --device cpu"
-        ):
-            FinetuneConfig(device=name)
-
-
 def test_a_run_records_the_device_it_trained_on(toy_config):
     metrics = finetune(toy_config(method="goft", epochs=1, device="cpu"))
     assert metrics["device"] == "cpu" and metrics["config"]["device"] == "cpu"
