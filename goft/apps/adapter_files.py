@@ -7,7 +7,6 @@ so a directory written here is one ``PeftModel.from_pretrained`` reads.  ``LABEL
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -59,10 +58,7 @@ def read_labels(adapter_dir: str | os.PathLike) -> dict[int, str] | None:
     path = Path(adapter_dir) / LABELS_FILE
     if not path.is_file():
         return None
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON: {err}") from None
+    saved = files.read_json(path, DataError, "a labels file")
     if not isinstance(saved, dict) or not isinstance(saved.get("id2label"), dict):
         raise DataError(f'{path} must hold {{"id2label": {{"0": name, ...}}}}, got {saved!r:.80}')
     return {int(i): name for i, name in saved["id2label"].items()}

@@ -59,6 +59,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     return path
 
 
+def read_json(path: str | os.PathLike, error: type[Exception], what: str = "a JSON file") -> Any:
+    """The JSON in ``path``; ``error`` (the caller's error class) naming the file and what it should be when the text
+    is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{path} is not {what} (not valid JSON: {err})") from None
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return write_atomic(path, lambda f: f.write(data))
 

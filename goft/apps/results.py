@@ -12,7 +12,6 @@ the commands and the reports see every run in today's form; the upgraded rows ar
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -88,10 +87,7 @@ def load(path: str | Path, kind: str) -> dict:
     path = Path(path)
     if not path.is_file():
         return {"schema": SCHEMA_VERSION, "runs": []}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise OutputError(f"{path} is not a results file (not valid JSON: {err})") from None
+    data = files.read_json(path, OutputError, "a results file")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise OutputError(f"{path} is not a results file (no 'runs' list)")
     return upgrade(data, kind)

@@ -30,7 +30,7 @@ def test_a_written_classifier_adapter_reads_back_with_peft_and_its_class_names(t
 def test_no_labels_file_is_none_and_a_malformed_one_names_itself(tmp_path):
     assert adapter_files.read_labels(tmp_path) is None
     (tmp_path / adapter_files.LABELS_FILE).write_text("{not json")
-    with pytest.raises(DataError, match="labels.json is not valid JSON"):
+    with pytest.raises(DataError, match=r"labels.json is not a labels file \(not valid JSON"):
         adapter_files.read_labels(tmp_path)
     (tmp_path / adapter_files.LABELS_FILE).write_text(json.dumps(["neg", "pos"]))
     with pytest.raises(DataError, match="id2label"):
