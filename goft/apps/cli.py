@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .configs import FinetuneConfig, InstructConfig
-from .errors import AppError, Interrupted, OptionError
+from .configs import FinetuneConfig, InstructConfig, check_output
+from .errors import AppError, DataError, Interrupted, OptionError
 from .log_filters import drop_foreign_kernel_noise
-from .methods import INSTRUCT_METHODS, METHODS
+from .methods import INSTRUCT_METHODS, METHODS, method_list
 from .parsers import build_parser, config_from
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -36,101 +36,133 @@ def default_output(args: argparse.Namespace) -> str:
     return f"runs/{args.method}-{data_stem(args)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import finetune
+def check_adapter_dir(adapter_dir: str) -> None:
+    if not Path(adapter_dir).is_dir():
+        raise DataError(f"ADAPTER_DIR {adapter_dir} is not a directory (a saved adapter's folder)")
 
-    if args.output is None and not args.resume:
+
+def cmd_finetune(args: argparse.Namespace) -> Callable[[], int]:
+    chosen_output = args.output is None and not args.resume
+    if chosen_output:
         args.output = default_output(args)
-        print(f"output: {args.output} (pass --output to choose)")
     cfg = config_from(args, FinetuneConfig)
-    metrics = finetune(cfg)
-    print(
-        f"{cfg.method_label} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
-        f"({metrics['eval_examples']} examples), validation accuracy by epoch "
-        + ", ".join(f"{v:.4f}" for v in metrics["val_accuracy_per_epoch"])
-        + f" ({metrics['val_examples']} examples); {metrics['trainable_params']:,} trainable parameters "
-        f"({metrics['adapter_params']:,} in the adapter), {metrics['seconds']:.1f} s"
-    )
-    if cfg.output:
-        print(f"wrote {', '.join(f'{cfg.output}/{name}' for name in metrics['outputs'])}")
-    return 0
+    if chosen_output:
+        print(f"output: {args.output} (pass --output to choose)")
+
+    def run() -> int:
+        from .finetune import finetune
+
+        metrics = finetune(cfg)
+        print(
+            f"{cfg.method_label} on {metrics['task']}: test accuracy {metrics['accuracy']:.4f} "
+            f"({metrics['eval_examples']} examples), validation accuracy by epoch "
+            + ", ".join(f"{v:.4f}" for v in metrics["val_accuracy_per_epoch"])
+            + f" ({metrics['val_examples']} examples); {metrics['trainable_params']:,} trainable parameters "
+            f"({metrics['adapter_params']:,} in the adapter), {metrics['seconds']:.1f} s"
+        )
+        if cfg.output:
+            print(f"wrote {', '.join(f'{cfg.output}/{name}' for name in metrics['outputs'])}")
+        return 0
+
+    return run
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import run_compare
-    from .compare_report import report_text
-    from .methods import method_list
-
+def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
     methods = method_list(args.methods, tuple(METHODS))
-    results = run_compare(
-        data_stem(args),
-        methods,
-        list(range(args.seeds)),
-        config_from(args, FinetuneConfig),
-        Path(args.results),
-        sweep=not args.no_sweep,
-    )
-    print(report_text(results))
-    return 0
+    base = config_from(args, FinetuneConfig)
+    check_output(Path(args.results), "results")
+
+    def run() -> int:
+        from .compare import run_compare
+        from .compare_report import report_text
+
+        results = run_compare(
+            data_stem(args), methods, list(range(args.seeds)), base, Path(args.results), sweep=not args.no_sweep
+        )
+        print(report_text(results))
+        return 0
+
+    return run
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from .adapter_stats import inspect_adapter
+def cmd_inspect(args: argparse.Namespace) -> Callable[[], int]:
+    check_adapter_dir(args.adapter_dir)
 
-    inspect_adapter(Path(args.adapter_dir), plot=Path(args.plot) if args.plot else None)
-    return 0
+    def run() -> int:
+        from .adapter_stats import inspect_adapter
 
+        inspect_adapter(Path(args.adapter_dir), plot=Path(args.plot) if args.plot else None)
+        return 0
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_adapter_to_directory
-
-    result = merge_adapter_to_directory(args.adapter_dir, args.output, base=args.base, overwrite=args.overwrite)
-    print(
-        f"wrote a merged checkpoint to {result.output} (base: {result.base_dir}); load it with transformers alone "
-        "(no goft needed)"
-    )
-    if not result.tokenizer:
-        print(f"note: {result.base_dir} has no tokenizer, so the merged checkpoint has none either")
-    return 0
+    return run
 
 
-def cmd_instruct(args: argparse.Namespace) -> int:
-    from .instruct import run_instruct_compare
-    from .methods import method_list
+def cmd_merge(args: argparse.Namespace) -> Callable[[], int]:
+    check_adapter_dir(args.adapter_dir)
+    check_output(Path(args.output))
 
+    def run() -> int:
+        from .merge import merge_adapter_to_directory
+
+        result = merge_adapter_to_directory(args.adapter_dir, args.output, base=args.base, overwrite=args.overwrite)
+        print(
+            f"wrote a merged checkpoint to {result.output} (base: {result.base_dir}); load it with transformers "
+            "alone (no goft needed)"
+        )
+        if not result.tokenizer:
+            print(f"note: {result.base_dir} has no tokenizer, so the merged checkpoint has none either")
+        return 0
+
+    return run
+
+
+def cmd_instruct(args: argparse.Namespace) -> Callable[[], int]:
     methods = method_list(args.methods, INSTRUCT_METHODS)
     base = config_from(args, InstructConfig, method=methods[0])
-    run_instruct_compare(
-        methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr, sweep=not args.no_sweep
-    )
-    return 0
+    check_output(Path(args.results).parent, "results")
+
+    def run() -> int:
+        from .instruct import run_instruct_compare
+
+        run_instruct_compare(
+            methods, list(range(args.seeds)), base, Path(args.results), learning_rates=args.lr, sweep=not args.no_sweep
+        )
+        return 0
+
+    return run
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
-    from .methods import method_list
-
-    methods = method_list(args.methods, bench.LAYER_METHODS) if args.methods else list(bench.LAYER_METHODS)
-    if "frozen" not in methods:
-        methods = ["frozen", *methods]
+def cmd_bench(args: argparse.Namespace) -> Callable[[], int]:
     out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
-    bench.run(
-        out,
-        [] if args.no_layers else args.dims,
-        args.tokens,
-        args.reps,
-        device=args.device,
-        e2e=not args.no_e2e,
-        merge=not args.no_merge,
-        methods=methods,
-        dense_max_d=args.dense_max_d,
-        e2e_methods=[m for m in bench.E2E_METHODS if m in methods],
-        dtypes=method_list(args.dtypes, bench.DTYPES, option="dtypes"),
-        e2e_models=method_list(args.e2e_models, bench.E2E_MODELS, option="e2e_models"),
-    )
-    return 0
+    check_output(out, "out")
+
+    def run() -> int:
+        from . import bench
+
+        methods = method_list(args.methods, bench.LAYER_METHODS) if args.methods else list(bench.LAYER_METHODS)
+        if "frozen" not in methods:
+            methods = ["frozen", *methods]
+        bench.run(
+            out,
+            [] if args.no_layers else args.dims,
+            args.tokens,
+            args.reps,
+            device=args.device,
+            e2e=not args.no_e2e,
+            merge=not args.no_merge,
+            methods=methods,
+            dense_max_d=args.dense_max_d,
+            e2e_methods=[m for m in bench.E2E_METHODS if m in methods],
+            dtypes=method_list(args.dtypes, bench.DTYPES, option="dtypes"),
+            e2e_models=method_list(args.e2e_models, bench.E2E_MODELS, option="e2e_models"),
+        )
+        return 0
+
+    return run
 
 
+# Each command checks its options (no torch needed) and returns the run, which the entry point starts once the
+# library is loaded: a mistake is answered before the imports, in well under a second.
 COMMANDS = {
     "finetune": cmd_finetune,
     "compare": cmd_compare,
@@ -155,14 +187,16 @@ def main(argv: list[str] | None = None, before_command: Callable[[], object] | N
     one line on stderr and exit status 1, Ctrl-C in exit status 130, never a traceback; anything else is a bug and
     keeps its traceback.
 
-    ``before_command`` runs after the options are parsed and before the command: the ``goft`` script's entry point
-    (:mod:`goft_cli`) passes the loading of the library there, so ``--help`` and bad options never wait for torch."""
+    ``before_command`` runs after the options are parsed and checked, before the command runs: the ``goft`` script's
+    entry point (:mod:`goft_cli`) passes the loading of the library there, so ``--help`` and bad options never wait
+    for torch."""
     args = build_parser().parse_args(argv)
     drop_foreign_kernel_noise()
-    if before_command is not None:
-        before_command()
     try:
-        return COMMANDS[args.command](args)
+        run = COMMANDS[args.command](args)
+        if before_command is not None:
+            before_command()
+        return run()
     except OptionError as err:
         raise SystemExit(f"goft {args.command}: {err.as_flag()}") from None
     except Interrupted as err:

@@ -3,8 +3,8 @@
 The protocol is :mod:`goft.apps.protocol`'s (sweep on validation, choose, final runs on test), the same for every
 method: each sweep is centred on the method's ``lr`` in the registry.  Every run gets the same data, epochs and batch
 size, and is recorded as it completes with its rate, stage, validation accuracy per epoch and, for final runs, its
-test accuracy.  A results file holds one comparison: it records the options its runs share (``SETUP_OPTIONS``:
-model, data, sizes, batch, targets) and a compare with other ones is refused, since its rows would mix.
+test accuracy.  A results file holds one comparison: it records the options its runs share (``COMPARE_SETUP_OPTIONS``:
+model, data, sizes, batch, targets, epochs) and a compare with other ones is refused, since its rows would mix.
 
 A run in progress checkpoints every ``CHECKPOINT_EVERY`` steps under ``RESULTS/unfinished/``; an interrupted compare
 (Ctrl-C, a closed session) continues that run from its checkpoint when rerun.  A finished run keeps its row, not its
@@ -24,22 +24,9 @@ from .loop import CHECKPOINT_NAME
 from .methods import METHODS, default_lr, method_list
 from .pretrained import MINILM_NAME, model_reference
 from .protocol import LR_FACTORS, Plan, lr_grid, run_protocol
-from .results import SWEEP, RunsFile
+from .results import COMPARE_SETUP_OPTIONS, SWEEP, RunsFile
 
 KEY_FIELDS = ("method", "stage", "seed", "lr", "epochs")
-# The options every run of one results file shares (its rows are keyed by KEY_FIELDS alone).
-SETUP_OPTIONS = (
-    "model",
-    "task",
-    "train_file",
-    "eval_file",
-    "val_file",
-    "val_fraction",
-    "train_size",
-    "batch_size",
-    "max_length",
-    "target_modules",
-)
 CHECKPOINT_EVERY = 25  # optimizer steps between checkpoints of a run in progress (a MiniLM run has 270)
 # Options that change what a method trains: rows are keyed by method name, so each name stands for one setting of
 # them, and compare takes only their defaults (option -> the registry's rows that vary it).
@@ -104,8 +91,8 @@ def run_compare(
 
 
 def comparison_setup(base: FinetuneConfig) -> dict:
-    """The values of ``SETUP_OPTIONS`` for ``base``, as the results file records them."""
-    setup = {name: getattr(base, name) for name in SETUP_OPTIONS}
+    """The values of ``COMPARE_SETUP_OPTIONS`` for ``base``, as the results file records them."""
+    setup = {name: getattr(base, name) for name in COMPARE_SETUP_OPTIONS}
     setup["model"] = model_reference(base.model, MINILM_NAME)
     setup["target_modules"] = base.target_modules or "all-linear"
     return setup

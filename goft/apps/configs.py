@@ -9,11 +9,14 @@ set their own defaults.  This module imports neither torch nor PEFT: ``goft --he
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+from ..ops.pairing import STRUCTURES
 from .errors import OptionError
 from .methods import (
     FINETUNE_METHODS,
@@ -26,11 +29,43 @@ from .methods import (
 )
 
 VAL_FRACTION = 0.1  # of the training split, set aside (stratified, seed-fixed) for validation
+TASKS = ("polarity", "hedge")  # the embedded classification tasks (goft.apps.data)
+BASE_WEIGHTS = ("fp32", "int8")  # int8: torchao int8 weight-only linear layers, through transformers' TorchAoConfig
+DEVICES = ("cpu", "cuda", "cuda:N")
+# What goft finetune writes into its --output: a folder holding anything else is the user's, not a run's.
+RUN_FILES = frozenset({"adapter", "head.safetensors", "model", "curve.png", "metrics.json", "checkpoint.pt"})
 
 
 def comma_list(text: str | None) -> list[str] | None:
     """``"a, b"`` -> ``["a", "b"]``; empty -> None."""
     return [t.strip() for t in text.split(",") if t.strip()] or None if text else None
+
+
+def check_output(path: Path, option: str = "output") -> None:
+    """An output folder (of ``--option``) must be a folder, or not exist yet with no file in the way; checked
+    before any work."""
+    for place in (path, *path.parents):
+        if place.exists() and not place.is_dir():
+            where = "is a file" if place == path else f"is inside {place}, which is a file"
+            raise OptionError(option, f"{path} {where}: name a folder")
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What a folder holds, hidden files (atomic writes in progress) aside; nothing when it does not exist."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """Whether ``path``, in an output folder, is what goft finetune writes there (a metrics.json must be goft's)."""
+    if path.name not in RUN_FILES:
+        return False
+    if path.name != "metrics.json":
+        return True
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(metrics, dict) and {"method", "config", "curve"} <= metrics.keys()
 
 
 def option(
@@ -96,9 +131,11 @@ class RunOptions:
             raise OptionError("output", "is needed by --save-every and --resume (where the checkpoint lives)")
         if self.lr is not None and not (self.lr > 0):
             raise OptionError("lr", f"must be a positive number, got {self.lr!r}")
-        from .devices import training_device  # torch: loaded by the time a config is built
-
-        training_device(self.device)  # refuses a device this machine lacks before any data or model is loaded
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise OptionError("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.output is not None:
+            check_output(Path(self.output))
+        # (whether this machine has the device is asked of torch when the run starts: goft.apps.devices)
 
 
 @dataclass
@@ -142,8 +179,6 @@ class FinetuneConfig(RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        from ..functional import STRUCTURES
-
         if self.train_file is not None:
             self.task = None  # the data are the user's files: no embedded task is involved
         if self.structure not in STRUCTURES:
@@ -159,6 +194,20 @@ class FinetuneConfig(RunOptions):
             raise OptionError("val_file", "goes with --train-file and --eval-file (embedded tasks carve their own)")
         if not 0 < self.val_fraction < 1:
             raise OptionError("val_fraction", f"must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
+        if self.task is not None and self.task not in TASKS:
+            raise OptionError("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        for name in ("train_file", "eval_file", "val_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise OptionError(name, f"names no file: {path}")
+        if self.output is not None and not (self.overwrite or self.resume):
+            foreign = sorted(p.name for p in _entries(Path(self.output)) if not _written_by_a_run(p))
+            if foreign:
+                raise OptionError(
+                    "output",
+                    f"{self.output} holds files that are not a goft run's ({', '.join(foreign[:3])}"
+                    f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder, or pass --overwrite",
+                )
 
     @property
     def learning_rate(self) -> float:
@@ -221,11 +270,9 @@ class InstructConfig(RunOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        from .devices import training_device
-        from .pretrained import check_base_weights
-
-        check_base_weights(self.base_weights)
-        if training_device(self.device).type != "cpu" and self.base_weights != "fp32":
+        if self.base_weights not in BASE_WEIGHTS:
+            raise OptionError("base_weights", f"must be one of {', '.join(BASE_WEIGHTS)}, got {self.base_weights!r}")
+        if self.device != "cpu" and self.base_weights != "fp32":
             raise OptionError(
                 "base_weights",
                 f"{self.base_weights} loads the base for the CPU (torchao weight-only); "

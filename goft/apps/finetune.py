@@ -97,10 +97,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise OptionError(
             "resume", f"finds no checkpoint at {checkpoint}: nothing to continue (drop --resume to start this run)"
         )
+    device = use_device(cfg.device)  # refuses a device this machine lacks before any data or model is loaded
     torch.manual_seed(cfg.seed)
     train_set, val_set, test_set = load_data(cfg)
     model, tokenizer = build_model(cfg, train_set.label_names)
-    device = use_device(cfg.device)
     model.to(device)
     n_trainable = count_parameters(model)
 

@@ -34,25 +34,11 @@ from .loop import (
 )
 from .methods import METHODS, count_parameters, instruct_default_lr, wrap
 from .protocol import Plan, lr_grid, run_protocol
-from .results import FINAL, SWEEP, RunsFile
+from .results import FINAL, INSTRUCT_SETUP_OPTIONS, SWEEP, RunsFile
 from .results import INSTRUCT_SCHEDULE as SCHEDULE
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 KEY_FIELDS = ("method", "stage", "seed", "lr", "schedule", "base_weights")
-# The options every run of one results file shares (its rows are keyed by KEY_FIELDS alone).
-SETUP_OPTIONS = (
-    "model",
-    "target_modules",
-    "train_size",
-    "eval_size",
-    "val_size",
-    "epochs",
-    "batch_size",
-    "orth_reg_weight",
-    "lora_r",
-    "forget_passages",
-    "forget_tokens",
-)
 
 
 def build_instruct_model(cfg: InstructConfig, model):
@@ -68,10 +54,10 @@ def build_instruct_model(cfg: InstructConfig, model):
 def instruct(cfg: InstructConfig, base_logprobs_cache: Optional[dict] = None) -> dict:
     """Tune with the shared loop, then measure generation accuracy and forgetting.  Returns a metrics dict; with
     ``cfg.output`` the run's checkpoint and adapter are kept in ``cfg.run_dir``."""
+    device = use_device(cfg.device)  # refuses a device this machine lacks before the model is loaded
     torch.manual_seed(cfg.seed)
     model, tokenizer = pretrained.load_causal_lm(cfg.model, cfg.base_weights)
     base_bytes = pretrained.weight_bytes(model)
-    device = use_device(cfg.device)
     model.to(device)
     train_set, test_set = data.load_task("polarity")
     train_set, val_set = data.split_validation(train_set)
@@ -168,9 +154,9 @@ def run_instruct_compare(
 
 
 def instruct_setup(base: InstructConfig) -> dict:
-    """The values of ``SETUP_OPTIONS`` for ``base``, as the results file records them."""
+    """The values of ``INSTRUCT_SETUP_OPTIONS`` for ``base``, as the results file records them."""
     return {
-        **{name: getattr(base, name) for name in SETUP_OPTIONS},
+        **{name: getattr(base, name) for name in INSTRUCT_SETUP_OPTIONS},
         "model": pretrained.model_reference(base.model, pretrained.SMOLLM2_NAME),
     }
 

@@ -149,7 +149,11 @@ def _add_compare_parser(sub) -> None:
         help=f"comma-separated runs from {', '.join(METHODS)}; lora_r2 matches qGOFT's parameter count",
     )
     p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, 0..N-1")
-    p.add_argument("--results", default="results", help="results directory")
+    p.add_argument(
+        "--results",
+        default="runs/compare",
+        help="results directory (the committed tables are reproduced with --results results)",
+    )
     p.add_argument(
         "--no-sweep",
         action="store_true",
@@ -187,7 +191,11 @@ def _add_instruct_parser(sub) -> None:
         + ", ".join(f"{m} {instruct_default_lr(m):g}" for m in INSTRUCT_METHODS)
         + ") and score it on the test sentences; recorded as stage 'unswept'",
     )
-    p.add_argument("--results", default="results/smollm2-instruct.json", help="results JSON (PNG beside it)")
+    p.add_argument(
+        "--results",
+        default="runs/smollm2-instruct.json",
+        help="results JSON, PNG and table beside it (the committed ones: --results results/smollm2-instruct.json)",
+    )
     add_config_options(
         p,
         InstructConfig,

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import files
+from .configs import BASE_WEIGHTS
 from .errors import ModelUnavailableError, OptionError
 
 MINILM_NAME = "minilm"
@@ -195,18 +196,11 @@ def load_sequence_classifier(model: str | os.PathLike | None = None, num_labels:
     return model, tokenizer
 
 
-BASE_WEIGHTS = ("fp32", "int8")  # int8: torchao int8 weight-only linear layers, through transformers' TorchAoConfig
-
-
-def check_base_weights(base_weights: str) -> None:
-    if base_weights not in BASE_WEIGHTS:
-        raise OptionError("base_weights", f"must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}")
-
-
 def load_causal_lm(model: str | os.PathLike | None = None, base_weights: str = "fp32"):
     """A causal LM and its tokenizer from a local directory or the embedded SmolLM2, offline; with
     ``base_weights="int8"`` its linear layers are quantized to int8 (weight-only) as they load."""
-    check_base_weights(base_weights)
+    if base_weights not in BASE_WEIGHTS:
+        raise OptionError("base_weights", f"must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}")
     path = resolve_model_dir(model, SMOLLM2_NAME)
     quantization = {}
     if base_weights == "int8":

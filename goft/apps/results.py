@@ -14,14 +14,45 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from . import files
+from .configs import FinetuneConfig
 from .errors import OptionError, OutputError
 from .pretrained import MINILM_NAME, model_reference
 
 SCHEMA_VERSION = 2
 KINDS = ("compare", "instruct")  # goft compare's files (a classifier per run), goft instruct's (a causal LM)
+
+# The options every run of one results file shares (its rows are keyed by the command's key fields alone): a file
+# holds one comparison, of one model, data and budget.
+COMPARE_SETUP_OPTIONS = (
+    "model",
+    "task",
+    "train_file",
+    "eval_file",
+    "val_file",
+    "val_fraction",
+    "train_size",
+    "batch_size",
+    "max_length",
+    "target_modules",
+    "epochs",
+)
+INSTRUCT_SETUP_OPTIONS = (
+    "model",
+    "target_modules",
+    "train_size",
+    "eval_size",
+    "val_size",
+    "epochs",
+    "batch_size",
+    "orth_reg_weight",
+    "lora_r",
+    "forget_passages",
+    "forget_tokens",
+)
 
 # The stages of the protocol (goft.apps.protocol), recorded with every run.
 SWEEP, FINAL, UNSWEPT = "sweep", "final", "unswept"
@@ -63,15 +94,23 @@ def upgrade(data: dict, kind: str) -> dict:
                 if run["stage"] == FINAL and (run["method"], run["epochs"]) not in swept:
                     run["stage"] = UNSWEPT
         if "setup" not in data and data["runs"]:
-            data["setup"] = _setup_recorded_by(data["runs"][0], kind)
+            data["setup"] = _setup_recorded_by(data, kind)
+        budgets = {r["epochs"] for r in data["runs"] if "epochs" in r}
+        if kind == "compare" and "setup" in data and len(budgets) == 1:  # the budget joined the setup in schema 2
+            data["setup"].setdefault("epochs", budgets.pop())
     data["schema"] = SCHEMA_VERSION
     return data
 
 
-def _setup_recorded_by(run: dict, kind: str) -> dict:
-    """The setup options a schema-1 run recorded (the others had their defaults)."""
+def _setup_recorded_by(data: dict, kind: str) -> dict:
+    """The setup of a schema-1 file without one: what its first run recorded; compare's other options had their
+    defaults then (the instruct file's are left unchecked)."""
+    run = data["runs"][0]
     if kind == "compare":
+        defaults = {f.name: f.default for f in fields(FinetuneConfig) if f.name in COMPARE_SETUP_OPTIONS}
         return {
+            **defaults,
+            "task": data.get("task"),
             "model": model_reference(run["model"], MINILM_NAME),
             "batch_size": run["batch_size"],
             "target_modules": run["target_modules"],

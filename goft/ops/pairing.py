@@ -54,9 +54,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: the command line reads STRUCTURES before it loads
+    import torch
 
 
 class GivensError(ValueError):
@@ -185,6 +186,8 @@ def in_features_for_blocks(n: int, structure: str = "tree", depth: int = 1) -> O
 def givens_pairs(d: int, structure: str = "tree", depth: int = 1) -> list[torch.Tensor]:
     """The pairs of each level, as a list of ``(npairs, 2)`` LongTensors ``[[i, j], ...]``, in the order of
     ``level_table`` (the tree, depth 1: ``[[i, i + step], ...]``, level 1 first)."""
+    import torch
+
     return [
         torch.tensor(list(zip(level.left, level.right, strict=True)), dtype=torch.long).reshape(-1, 2)
         for level in level_table(d, structure, depth)

@@ -302,10 +302,12 @@ def test_curve_of_a_short_run_has_no_one_step_mean_and_labels_its_single_epoch(t
 def test_file_system_refusals_and_interrupts_are_one_line(finetune_args, tmp_path, monkeypatch, capsys):
     from goft.apps import finetune as finetune_module
 
-    blocked = tmp_path / "file"
-    blocked.write_text("not a directory")
-    with pytest.raises(SystemExit, match=r"^goft finetune: .*Not a directory"):
-        main([*finetune_args, "--output", str(blocked / "run")])
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "train.csv")
+
+    monkeypatch.setattr(finetune_module, "load_data", refused)
+    with pytest.raises(SystemExit, match=r"^goft finetune: \[Errno 13\] Permission denied: 'train.csv'$"):
+        main([*finetune_args, "--output", str(tmp_path / "run")])
 
     def interrupted_loading(*args, **kwargs):
         raise KeyboardInterrupt
@@ -332,7 +334,6 @@ def _run_entry_point(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
-# Values that only the command can judge (a method name, a file) are checked after the library has loaded.
 @pytest.mark.parametrize(
     "argv",
     [
@@ -346,6 +347,28 @@ def _run_entry_point(argv: list[str]) -> subprocess.CompletedProcess:
 def test_help_and_malformed_options_never_load_torch(argv):
     result = _run_entry_point(argv)
     assert "loaded: [] status:" in result.stdout, result.stdout + result.stderr
+
+
+# Bad values and missing files are refused by the configs' own checks, before torch loads and before the run names a
+# folder it would never create.
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["finetune", "--lr", "-1"], "--lr must be a positive number, got -1.0"),
+        (["finetune", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["finetune", "--task", "polarty"], "--task must be one of polarity, hedge, got 'polarty'"),
+        (["finetune", "--structure", "buterfly"], "--structure must be one of tree, butterfly, got 'buterfly'"),
+        (["finetune", "--train-file", "no.csv", "--eval-file", "no.csv"], "--train-file names no file: no.csv"),
+        (["finetune", "--device", "gpu"], "--device must be one of cpu, cuda, cuda:N, got 'gpu'"),
+        (["compare", "--methods", "goft,lora_r9"], "--methods has unknown ['lora_r9']"),
+        (["instruct", "--base-weights", "int4"], "--base-weights must be one of fp32, int8, got 'int4'"),
+        (["merge", "no-adapter", "--output", "out"], "ADAPTER_DIR no-adapter is not a directory"),
+    ],
+)
+def test_bad_values_are_refused_before_torch_loads_and_before_any_output_line(argv, message):
+    result = _run_entry_point(argv)
+    assert "loaded: [] status: goft" in result.stdout and message in result.stdout, result.stdout + result.stderr
+    assert "output:" not in result.stdout
 
 
 def test_a_command_run_through_the_entry_point_finds_goft_registered(tmp_path):
@@ -406,3 +429,40 @@ def test_compare_on_a_users_files_is_named_after_them_and_ctrl_c_says_how_to_con
     refused = r"^goft compare: --batch-size 8 differs from the runs in .*train\.json \(16\)"
     with pytest.raises(SystemExit, match=refused):
         main([*args, "--batch-size", "8"])
+
+
+def test_every_output_naming_a_file_is_refused_before_any_work(finetune_args, tmp_path, monkeypatch):
+    from goft.apps import finetune as finetune_module
+
+    monkeypatch.setattr(finetune_module, "finetune", lambda cfg: pytest.fail("trained despite the refusal"))
+    afile = tmp_path / "train.csv"
+    afile.write_text("text,label\n")
+    for output, where in ((afile, "is a file"), (afile / "sub", f"is inside {afile}, which is a file")):
+        with pytest.raises(SystemExit, match=f"^goft finetune: --output {output} {where}: name a folder$"):
+            main([*finetune_args, "--output", str(output)])
+        with pytest.raises(SystemExit, match=f"^goft merge: --output {output} {where}"):
+            main(["merge", str(tmp_path), "--output", str(output)])
+    with pytest.raises(SystemExit, match=f"^goft compare: --results {afile} is a file"):
+        main(["compare", "--results", str(afile)])
+    with pytest.raises(SystemExit, match=f"^goft bench: --out {afile} is a file"):
+        main(["bench", "--out", str(afile)])
+
+
+def test_a_folder_of_the_users_own_files_is_not_written_into_without_overwrite(finetune_args, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text('{"mine": true}')  # a name goft writes, but not goft's file
+    for extra in ([], ["notes.txt"]):
+        for name in extra:
+            (mine / name).write_text("my notes")
+        foreign = ", ".join(["metrics.json", *extra]).replace(".", r"\.")
+        with pytest.raises(
+            SystemExit,
+            match=rf"^goft finetune: --output .*mine holds files that are not a goft run's \({foreign}\): "
+            r"choose a new or empty folder, or pass --overwrite$",
+        ):
+            main([*finetune_args, "--output", str(mine)])
+    assert (mine / "metrics.json").read_text() == '{"mine": true}'
+    assert main([*finetune_args, "--output", str(mine), "--overwrite"]) == 0
+    assert (mine / "notes.txt").read_text() == "my notes" and (mine / "adapter").is_dir()
+    assert main([*finetune_args, "--output", str(mine), "--overwrite"]) == 0  # its own run again: allowed

@@ -111,3 +111,37 @@ def test_a_results_file_holds_one_comparison(toy_config, tmp_path):
     (tmp_path / "toy.json").write_text(json.dumps(legacy))
     with pytest.raises(OptionError, match=r"^model .* differs .*\('goft:minilm'\)"):
         run_compare("toy", ["head"], [0], base, tmp_path, sweep=False, progress=lambda *_: None)
+
+
+def test_the_default_results_folder_is_not_the_repositorys(tmp_path):
+    from goft.apps.parsers import build_parser
+
+    assert build_parser().parse_args(["compare"]).results == "runs/compare"
+
+
+def test_a_committed_results_file_refuses_another_setup_untouched(tmp_path, monkeypatch):
+    """Run from a clone into results/, a quick look with other sizes is refused before any training, and the file
+    keeps every byte (it once took the row, was stamped with the new setup, then crashed)."""
+    from pathlib import Path
+
+    from goft.apps import finetune as finetune_module
+    from goft.apps.cli import main
+
+    committed = Path(__file__).resolve().parents[2] / "results" / "polarity.json"
+    (tmp_path / "polarity.json").write_bytes(committed.read_bytes())
+    monkeypatch.setattr(finetune_module, "finetune", lambda cfg: pytest.fail("trained despite the refusal"))
+    quick = ["--task", "polarity", "--methods", "goft", "--seeds", "1", "--no-sweep", "--results", str(tmp_path)]
+    for extra, refused in ((["--train-size", "256"], "--train-size 256 differs"), (["--epochs", "1"], "--epochs 1")):
+        with pytest.raises(SystemExit, match=f"^goft compare: {refused}"):
+            main(["compare", *quick, *extra])
+        assert (tmp_path / "polarity.json").read_bytes() == committed.read_bytes()
+
+
+def test_another_budget_in_the_same_folder_is_refused_not_crashed(toy_config, tmp_path):
+    from goft.apps.errors import OptionError
+
+    run_compare("toy", ["head"], [0], toy_config(epochs=1), tmp_path, sweep=False, progress=lambda *_: None)
+    before = (tmp_path / "toy.json").read_bytes()
+    with pytest.raises(OptionError, match=r"^epochs 2 differs from the runs in .*toy\.json \(1\)"):
+        run_compare("toy", ["head"], [0], toy_config(epochs=2), tmp_path, sweep=False, progress=lambda *_: None)
+    assert (tmp_path / "toy.json").read_bytes() == before

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from goft.apps.configs import FinetuneConfig
+from goft.apps.devices import training_device
 from goft.apps.errors import OptionError
 
 
@@ -13,4 +13,4 @@ def test_a_gpu_is_refused_by_name_where_there_is_none():
         with pytest.raises(
             OptionError, match=f"^device is {name!r}, but this PyTorch .* sees no CUDA device; use --device cpu"
         ):
-            FinetuneConfig(device=name)
+            training_device(name)

@@ -22,7 +22,20 @@ def test_schema_1_compare_rows_are_upgraded_to_what_they_did():
     assert data["schema"] == results.SCHEMA_VERSION
     assert [r["stage"] for r in data["runs"]] == ["unswept", "sweep", "final"]  # goft had no sweep
     assert {r["device"] for r in data["runs"]} == {"cpu"} and {r["model"] for r in data["runs"]} == {"goft:minilm"}
-    assert data["setup"] == {"model": "goft:minilm", "batch_size": 32, "target_modules": "all-linear"}
+    # no setup recorded: the first run's options, the others at their defaults then, and the one budget of its runs
+    assert data["setup"] == {
+        "model": "goft:minilm",
+        "task": None,
+        "train_file": None,
+        "eval_file": None,
+        "val_file": None,
+        "val_fraction": 0.1,
+        "train_size": None,
+        "batch_size": 32,
+        "max_length": 64,
+        "target_modules": "all-linear",
+        "epochs": 3,
+    }
 
 
 def test_schema_1_instruct_rows_are_upgraded_to_what_they_did():
