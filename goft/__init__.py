@@ -10,13 +10,14 @@ Method: Ma et al., "Parameter Efficient Quasi-Orthogonal Fine-Tuning via Givens 
 """
 
 from . import functional
+from ._version import installed_version
 from .functional import GivensError, SingularBlockError
 from .tuner.config import GOFT_PEFT_TYPE, AdapterFileError, GOFTConfig
 from .tuner.layer import GOFTLayer
 from .tuner.model import GOFTModel, orthogonality_penalty
 from .tuner.registration import register_with_peft
 
-__version__ = "0.1.0"
+__version__ = installed_version()
 
 __all__ = [
     "GOFT_PEFT_TYPE",

@@ -215,6 +215,8 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
     elif suffix in (".csv", ".tsv"):
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            if reader.fieldnames is None:
+                raise DataError(f"{path}: the file is empty (expected a header row text,label, then examples)")
             missing = [c for c in ("text", "label") if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from .._version import installed_version
 from .configs import FinetuneConfig, InstructConfig, RunOptions
 from .methods import COMPARE_DEFAULT, INSTRUCT_METHODS, METHODS, instruct_default_lr
 
@@ -295,6 +296,7 @@ def _add_bench_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="goft", description="Givens-rotation orthogonal fine-tuning (GOFT, qGOFT)")
+    parser.add_argument("--version", action="version", version=f"goft {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
         _add_finetune_parser,

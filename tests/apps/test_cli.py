@@ -371,6 +371,14 @@ def test_bad_values_are_refused_before_torch_loads_and_before_any_output_line(ar
     assert "output:" not in result.stdout
 
 
+def test_version_answers_without_torch():
+    from goft._version import installed_version
+
+    result = _run_entry_point(["--version"])
+    assert result.stdout.startswith(f"goft {installed_version()}\nloaded: [] status: 0"), result.stdout
+    assert installed_version()[0].isdigit()  # the installed package's, from pyproject.toml
+
+
 def test_a_command_run_through_the_entry_point_finds_goft_registered(tmp_path):
     model = get_peft_model(tiny_gpt2(), GOFTConfig(target_modules=["c_attn"]))
     model.save_pretrained(tmp_path / "adapter")

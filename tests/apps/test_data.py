@@ -36,6 +36,7 @@ def test_numeric_labels_sort_numerically(tmp_path):
     [
         ("words,label\nhi,1\n", r"t\.csv:1: header has no 'text' column"),
         ("text,label\n", r"t\.csv: the file holds no examples"),
+        ("", r"t\.csv: the file is empty \(expected a header row text,label, then examples\)"),
         ("text,label\nhi,1\n,0\n", r"t\.csv:3: missing 'text'"),
         ("text,label\nhi,1\nho,\n", r"t\.csv:3: missing 'label'"),
         ("text,label\nhi,1\nho,1\n", r"t\.csv: needs at least 2 distinct labels"),
