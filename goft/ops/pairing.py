@@ -71,6 +71,22 @@ class SingularBlockError(GivensError):
 STRUCTURES = ("tree", "butterfly")
 
 
+def _memoized(fn):
+    """``functools.cache`` as a plain Python function: ``torch.compile`` traces through it to a dict lookup, where
+    it would warn about (and trace around) lru_cache's C wrapper on every compile."""
+    table: dict = {}
+
+    @functools.wraps(fn)
+    def cached(*args, **kwargs):
+        # typed, so that True is not taken for a cached 1 (and refused as a dimension instead)
+        key = tuple((type(a), a) for a in args) + tuple((k, type(v), v) for k, v in sorted(kwargs.items()))
+        if key not in table:
+            table[key] = fn(*args, **kwargs)
+        return table[key]
+
+    return cached
+
+
 def _check_dimension(d) -> None:
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise GivensError(f"d must be an integer >= 1, got {d!r}")
@@ -84,7 +100,7 @@ def check_structure(structure, depth) -> None:
         raise GivensError(f"depth must be an integer >= 1, got {depth!r}")
 
 
-@functools.cache
+@_memoized
 def givens_levels(d: int) -> tuple[tuple[int, int, int], ...]:
     """The tree's level table of dimension ``d``: one ``(step, npairs, offset)`` triple per level, level 1 first.
 
@@ -144,7 +160,7 @@ def _stack_pairs(d: int, structure: str) -> list[list[tuple[int, int]]]:
     return levels
 
 
-@functools.cache
+@_memoized
 def level_table(d: int, structure: str = "tree", depth: int = 1) -> tuple[Level, ...]:
     """Every level of a ``structure`` pairing of dimension ``d`` stacked ``depth`` times, in the order of
     ``R = P_M ⋯ P_1`` (level 1 of stack 1 first).  ``d = 1`` has no levels."""

@@ -102,3 +102,20 @@ def test_inductor_forward_and_backward_match_eager():
     ):
         if p_eager.requires_grad:
             torch.testing.assert_close(p_compiled.grad, p_eager.grad, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_compiling_warns_about_nothing_of_goft():
+    """Dynamo warns once per process about every lru_cache-wrapped function it traces; goft's level tables use a
+    cache it traces through (run in a fresh process, where the warning would show)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, peft, goft\n"
+        "base = torch.nn.Sequential(torch.nn.Linear(16, 8))\n"
+        "model = peft.get_peft_model(base, goft.GOFTConfig(target_modules=['0']))\n"
+        "torch.compile(model)(torch.randn(4, 16, requires_grad=True)).sum().backward()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "lru_cache" not in result.stderr and "goft/ops" not in result.stderr, result.stderr[-2000:]
