@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -48,6 +48,10 @@ def check_output(path: Path, option: str = "output") -> None:
         if place.exists() and not place.is_dir():
             where = "is a file" if place == path else f"is inside {place}, which is a file"
             raise OptionError(option, f"{path} {where}: name a folder")
+
+
+def _default(config: type, name: str):
+    return next(f.default for f in fields(config) if f.name == name)
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -183,6 +187,11 @@ class FinetuneConfig(RunOptions):
             self.task = None  # the data are the user's files: no embedded task is involved
         if self.structure not in STRUCTURES:
             raise OptionError("structure", f"must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
+        family = METHODS[self.method].family
+        for name, shapes in (("lora_r", "lora"), ("orth_reg_weight", "goft")):  # a setting another method ignores
+            if getattr(self, name) != _default(type(self), name) and family != shapes:
+                what = "LoRA's rank (--method lora)" if shapes == "lora" else "qGOFT's penalty (--method qgoft)"
+                raise OptionError(name, f"sets {what}, not {self.method}'s")
         if (self.structure, self.depth) != ("tree", 1) and METHODS[self.method].family != "goft":
             option_name = "structure" if self.structure != "tree" else "depth"
             raise OptionError(option_name, f"shapes GOFT's rotation (--method goft or qgoft), not {self.method}")

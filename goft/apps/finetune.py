@@ -181,7 +181,8 @@ def write_outputs(out: Path, model, metrics: dict) -> None:
     else:
         files.save_pretrained(model, out / "model")
         written = ["model/"]
-    metrics["outputs"] = [*written, "curve.png", "metrics.json"]
+    checkpoint = ["checkpoint.pt"] if (out / CHECKPOINT_NAME).is_file() else []  # kept to --resume or extend the run
+    metrics["outputs"] = [*written, "curve.png", "metrics.json", *checkpoint]
     plot_curve(metrics, out / "curve.png")
     files.write_json(out / "metrics.json", metrics)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 
 class _DropMessages(logging.Filter):
@@ -27,9 +28,17 @@ FOREIGN_KERNEL_NOISE = {
 }
 
 
+# transformers deprecates ``is_gradient_checkpointing``, which peft reads on every wrap, load and merge: a
+# FutureWarning each time, about code that is neither the user's nor goft's.
+FOREIGN_WARNINGS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
 def drop_foreign_kernel_noise() -> None:
-    """Install the filters of ``FOREIGN_KERNEL_NOISE`` on their loggers (once per logger)."""
+    """Install the filters of ``FOREIGN_KERNEL_NOISE`` on their loggers (once per logger), and ignore the
+    ``FOREIGN_WARNINGS``."""
     for name, pattern in FOREIGN_KERNEL_NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(pattern))
+    for message in FOREIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)

@@ -72,13 +72,17 @@ def test_finetune_names_the_pairing_flags_and_compare_points_to_its_rows(tmp_pat
         run_compare("polarity", ["goft"], [0], replace(FinetuneConfig(), depth=2), tmp_path)
     # nor a λ or a rank other than the one its method names stand for (a rerun would mix them up)
     with pytest.raises(OptionError, match="^orth_reg_weight is not taken by compare, .*qgoft_l3"):
-        run_compare("polarity", ["qgoft"], [0], replace(FinetuneConfig(), orth_reg_weight=1e-3), tmp_path)
+        run_compare("polarity", ["qgoft"], [0], FinetuneConfig(method="qgoft", orth_reg_weight=1e-3), tmp_path)
     with pytest.raises(OptionError, match="^lora_r is not taken by compare, .*lora_r4"):
-        run_compare("polarity", ["lora"], [0], replace(FinetuneConfig(), lora_r=4), tmp_path)
+        run_compare("polarity", ["lora"], [0], FinetuneConfig(method="lora", lora_r=4), tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--lora-r", "4"])
     assert exit_info.value.code == 2  # not an option of compare's
     assert not (tmp_path / "polarity.json").exists()
+    # a setting the chosen method would ignore is refused, not dropped
+    for flag, value, what in (("--lora-r", "4", "LoRA's rank"), ("--orth-reg-weight", "0.001", "qGOFT's penalty")):
+        with pytest.raises(SystemExit, match=f"^goft finetune: {flag} sets {what} .*, not head's$"):
+            main(["finetune", "--method", "head", flag, value])
 
 
 def test_counts_must_be_positive(capsys):
@@ -259,6 +263,7 @@ def test_messages_say_what_was_written(finetune_args, tmp_path, capsys):
     assert main([*finetune_args, "--method", "head", "--output", str(tmp_path / "head")]) == 0
     printed = capsys.readouterr().out
     assert "head.safetensors" in printed and "adapter" not in printed.split("wrote")[1]
+    assert "checkpoint.pt" in printed.split("wrote")[1]  # kept at every epoch end: listed with the rest
 
 
 def test_bench_writes_a_new_directory_by_default_with_the_spread(tmp_path, monkeypatch):
@@ -369,6 +374,15 @@ def test_bad_values_are_refused_before_torch_loads_and_before_any_output_line(ar
     result = _run_entry_point(argv)
     assert "loaded: [] status: goft" in result.stdout and message in result.stdout, result.stdout + result.stderr
     assert "output:" not in result.stdout
+
+
+def test_ctrl_c_while_the_library_loads_is_one_line(finetune_args, tmp_path, capsys):
+    def loading():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*finetune_args, "--output", str(tmp_path / "run")], before_command=loading)
+    assert exit_info.value.code == 130 and capsys.readouterr().err.strip() == "goft finetune: interrupted"
 
 
 def test_version_answers_without_torch():

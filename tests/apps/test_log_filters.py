@@ -25,3 +25,16 @@ def test_only_the_foreign_kernel_noise_is_dropped(caplog):
         "Failed to dequantize",
         "something else about pytree",
     ]
+
+
+def test_peft_s_gradient_checkpointing_deprecation_is_dropped_and_other_warnings_kept():
+    import warnings
+
+    from goft.apps import log_filters
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log_filters.drop_foreign_kernel_noise()
+        warnings.warn("`is_gradient_checkpointing` is deprecated, removed in v6", FutureWarning, stacklevel=1)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]
