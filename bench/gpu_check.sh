@@ -23,7 +23,7 @@ fi
 timeout 120 python3 -m pytest -q tests/ops/test_cuda_triton.py -k "not compile_for_a_gpu" -p no:cacheprovider \
   -p no:warnings 2>&1 | tee "$OUT/test_cuda_triton.log"
 timeout 180 python3 -m goft bench --device cuda --dims 768,4096,11008 --tokens 4096 --reps 20 \
-  --dtypes float32,bfloat16 --methods goft,qgoft,goft_butterfly,lora_r8,oft,boft --no-merge \
+  --dtypes float32,bfloat16 --methods goft,qgoft,goft_butterfly,lora_r8,oft,boft --e2e-models minilm \
   --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
 timeout 90 python3 -m goft bench --device cuda --no-layers --e2e-models llama-1b --methods goft,lora_r8,oft \
   --reps 10 --no-merge --out "$OUT/bench_llama" 2>&1 | tee "$OUT/bench_llama.log"

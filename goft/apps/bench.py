@@ -24,7 +24,7 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 from .. import functional as givens
 from ..tuner.layer import GOFTLayer
 from ..tuner.model import orthogonality_penalty
-from .bench_report import plot_layer, report
+from .bench_report import plot_layer, report, spread_warnings
 from .bench_timing import interleaved_times, machine_description, peak_step_bytes, saved_bytes, sync, timing_fields
 from .dense_baseline import DenseGivensLinear
 from .errors import ModelUnavailableError
@@ -313,6 +313,8 @@ def run(
             for row in bench_e2e(dev, reps, *E2E_SHAPES[model_name], e2e_methods, model_name):
                 emit(row)
     report(console, rows, dims, tokens_list, methods, reps, dtypes)
+    for line in spread_warnings(rows):
+        console.print(line, style="yellow")
     if dims:
         plot_layer(rows, max(tokens_list), out / "bench_layer.png", dtypes[0])
         console.print(f"wrote {jsonl} and {out / 'bench_layer.png'}")

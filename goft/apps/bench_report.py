@@ -108,3 +108,20 @@ def report(console, rows: list[dict], dims, tokens_list, methods, reps: int, dty
             peak = _mib(r["peak_bytes"]) if r.get("peak_bytes") is not None else "—"
             table.add_row(r["method"], f"{r['seconds']:.3f}", ratio, peak, f"{r['trainable_params']:,}")
         console.print(table)
+
+
+SPREAD_LIMIT = 2.0  # per-repetition ratios further apart than this: the machine was busy, the medians suspect
+
+
+def spread_warnings(rows: list[dict]) -> list[str]:
+    """One line per measurement whose per-repetition ratios to its reference spread more than ``SPREAD_LIMIT``x."""
+    lines = []
+    for row in rows:
+        for key, (low, high) in ((k, v) for k, v in row.items() if k.startswith("ratio_to_") and k.endswith("_range")):
+            if low > 0 and high / low > SPREAD_LIMIT:
+                what = f"{row['bench']} {row.get('method', '')} d={row.get('d', '-')} tokens={row.get('tokens', '-')}"
+                lines.append(
+                    f"warning: {what}: per-repetition {key.removesuffix('_range')} spread {low:.2f}-{high:.2f} "
+                    f"({high / low:.1f}x): another job was probably using the machine; rerun before trusting it"
+                )
+    return lines

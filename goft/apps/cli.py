@@ -142,19 +142,21 @@ def cmd_bench(args: argparse.Namespace) -> Callable[[], int]:
         methods = method_list(args.methods, bench.LAYER_METHODS) if args.methods else list(bench.LAYER_METHODS)
         if "frozen" not in methods:
             methods = ["frozen", *methods]
+        named = args.e2e_models and not args.no_e2e
+        e2e_models = method_list(args.e2e_models, bench.E2E_MODELS, option="e2e_models") if named else []
         bench.run(
             out,
             [] if args.no_layers else args.dims,
             args.tokens,
             args.reps,
             device=args.device,
-            e2e=not args.no_e2e,
-            merge=not args.no_merge,
+            e2e=bool(e2e_models),
+            merge=args.merge and not args.no_merge,
             methods=methods,
             dense_max_d=args.dense_max_d,
             e2e_methods=[m for m in bench.E2E_METHODS if m in methods],
             dtypes=method_list(args.dtypes, bench.DTYPES, option="dtypes"),
-            e2e_models=method_list(args.e2e_models, bench.E2E_MODELS, option="e2e_models"),
+            e2e_models=e2e_models,
         )
         return 0
 

@@ -56,3 +56,14 @@ def test_half_precision_layers_and_the_decoder_step_run(tmp_path, monkeypatch):
     assert [r["method"] for r in e2e] == ["goft", "lora_r8"]
     assert all(r["model"] == "llama-1b" and r["dtype"] == "bfloat16" and r["seconds"] > 0 for r in e2e)
     assert e2e[0]["trainable_params"] == 6 * 15 + 23  # d_in - 1 angles: six projections from 16, down_proj from 24
+
+
+def test_a_spread_of_more_than_2x_between_repetitions_is_warned_about():
+    from goft.apps.bench_report import spread_warnings
+
+    steady = {"bench": "layer", "method": "goft", "d": 768, "tokens": 4096, "ratio_to_frozen_range": [1.05, 1.4]}
+    busy = {**steady, "method": "lora_r8", "ratio_to_frozen_range": [2.57, 39.8]}
+    (line,) = spread_warnings([steady, busy])
+    assert line.startswith(
+        "warning: layer lora_r8 d=768 tokens=4096: per-repetition ratio_to_frozen spread 2.57-39.80"
+    )
