@@ -18,6 +18,7 @@ from ..tuner.config import read_saved_config
 from . import files
 from .errors import DataError
 from .methods import is_head_parameter
+from .pretrained import EMBEDDED_PREFIX
 
 LABELS_FILE = "labels.json"
 
@@ -45,12 +46,27 @@ def read_config(adapter_dir: str | os.PathLike) -> dict:
     return read_saved_config(adapter_dir)
 
 
-def write_adapter(model, adapter_dir: str | os.PathLike, labels: list[str] | None = None) -> Path:
-    """``model.save_pretrained`` into ``adapter_dir`` (replaced whole, normal permissions), then the class names."""
+def write_adapter(
+    model, adapter_dir: str | os.PathLike, labels: list[str] | None = None, base_model: str | None = None
+) -> Path:
+    """``model.save_pretrained`` into ``adapter_dir`` (replaced whole, normal permissions), then the class names and
+    the base's portable name (``goft:minilm``, or a directory), which :func:`base_model` falls back on."""
     files.save_pretrained(model, adapter_dir)
     if labels is not None:
-        files.write_json(Path(adapter_dir) / LABELS_FILE, {"id2label": dict(enumerate(labels))})
+        saved = {"id2label": dict(enumerate(labels)), **({"base_model": base_model} if base_model else {})}
+        files.write_json(Path(adapter_dir) / LABELS_FILE, saved)
     return Path(adapter_dir)
+
+
+def base_model(adapter_dir: str | os.PathLike) -> str | None:
+    """Where the adapter's base is: ``base_model_name_or_path`` while it exists on this machine, else the portable
+    name saved beside the adapter; None when neither is recorded."""
+    recorded = read_config(adapter_dir).get("base_model_name_or_path")
+    if recorded and (str(recorded).startswith(EMBEDDED_PREFIX) or Path(recorded).exists()):
+        return recorded
+    path = Path(adapter_dir) / LABELS_FILE
+    portable = files.read_json(path, DataError, "a labels file").get("base_model") if path.is_file() else None
+    return portable or recorded
 
 
 def read_labels(adapter_dir: str | os.PathLike) -> dict[int, str] | None:

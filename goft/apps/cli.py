@@ -163,6 +163,33 @@ def cmd_bench(args: argparse.Namespace) -> Callable[[], int]:
     return run
 
 
+def cmd_predict(args: argparse.Namespace) -> Callable[[], int]:
+    if not Path(args.classifier).is_dir():
+        raise DataError(f"CLASSIFIER {args.classifier} is not a directory (an adapter, a run folder or a checkpoint)")
+    if args.file is not None and not Path(args.file).is_file():
+        raise OptionError("file", f"names no file: {args.file}")
+    if args.output is not None:
+        check_output(Path(args.output).parent)
+        if Path(args.output).is_dir():
+            raise OptionError("output", f"{args.output} is a directory: name a .jsonl, .csv or .tsv file")
+    if args.texts and args.file:
+        raise OptionError("file", "and TEXTS arguments are two sources: give one")
+
+    def run() -> int:
+        from .predict import load_classifier, predict, read_texts, write_predictions
+
+        texts = args.texts or (read_texts(args.file) if args.file else [t for t in sys.stdin.read().splitlines() if t])
+        if not texts:
+            raise DataError("no texts to classify: give them as arguments, with --file, or on standard input")
+        model, tokenizer = load_classifier(args.classifier)
+        write_predictions(predict(model, tokenizer, texts, args.max_length, args.batch_size), args.output)
+        if args.output:
+            print(f"wrote {len(texts)} predictions to {args.output}")
+        return 0
+
+    return run
+
+
 # Each command checks its options (no torch needed) and returns the run, which the entry point starts once the
 # library is loaded: a mistake is answered before the imports, in well under a second.
 COMMANDS = {
@@ -172,6 +199,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "merge": cmd_merge,
     "bench": cmd_bench,
+    "predict": cmd_predict,
 }
 
 

@@ -26,7 +26,7 @@ from .methods import (
     is_head_parameter,
     wrap,
 )
-from .pretrained import MINILM_NAME, load_sequence_classifier, model_reference
+from .pretrained import MINILM_NAME, labelled_base, load_sequence_classifier, model_reference, resolve_model_dir
 
 
 def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
@@ -48,7 +48,9 @@ def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
         depth=cfg.depth,
     )
     model = wrap(model, config)
-    config.base_model_name_or_path = model_reference(cfg.model, MINILM_NAME)  # resolvable on another machine
+    # PEFT's AutoPeftModelForSequenceClassification loads the base from here, its classes named; on another
+    # machine goft finds the base by the portable name saved beside the adapter (adapter_files.write_adapter)
+    config.base_model_name_or_path = str(labelled_base(resolve_model_dir(cfg.model, MINILM_NAME), label_names))
     return model, tokenizer
 
 
@@ -169,7 +171,7 @@ def write_outputs(out: Path, model, metrics: dict) -> None:
     method = METHODS[metrics["method"]]
     out.mkdir(parents=True, exist_ok=True)
     if method.adapts:
-        adapter_files.write_adapter(model, out / "adapter", labels=metrics["labels"])
+        adapter_files.write_adapter(model, out / "adapter", labels=metrics["labels"], base_model=metrics["model"])
         written = ["adapter/"]
     elif method.family == "head":
         files.write_tensors(

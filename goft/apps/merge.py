@@ -42,14 +42,14 @@ def merge_adapter_to_directory(
             f"--output {str(output)!r} exists and is not empty; choose a new directory, or pass "
             "--overwrite to replace it"
         )
-    recorded = saved.get("base_model_name_or_path")
+    recorded = adapter_files.base_model(adapter_dir)
     if base is None and not recorded:
         raise DataError(
             f"{adapter_files.config_path(adapter_dir)} records no base model (base_model_name_or_path is "
             f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2 / mpnet"
         )
     base_dir = resolve_model_dir(base if base is not None else recorded, MINILM_NAME)
-    model = _load_base(base_dir, adapter_dir, saved.get("task_type"))
+    model = load_base(base_dir, adapter_dir, saved.get("task_type"))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(safe_merge=True)
     has_tokenizer = any((base_dir / name).is_file() for name in TOKENIZER_FILES)
     tokenizer = []
@@ -73,7 +73,7 @@ def _read_adapter_config(adapter_dir: Path) -> dict:
     return saved
 
 
-def _load_base(base_dir: Path, adapter_dir: Path, task: str | None):
+def load_base(base_dir: Path, adapter_dir: Path, task: str | None):
     """The base model for ``task``; a classifier gets the saved head's number of classes, named as in training."""
     with quiet_transformers():
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

@@ -295,6 +295,30 @@ def _add_bench_parser(sub) -> None:
     )
 
 
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify text with a trained adapter, run folder or merged checkpoint",
+        description="Label each text with the classifier goft finetune trained (its adapter, its --output folder, "
+        "or the checkpoint goft merge wrote), with the label's probability. Texts: arguments, --file, or standard "
+        "input (one per line).",
+        formatter_class=ShowDefaults,
+    )
+    p.add_argument("classifier", help="an adapter directory, a goft finetune --output folder, or a merged checkpoint")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", default=None, help="texts from a file: .csv/.tsv (text column), .jsonl, or one per line")
+    p.add_argument(
+        "--output", default=None, help="write .jsonl (with every class's probability), .csv or .tsv (default: stdout)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=_positive_int,
+        default=next(f.default for f in fields(FinetuneConfig) if f.name == "max_length"),
+        help="max tokens per text (goft finetune's default, as it trained)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per forward pass")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="goft", description="Givens-rotation orthogonal fine-tuning (GOFT, qGOFT)")
     parser.add_argument("--version", action="version", version=f"goft {installed_version()}")
@@ -305,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_instruct_parser,
         _add_inspect_and_merge_parsers,
         _add_bench_parser,
+        _add_predict_parser,
     ):
         add(sub)
     return parser

@@ -14,8 +14,10 @@ Any other ``--model`` value is a local transformers checkpoint directory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -229,3 +231,27 @@ def weight_bytes(model) -> int:
 
     # parameters() and buffers() yield a shared (tied) tensor once
     return sum(nbytes(t) for t in [*model.parameters(), *model.buffers()])
+
+
+def labelled_base(model_dir: str | os.PathLike, label_names: list[str]) -> Path:
+    """A checkpoint directory that is ``model_dir`` with the classes named: its config.json with ``num_labels``,
+    ``id2label`` and ``label2id`` set, every other file a link to ``model_dir``'s.  An adapter that records it as
+    its base loads with PEFT's ``AutoPeftModelForSequenceClassification.from_pretrained(adapter)`` alone, with its
+    labels.  Kept in the cache (``bases/``), one per base and label set; the base's weights are not copied."""
+    model_dir = Path(model_dir).resolve()
+    key = hashlib.sha256(json.dumps([str(model_dir), list(label_names)]).encode()).hexdigest()[:12]
+    view = files.cache_dir() / "bases" / f"{model_dir.name}-{key}"
+    if (view / "config.json").is_file():
+        return view
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(
+        num_labels=len(label_names),
+        id2label={str(i): name for i, name in enumerate(label_names)},
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
+    with files.staged_directory(view) as staged:
+        for item in model_dir.iterdir():
+            if item.name != "config.json":
+                (staged / item.name).symlink_to(item)
+        files.write_json(staged / "config.json", config)
+    return view
