@@ -1,0 +1,99 @@
+"""The results tables of the README and docs/results.md, made from the committed ``results/*.json`` by one function.
+
+A page marks each table it shows with ``<!-- table: KIND FILE... -->`` before it and ``<!-- end table -->`` after it;
+:func:`regenerate` rewrites what lies between from the named results files (the prose around them is the page's own).
+Kinds: ``tasks FILE FILE`` (test accuracy on two tasks side by side, rates chosen on validation), ``single FILE``
+(one task's reported runs), ``instruct FILE`` (goft instruct's table, today's protocol on the fp32 base).
+``python -m goft.apps.results_pages`` rewrites the pages; ``--check`` only says whether they are current.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from . import files
+from .compare_report import summarize
+from .instruct_report import instruct_table
+from .results import INSTRUCT_SCHEDULE, LEGACY_STAGE, load, markdown_table
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = ("README.md", "docs/results.md")
+MARKED = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<table>.*?)(<!-- end table -->)", re.S)
+
+
+def _device(devices: str) -> str:
+    return " / ".join(sorted({"CPU" if d.strip() == "cpu" else "GPU" for d in devices.split(" / ")}))
+
+
+def tasks_table(first: dict, second: dict) -> str:
+    """One row per method with final runs on both tasks, in order of adapter parameters: test accuracy mean ± std
+    and the chosen rate on each, and where the runs trained."""
+    rows_a = {r["method"]: r for r in summarize(first)}
+    rows_b = {r["method"]: r for r in summarize(second)}
+    both = sorted((m for m in rows_a if m in rows_b), key=lambda m: rows_a[m]["adapter_params"])
+    header = ("method", "adapter params", first["task"], "rate", second["task"], "rate", "trained on")
+    cells = [
+        (
+            rows_a[m]["label"],
+            f"{rows_a[m]['adapter_params']:,}",
+            f"{100 * rows_a[m]['mean']:.2f} ± {100 * rows_a[m]['std']:.2f}",
+            f"{rows_a[m]['lr']:g}",
+            f"{100 * rows_b[m]['mean']:.2f} ± {100 * rows_b[m]['std']:.2f}",
+            f"{rows_b[m]['lr']:g}",
+            _device(f"{rows_a[m]['device']} / {rows_b[m]['device']}"),
+        )
+        for m in both
+    ]
+    return markdown_table(header, cells, align="lrrrrrl")
+
+
+def single_table(results: dict) -> str:
+    """One row per method: adapter parameters, test accuracy (mean ± std over seeds) and its rate."""
+    header = ("method", "adapter params", f"{results['task']} test (seeds)", "rate")
+    cells = [
+        (r["label"], f"{r['adapter_params']:,}", f"{100 * r['mean']:.2f} ({r['n']})", f"{r['lr']:g}")
+        for r in summarize(results)
+    ]
+    return markdown_table(header, cells)
+
+
+def table(spec: str, root: Path = ROOT) -> str:
+    kind, *names = spec.split()
+    if kind == "tasks":
+        return tasks_table(load(root / names[0], "compare"), load(root / names[1], "compare"))
+    if kind == "single":
+        return single_table(load(root / names[0], "compare"))
+    if kind == "instruct":
+        data = load(root / names[0], "instruct")
+        current = [
+            r
+            for r in data["runs"]
+            if r["stage"] != LEGACY_STAGE and r["schedule"] == INSTRUCT_SCHEDULE and r["base_weights"] == "fp32"
+        ]
+        return instruct_table({**data, "runs": current})
+    raise ValueError(f"unknown table kind {kind!r} in <!-- table: {spec} -->")
+
+
+def regenerate(text: str, root: Path = ROOT) -> str:
+    return MARKED.sub(lambda m: m.group(1) + table(m.group("spec"), root) + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    check = "--check" in (sys.argv[1:] if argv is None else argv)
+    stale = []
+    for name in PAGES:
+        page = ROOT / name
+        text = page.read_text()
+        new = regenerate(text)
+        if new != text:
+            stale.append(name)
+            if not check:
+                files.write_text(page, new)
+    print(("stale: " if check else "rewrote: ") + ", ".join(stale) if stale else "all results tables are current")
+    return 1 if check and stale else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
