@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,7 +239,12 @@ def test_outputs_name_their_classes_data_and_model_and_have_normal_permissions(t
     assert metrics["labels"] == ["negative", "positive"] and metrics["config"]["task"] is None
     assert metrics["task"] == f"user:{tmp_path / 'train.csv'}" and metrics["model"] == str(tiny_checkpoint.resolve())
     adapter_config = json.loads((tmp_path / "goft" / "adapter" / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == str(tiny_checkpoint.resolve())
+    # the adapter's base: the checkpoint with its classes named (PEFT's auto classes load it with its labels)
+    base_view = Path(adapter_config["base_model_name_or_path"])
+    assert json.loads((base_view / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+    assert (base_view / "model.safetensors").resolve() == (tiny_checkpoint / "model.safetensors").resolve()
+    labels_file = json.loads((tmp_path / "goft" / "adapter" / "labels.json").read_text())
+    assert labels_file["base_model"] == str(tiny_checkpoint.resolve())  # where it came from, for another machine
     assert main(["merge", str(tmp_path / "goft" / "adapter"), "--output", str(tmp_path / "merged")]) == 0
     merged_config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert merged_config["id2label"] == {"0": "negative", "1": "positive"}

@@ -94,3 +94,13 @@ def test_predict_refuses_what_it_cannot_read_by_name(tmp_path):
         main(["predict", str(tmp_path), "text"])
     with pytest.raises(SystemExit, match=r"^goft predict: --file names no file"):
         main(["predict", str(tmp_path), "--file", str(tmp_path / "none.csv")])
+
+
+def test_on_a_machine_without_the_recorded_base_the_portable_name_is_used(trained, tmp_path, capsys):
+    config_file = trained / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "elsewhere" / "tiny-bert")  # as on another machine
+    config_file.write_text(json.dumps(config))
+    assert main(["predict", str(trained), "good great fine"]) == 0
+    assert capsys.readouterr().out.count("\t") == 2
+    assert main(["merge", str(trained / "adapter"), "--output", str(tmp_path / "merged")]) == 0
