@@ -114,25 +114,6 @@ def test_bench_names_a_bad_dtype_or_model_and_the_allowed_ones():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def finetune_args(tiny_checkpoint, toy_files):
-    train, evals = toy_files
-    return [
-        "finetune",
-        "--model",
-        str(tiny_checkpoint),
-        "--train-file",
-        str(train),
-        "--eval-file",
-        str(evals),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--no-progress",
-    ]
-
-
 def test_a_target_that_matches_nothing_is_named(finetune_args, tmp_path):
     with pytest.raises(SystemExit, match=r"target_modules \['qery'\] matched no module GOFT can adapt.*'bert"):
         main([*finetune_args, "--target-modules", "qery", "--output", str(tmp_path / "run")])

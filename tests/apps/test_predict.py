@@ -10,26 +10,9 @@ from goft.apps.cli import main
 
 
 @pytest.fixture
-def trained(tiny_checkpoint, toy_files, tmp_path):
-    train, evals = toy_files
+def trained(finetune_args, tmp_path):
     out = tmp_path / "run"
-    args = [
-        "finetune",
-        "--model",
-        str(tiny_checkpoint),
-        "--train-file",
-        str(train),
-        "--eval-file",
-        str(evals),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--no-progress",
-        "--output",
-        str(out),
-    ]
-    assert main(args) == 0
+    assert main([*finetune_args, "--output", str(out)]) == 0
     return out
 
 
