@@ -3,6 +3,7 @@ names every module and no module that is gone, and the README stays a landing pa
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,25 @@ def test_the_layout_list_names_every_module_and_only_modules_that_exist():
 
 def test_the_readme_is_a_landing_page():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+
+
+@pytest.mark.slow
+def test_the_readmes_command_line_walk_through_runs_as_written(tmp_path):
+    section = (ROOT / "README.md").read_text().split("## The command line", 1)[1]
+    block = next(m.group(2) for m in FENCE.finditer(section) if m.group(1) == "bash")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for line in block.splitlines():
+        command = line.split("  #", 1)[0].strip()  # a comment starts after two spaces
+        argv = shlex.split(command)
+        assert argv[0] == "goft", line
+        result = subprocess.run(
+            [sys.executable, "-m", "goft", *argv[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
+    assert (tmp_path / "runs" / "merged" / "config.json").is_file()
+    assert (tmp_path / "runs" / "compare" / "polarity.md").is_file()
