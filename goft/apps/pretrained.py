@@ -20,9 +20,11 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -96,11 +98,15 @@ def smollm2_path(cache: Path | None = None) -> Path:
             f"{SMOLLM2_PIP_NAME} gguf), or pass --model with a local causal-LM checkpoint directory"
         )
     source = Path(spec.origin).parent
+    print(f"converting SmolLM2's GGUF file into a checkpoint in {target} (once, about 15 s)", file=sys.stderr)
     with quiet_transformers():
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import modeling_gguf_pytorch_utils as gguf_loading
 
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+        # transformers draws a bar per GGUF load whatever its progress setting: one line above says it instead
+        with mock.patch.object(gguf_loading, "tqdm", lambda items, **_: items):
+            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     # save as a plain checkpoint: drop the GGUF quantizer bookkeeping (the weights are already de-quantized)
     model.hf_quantizer = None
     model.config.quantization_config = None

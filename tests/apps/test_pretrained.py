@@ -77,3 +77,15 @@ def test_embedded_mpnet_loads_offline_at_the_papers_width():
     model, tokenizer = load_sequence_classifier("mpnet", num_labels=2)
     assert type(model).__name__ == "MPNetForSequenceClassification" and model.config.hidden_size == 768
     assert tokenizer("a fine film")["input_ids"][0] == tokenizer.cls_token_id
+
+
+@pytest.mark.slow
+def test_converting_smollm2_says_so_in_one_line_without_a_progress_bar(tmp_path, capfd):
+    pytest.importorskip("gguf")
+    from goft.apps.pretrained import smollm2_path
+
+    path = smollm2_path(cache=tmp_path)
+    err = capfd.readouterr().err
+    assert (path / "config.json").is_file()
+    assert f"converting SmolLM2's GGUF file into a checkpoint in {path} (once, about 15 s)" in err
+    assert "Converting and de-quantizing" not in err
