@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,15 @@ def test_conv_digits_follows_its_protocol(tmp_path):
     assert params["head"] == head
     report = (tmp_path / "conv-digits.md").read_text()
     assert all(f"| {method} |" in report for method in conv_digits.METHODS)
+
+
+def test_the_python_api_quickstart_trains_merges_and_checks():
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.rstrip().endswith("ok") and "merged vs unmerged logits" in result.stdout
