@@ -18,7 +18,7 @@ from ..tuner.config import read_saved_config
 from . import files
 from .errors import DataError
 from .methods import is_head_parameter
-from .pretrained import EMBEDDED_PREFIX
+from .pretrained import EMBEDDED_PREFIX, quiet_transformers
 
 LABELS_FILE = "labels.json"
 
@@ -86,3 +86,16 @@ def saved_classes(adapter_dir: str | os.PathLike) -> int | None:
     with safe_open(str(weights_path(adapter_dir)), framework="pt") as f:
         heads = [k for k in f.keys() if is_head_parameter(k) and k.endswith("weight")]
         return f.get_slice(heads[-1]).get_shape()[0] if heads else None
+
+
+def load_base(base_dir: Path, adapter_dir: Path, task: str | None):
+    """The base model for ``task``; a classifier gets the saved head's number of classes, named as in training."""
+    with quiet_transformers():
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        if task != "SEQ_CLS":
+            return AutoModelForCausalLM.from_pretrained(base_dir)
+        num_labels = saved_classes(adapter_dir) or 2
+        id2label = read_labels(adapter_dir)
+        names = {} if id2label is None else {"id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
+        return AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, **names)

@@ -49,7 +49,7 @@ def merge_adapter_to_directory(
             f"{recorded!r}); pass --base with the base model's directory, or minilm / smollm2 / mpnet"
         )
     base_dir = resolve_model_dir(base if base is not None else recorded, MINILM_NAME)
-    model = load_base(base_dir, adapter_dir, saved.get("task_type"))
+    model = adapter_files.load_base(base_dir, adapter_dir, saved.get("task_type"))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(safe_merge=True)
     has_tokenizer = any((base_dir / name).is_file() for name in TOKENIZER_FILES)
     tokenizer = []
@@ -71,16 +71,3 @@ def _read_adapter_config(adapter_dir: Path) -> dict:
             f"(supported: {', '.join(SUPPORTED_TASKS)})"
         )
     return saved
-
-
-def load_base(base_dir: Path, adapter_dir: Path, task: str | None):
-    """The base model for ``task``; a classifier gets the saved head's number of classes, named as in training."""
-    with quiet_transformers():
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-        if task != "SEQ_CLS":
-            return AutoModelForCausalLM.from_pretrained(base_dir)
-        num_labels = adapter_files.saved_classes(adapter_dir) or 2
-        id2label = adapter_files.read_labels(adapter_dir)
-        names = {} if id2label is None else {"id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
-        return AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, **names)

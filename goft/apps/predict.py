@@ -14,7 +14,6 @@ import torch
 
 from . import adapter_files, files
 from .errors import DataError, ModelUnavailableError
-from .merge import load_base
 from .pretrained import MINILM_NAME, quiet_transformers, resolve_model_dir
 
 
@@ -42,7 +41,7 @@ def load_classifier(path: str | Path):
 
         if (path / adapter_files.CONFIG_FILE).is_file():
             base_dir = resolve_model_dir(adapter_files.base_model(path), MINILM_NAME)
-            model = PeftModel.from_pretrained(load_base(base_dir, path, "SEQ_CLS"), path)
+            model = PeftModel.from_pretrained(adapter_files.load_base(base_dir, path, "SEQ_CLS"), path)
             tokenizer = AutoTokenizer.from_pretrained(base_dir)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path)
