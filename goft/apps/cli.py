@@ -22,7 +22,7 @@ from .methods import INSTRUCT_METHODS, METHODS, method_list
 from .parsers import build_parser, config_from
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Commands: options -> a config or arguments of the command's module -> its function
+# Commands: check the options (no torch needed), then return the run: options -> a config -> the module's function
 # ---------------------------------------------------------------------------------------------------------------------
 
 

@@ -1,10 +1,11 @@
 """The options of the training commands, each stated once: a dataclass field holds its default, its help and (in
-``__post_init__``) its check; the command line builds its options from these fields (:func:`goft.apps.cli`), so a
-default is a one-line change here and ``--help`` shows it.
+``__post_init__``) its check; the command line builds its options from these fields (:mod:`goft.apps.parsers`), so
+a default is a one-line change here and ``--help`` shows it.
 
 :class:`RunOptions` holds what ``finetune`` and ``instruct`` share; :class:`FinetuneConfig` (``goft finetune`` and
 each run of ``goft compare``) and :class:`InstructConfig` (each run of ``goft instruct``) add their own fields and
-set their own defaults.  This module imports neither torch nor PEFT: ``goft --help`` reads it.
+set their own defaults.  Nothing here needs torch or PEFT: the ``goft`` command checks options with it before they
+load.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ RUN_FILES = frozenset({"adapter", "head.safetensors", "model", "curve.png", "met
 
 def comma_list(text: str | None) -> list[str] | None:
     """``"a, b"`` -> ``["a", "b"]``; empty -> None."""
-    return [t.strip() for t in text.split(",") if t.strip()] or None if text else None
+    names = [t.strip() for t in (text or "").split(",") if t.strip()]
+    return names or None
 
 
 def check_output(path: Path, option: str = "output") -> None:
