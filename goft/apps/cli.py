@@ -36,9 +36,10 @@ def default_output(args: argparse.Namespace) -> str:
     return f"runs/{args.method}-{data_stem(args)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_adapter_dir(adapter_dir: str) -> None:
-    if not Path(adapter_dir).is_dir():
-        raise DataError(f"ADAPTER_DIR {adapter_dir} is not a directory (a saved adapter's folder)")
+def check_directory(path: str, argument: str, what: str) -> None:
+    """A positional ARGUMENT naming a directory: refused by name when it is not one."""
+    if not Path(path).is_dir():
+        raise DataError(f"{argument} {path} is not a directory ({what})")
 
 
 def cmd_finetune(args: argparse.Namespace) -> Callable[[], int]:
@@ -86,7 +87,7 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> Callable[[], int]:
-    check_adapter_dir(args.adapter_dir)
+    check_directory(args.adapter_dir, "ADAPTER_DIR", "a saved adapter's folder")
 
     def run() -> int:
         from .adapter_stats import inspect_adapter
@@ -98,7 +99,7 @@ def cmd_inspect(args: argparse.Namespace) -> Callable[[], int]:
 
 
 def cmd_merge(args: argparse.Namespace) -> Callable[[], int]:
-    check_adapter_dir(args.adapter_dir)
+    check_directory(args.adapter_dir, "ADAPTER_DIR", "a saved adapter's folder")
     check_output(Path(args.output))
 
     def run() -> int:
@@ -164,8 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> Callable[[], int]:
 
 
 def cmd_predict(args: argparse.Namespace) -> Callable[[], int]:
-    if not Path(args.classifier).is_dir():
-        raise DataError(f"CLASSIFIER {args.classifier} is not a directory (an adapter, a run folder or a checkpoint)")
+    check_directory(args.classifier, "CLASSIFIER", "an adapter, a run folder or a checkpoint")
     if args.file is not None and not Path(args.file).is_file():
         raise OptionError("file", f"names no file: {args.file}")
     if args.output is not None:

@@ -52,7 +52,8 @@ def check_output(path: Path, option: str = "output") -> None:
             raise OptionError(option, f"{path} {where}: name a folder")
 
 
-def _default(config: type, name: str):
+def field_default(config: type, name: str):
+    """The default of field ``name`` of the dataclass ``config`` (what its option shows)."""
     return next(f.default for f in fields(config) if f.name == name)
 
 
@@ -191,7 +192,7 @@ class FinetuneConfig(RunOptions):
             raise OptionError("structure", f"must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
         family = METHODS[self.method].family
         for name, shapes in (("lora_r", "lora"), ("orth_reg_weight", "goft")):  # a setting another method ignores
-            if getattr(self, name) != _default(type(self), name) and family != shapes:
+            if getattr(self, name) != field_default(type(self), name) and family != shapes:
                 what = "LoRA's rank (--method lora)" if shapes == "lora" else "qGOFT's penalty (--method qgoft)"
                 raise OptionError(name, f"sets {what}, not {self.method}'s")
         if (self.structure, self.depth) != ("tree", 1) and METHODS[self.method].family != "goft":

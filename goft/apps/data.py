@@ -194,8 +194,9 @@ def load_task(task: str, root: Path | None = None) -> tuple[Dataset, Dataset]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _read_records(path: Path) -> list[tuple[int, dict]]:
-    """(line number, record) pairs from a CSV with a header row or a JSONL file."""
+def read_records(path: Path, columns: tuple[str, ...] = ("text", "label")) -> list[tuple[int, dict]]:
+    """(line number, record) pairs from a CSV/TSV with a header row or a JSONL file, each record holding a non-empty
+    value in every one of ``columns``; a DataError naming the file and line otherwise."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -210,14 +211,17 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
                 if not isinstance(record, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'text' and 'label'")
+                    wanted = " and ".join(repr(c) for c in columns)
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with {wanted}")
                 records.append((lineno, record))
     elif suffix in (".csv", ".tsv"):
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
             if reader.fieldnames is None:
-                raise DataError(f"{path}: the file is empty (expected a header row text,label, then examples)")
-            missing = [c for c in ("text", "label") if c not in (reader.fieldnames or [])]
+                raise DataError(
+                    f"{path}: the file is empty (expected a header row {','.join(columns)}, then examples)"
+                )
+            missing = [c for c in columns if c not in reader.fieldnames]
             if missing:
                 raise DataError(
                     f"{path}:1: header has no {' or '.join(repr(m) for m in missing)} column "
@@ -229,6 +233,10 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
     if not records:
         raise DataError(f"{path}: the file holds no examples")
+    for lineno, record in records:
+        for column in columns:
+            if column not in record or record[column] is None or str(record[column]).strip() == "":
+                raise DataError(f"{path}:{lineno}: missing {column!r}")
     return records
 
 
@@ -241,10 +249,7 @@ def load_user_files(train_file: str | os.PathLike, *other_files: str | os.PathLi
     for role, name in zip(roles, (train_file, *other_files), strict=True):
         path = Path(name)
         rows = []
-        for lineno, record in _read_records(path):
-            for column in ("text", "label"):
-                if column not in record or record[column] is None or str(record[column]).strip() == "":
-                    raise DataError(f"{path}:{lineno}: missing {column!r}")
+        for lineno, record in read_records(path):
             rows.append((lineno, str(record["text"]), str(record["label"]).strip()))
         parsed[role] = (path, rows)
     label_names = tuple(sorted({label for _, _, label in parsed["train"][1]}, key=_label_sort_key))

@@ -8,7 +8,7 @@ import argparse
 from dataclasses import fields
 
 from .._version import installed_version
-from .configs import FinetuneConfig, InstructConfig, RunOptions
+from .configs import FinetuneConfig, InstructConfig, RunOptions, field_default
 from .methods import COMPARE_DEFAULT, INSTRUCT_METHODS, METHODS, instruct_default_lr
 
 
@@ -313,7 +313,7 @@ def _add_predict_parser(sub) -> None:
     p.add_argument(
         "--max-length",
         type=_positive_int,
-        default=next(f.default for f in fields(FinetuneConfig) if f.name == "max_length"),
+        default=field_default(FinetuneConfig, "max_length"),
         help="max tokens per text (goft finetune's default, as it trained)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per forward pass")

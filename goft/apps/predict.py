@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from . import adapter_files, files
-from .errors import DataError, ModelUnavailableError
+from .data import read_records
+from .errors import ModelUnavailableError
 from .pretrained import MINILM_NAME, quiet_transformers, resolve_model_dir
 
 
@@ -50,23 +51,11 @@ def load_classifier(path: str | Path):
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """Texts from a file: .csv/.tsv (a ``text`` column), .jsonl (a ``text`` field), anything else one per line."""
+    """Texts from a file: .csv/.tsv (a ``text`` column) or .jsonl (a ``text`` field), read as ``goft finetune``
+    reads its files; anything else, one text per line."""
     path = Path(path)
-    if path.suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-            if "text" not in (reader.fieldnames or []):
-                raise DataError(f"{path}:1: header has no 'text' column (found {reader.fieldnames})")
-            return [row["text"] for row in reader]
-    if path.suffix == ".jsonl":
-        texts = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
-        return texts
+    if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+        return [str(record["text"]) for _, record in read_records(path, columns=("text",))]
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

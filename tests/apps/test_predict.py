@@ -87,3 +87,19 @@ def test_on_a_machine_without_the_recorded_base_the_portable_name_is_used(traine
     assert main(["predict", str(trained), "good great fine"]) == 0
     assert capsys.readouterr().out.count("\t") == 2
     assert main(["merge", str(trained / "adapter"), "--output", str(tmp_path / "merged")]) == 0
+
+
+def test_text_files_are_read_as_finetune_reads_its_data(tmp_path):
+    from goft.apps.errors import DataError
+    from goft.apps.predict import read_texts
+
+    (tmp_path / "t.csv").write_text("text,label\nfine film,pos\ndull,neg\n")
+    (tmp_path / "t.jsonl").write_text('{"text": "fine film"}\n\n{"text": "dull"}\n')
+    (tmp_path / "t.txt").write_text("fine film\n\ndull\n")
+    assert read_texts(tmp_path / "t.csv") == read_texts(tmp_path / "t.jsonl") == read_texts(tmp_path / "t.txt")
+    (tmp_path / "bad.csv").write_text("words\nfine film\n")
+    with pytest.raises(DataError, match=r"bad\.csv:1: header has no 'text' column"):
+        read_texts(tmp_path / "bad.csv")
+    (tmp_path / "gap.jsonl").write_text('{"text": "fine"}\n{"text": ""}\n')
+    with pytest.raises(DataError, match=r"gap\.jsonl:2: missing 'text'"):
+        read_texts(tmp_path / "gap.jsonl")
