@@ -12,8 +12,9 @@ Method: Ma et al., "Parameter Efficient Quasi-Orthogonal Fine-Tuning via Givens 
 from . import functional
 from ._version import installed_version
 from .functional import GivensError, SingularBlockError
+from .tuner.calibration import CalibrationReport, calibrate_pairing
 from .tuner.config import GOFT_PEFT_TYPE, AdapterFileError, GOFTConfig
-from .tuner.layer import GOFTLayer
+from .tuner.layer import GOFTLayer, PairingNotCalibratedError
 from .tuner.model import GOFTModel, orthogonality_penalty
 from .tuner.registration import register_with_peft
 
@@ -22,12 +23,15 @@ __version__ = installed_version()
 __all__ = [
     "GOFT_PEFT_TYPE",
     "AdapterFileError",
+    "CalibrationReport",
     "GOFTConfig",
     "GOFTLayer",
     "GOFTModel",
     "GivensError",
     "OrthogonalityPenaltyTrainer",
+    "PairingNotCalibratedError",
     "SingularBlockError",
+    "calibrate_pairing",
     "functional",
     "orthogonality_penalty",
 ]

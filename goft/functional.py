@@ -12,12 +12,15 @@ from .ops.pairing import (
     STRUCTURES,
     GivensError,
     SingularBlockError,
+    check_order,
     check_structure,
     givens_levels,
     givens_pairs,
     in_features_for_blocks,
     level_table,
     num_blocks,
+    order_from_plane_scores,
+    random_order,
 )
 from .ops.reference import rotation_matrix
 
@@ -27,6 +30,7 @@ __all__ = [
     "SingularBlockError",
     "angles_to_blocks",
     "block_orthogonality_penalty",
+    "check_order",
     "check_structure",
     "givens_levels",
     "givens_pairs",
@@ -35,6 +39,8 @@ __all__ = [
     "level_table",
     "merge_weight",
     "num_blocks",
+    "order_from_plane_scores",
+    "random_order",
     "rotate",
     "rotate_inverse",
     "rotation_matrix",

@@ -118,6 +118,7 @@ def _train_and_score(
         evaluate_test=stage != SWEEP,
     )
     metrics = finetune(cfg)
+    calibration = {"calibration": metrics["calibration"]} if metrics["calibration"] else {}
     return {
         "method": method,
         "stage": stage,
@@ -137,6 +138,7 @@ def _train_and_score(
         "model": metrics["model"],
         "target_modules": cfg.target_modules or "all-linear",
         "device": metrics["device"],
+        **calibration,
     }
 
 

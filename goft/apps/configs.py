@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from ..ops.pairing import STRUCTURES
+from ..ops.pairing import PAIRINGS, STRUCTURES
 from .errors import OptionError
 from .methods import (
     FINETUNE_METHODS,
@@ -170,8 +170,15 @@ class FinetuneConfig(RunOptions):
         "(about (d/2)·log2 d blocks)",
     )
     depth: int = option(1, "stacked GOFT rotations, each with its own blocks")
+    pairing: str = option(
+        "index",
+        "which coordinates GOFT's blocks turn: index (the paper's order), random (a seeded permutation per layer, "
+        "a control) or task (chosen per layer from --calibration-batches training batches before training)",
+        choices=lambda: PAIRINGS,
+    )
+    calibration_batches: int = option(8, "training batches that choose --pairing task's coordinate order")
 
-    POSITIVE: ClassVar[tuple] = ("epochs", "batch_size", "max_length", "lora_r", "depth")
+    POSITIVE: ClassVar[tuple] = ("epochs", "batch_size", "max_length", "lora_r", "depth", "calibration_batches")
     HELP: ClassVar[dict] = {
         "model": ("local transformers checkpoint directory, or minilm", "the embedded MiniLM"),
         "lr": ("AdamW learning rate (compare without it sweeps four rates per method)", _finetune_lr_default),
@@ -195,9 +202,12 @@ class FinetuneConfig(RunOptions):
             if getattr(self, name) != field_default(type(self), name) and family != shapes:
                 what = "LoRA's rank (--method lora)" if shapes == "lora" else "qGOFT's penalty (--method qgoft)"
                 raise OptionError(name, f"sets {what}, not {self.method}'s")
-        if (self.structure, self.depth) != ("tree", 1) and METHODS[self.method].family != "goft":
-            option_name = "structure" if self.structure != "tree" else "depth"
-            raise OptionError(option_name, f"shapes GOFT's rotation (--method goft or qgoft), not {self.method}")
+        if self.pairing not in PAIRINGS:
+            raise OptionError("pairing", f"must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
+        shaping = {"structure": "tree", "depth": 1, "pairing": "index"}
+        changed = [name for name, default in shaping.items() if getattr(self, name) != default]
+        if changed and METHODS[self.method].family != "goft":
+            raise OptionError(changed[0], f"shapes GOFT's rotation (--method goft or qgoft), not {self.method}")
         if self.train_size is not None and self.train_size < 2:
             raise OptionError("train_size", f"must be at least 2, got {self.train_size}")
         if (self.train_file is None) != (self.eval_file is None):
@@ -231,16 +241,17 @@ class FinetuneConfig(RunOptions):
         """The options of this config that shape the method's adapter (its family's, not the others')."""
         entry = METHODS[self.method]
         if entry.family == "goft":  # λ only weighs qGOFT's penalty: strict GOFT trains the same thing at any λ
-            setting = {"structure": self.structure, "depth": self.depth}
+            setting = {"structure": self.structure, "depth": self.depth, "pairing": self.pairing}
             return {**setting, "orth_reg_weight": self.orth_reg_weight} if entry.options.get("quasi") else setting
         return {"r": self.lora_r} if entry.family == "lora" else {}
 
     @property
     def method_label(self) -> str:
-        """The method, with GOFT's pairing when it is not the paper's tree: ``goft (butterfly, depth 2)``."""
-        if (self.structure, self.depth) == ("tree", 1):
-            return self.method
-        return f"{self.method} ({self.structure}" + (f", depth {self.depth})" if self.depth != 1 else ")")
+        """The method, with GOFT's pairing when it is not the paper's tree: ``goft (butterfly, depth 2, task)``."""
+        parts = [self.structure] if self.structure != "tree" else []
+        parts += [f"depth {self.depth}"] if self.depth != 1 else []
+        parts += [f"{self.pairing} pairing"] if self.pairing != "index" else []
+        return f"{self.method} ({', '.join(parts)})" if parts else self.method
 
     @property
     def data_name(self) -> str:

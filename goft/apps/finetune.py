@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..tuner.calibration import calibrate_pairing
 from . import adapter_files, data, files, plots
 from .configs import FinetuneConfig
 from .devices import device_description, use_device
@@ -46,6 +47,7 @@ def build_model(cfg: FinetuneConfig, label_names: tuple[str, ...]):
         lora_r=cfg.lora_r,
         structure=cfg.structure,
         depth=cfg.depth,
+        pairing=cfg.pairing,
     )
     model = wrap(model, config)
     # PEFT's AutoPeftModelForSequenceClassification loads the base from here, its classes named; on another
@@ -110,6 +112,13 @@ def finetune(cfg: FinetuneConfig) -> dict:
         labels = torch.tensor([train_set.labels[i] for i in idx], device=device)
         return {**encode(tokenizer, train_set, idx, cfg.max_length, device), "labels": labels}
 
+    calibration = None
+    if getattr(getattr(model, "peft_config", {}).get("default"), "pairing", None) == "task" and not cfg.resume:
+        # a resumed run takes the order from its checkpoint; the test and validation splits are never seen here
+        calibration_order = batch_order(len(train_set), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+        report = calibrate_pairing(model, map(make_batch, calibration_order), num_batches=cfg.calibration_batches)
+        calibration = {"batches": report.batches, "tokens": report.rows, "seconds": report.seconds}
+
     options = LoopOptions(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -150,6 +159,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "trainable_params": n_trainable,
         "adapter_params": adapter_parameters(model),
         "seconds": result.seconds,
+        "calibration": calibration,
         "device": device_description(device),
         "train_examples": len(train_set),
         "val_examples": len(val_set),

@@ -25,6 +25,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ..tuner.layer import ORDER_KIND
 from ..tuner.model import orthogonality_penalty
 from . import files
 from .errors import Interrupted, OptionError, OutputError
@@ -225,8 +226,9 @@ def _step(train_model, model, optimizer, schedule, batch: dict, weight: float) -
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trained parameters, and the coordinate orders a "task" pairing chose from data before training."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {n: t for n, t in model.state_dict().items() if n in names}
+    return {n: t for n, t in model.state_dict().items() if n in names or f".{ORDER_KIND}." in n}
 
 
 def save_checkpoint(path: Path, model, optimizer, schedule, state: LoopState, run_identity: Optional[dict]) -> None:

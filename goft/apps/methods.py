@@ -48,6 +48,7 @@ class Method:
         lora_r: int = 8,
         structure: str = "tree",
         depth: int = 1,
+        pairing: str = "index",
     ):
         """The PEFT config of this method.  ``identity_init=False`` asks for a random, non-identity adapter (bench);
         ``lora_r`` is the rank of the plain ``lora`` method (the ``lora_rN`` runs fix theirs); ``structure`` and
@@ -66,6 +67,7 @@ class Method:
                 "init_weights": identity_init,
                 "structure": structure,
                 "depth": depth,
+                "pairing": pairing,
                 **self.options,
             }
             return GOFTConfig(**options, **common)
@@ -92,6 +94,15 @@ METHODS = {
             "goft_butterfly", "GOFT butterfly", "goft", lr=1e-2, chosen_lr=0.00556, options={"structure": "butterfly"}
         ),
         Method("goft_tree_depth2", "GOFT tree, depth 2", "goft", lr=1e-2, options={"depth": 2}),
+        Method("goft_task", "GOFT, task pairing", "goft", lr=1e-2, options={"pairing": "task"}),
+        Method(
+            "goft_butterfly_task",
+            "GOFT butterfly, task pairing",
+            "goft",
+            lr=1e-2,
+            options={"structure": "butterfly", "pairing": "task"},
+        ),
+        Method("goft_random", "GOFT, random pairing", "goft", lr=1e-2, options={"pairing": "random"}),
         Method(
             "qgoft_butterfly", "qGOFT butterfly", "goft", lr=1e-2, options={"quasi": True, "structure": "butterfly"}
         ),
@@ -123,7 +134,14 @@ INSTRUCT_METHODS = tuple(name for name, m in METHODS.items() if m.instruct_lr is
 # The options a family's entries leave at their defaults: GOFTConfig's, and LoRA's rank in goft's commands (a test
 # checks them against those classes, which are not imported here: the command line reads this module for --help).
 FAMILY_DEFAULTS = {
-    "goft": {"structure": "tree", "depth": 1, "quasi": False, "scaling": False, "orth_reg_weight": 1e-2},
+    "goft": {
+        "structure": "tree",
+        "depth": 1,
+        "pairing": "index",
+        "quasi": False,
+        "scaling": False,
+        "orth_reg_weight": 1e-2,
+    },
     "lora": {"r": 8},
 }
 

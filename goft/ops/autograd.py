@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from .backends import backend_for
+from .pairing import GivensError
 from .blocks import (
     blocks_of,
     check_params,
@@ -111,13 +112,33 @@ rotate_rows_op.register_autograd(_rotate_rows_backward, setup_context=_save_rota
 
 
 def _checked(
-    rows: torch.Tensor, name: str, params: torch.Tensor, scale: Optional[torch.Tensor], structure: str, depth: int
+    rows: torch.Tensor,
+    name: str,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    structure: str,
+    depth: int,
+    order: Optional[torch.Tensor],
 ):
-    """Validate the arguments of an entry point; returns (d, compute dtype)."""
+    """Validate the arguments of an entry point; returns (d, compute dtype).  Only ``order``'s shape and dtype are
+    checked here (a full permutation check would synchronise with the device on every call): the layer checks the
+    permutation once, where it is made or loaded."""
     d = check_rows(rows, name)
     check_params(params, d, structure, depth)
     check_scale(scale, d)
+    if order is not None and (tuple(order.shape) != (d,) or order.dtype != torch.int64):
+        raise GivensError(f"order must be a ({d},) int64 permutation, got {tuple(order.shape)} {order.dtype}")
     return d, compute_dtype(rows, params, scale)
+
+
+def _to_order(rows: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
+    """(N, d) rows with position k holding coordinate ``order[k]`` (``x @ Q``; see :mod:`goft.ops.pairing`)."""
+    return rows if order is None else rows.index_select(-1, order)
+
+
+def _from_order(rows: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
+    """The inverse of :func:`_to_order` (``z @ Q^T``): coordinate ``order[k]`` gets position k back."""
+    return rows if order is None else rows.index_select(-1, torch.argsort(order))
 
 
 def rotate(
@@ -127,6 +148,7 @@ def rotate(
     *,
     structure: str = "tree",
     depth: int = 1,
+    order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``x @ R`` over the last dimension of ``x`` (any leading shape), without forming R.
 
@@ -137,14 +159,17 @@ def rotate(
         scale: optional (d,) GOFT* scaling, ``R = P_M ⋯ P_1 · diag(scale)``.
         structure, depth: the pairing (see :mod:`goft.ops.pairing`): ``"tree"`` or ``"butterfly"``, stacked
             ``depth`` times.
+        order: optional (d,) int64 permutation: the structure's position k is coordinate ``order[k]`` (the
+            rotation is ``Q R Q^T``; see :mod:`goft.ops.pairing`).  None is ``0 … d-1``.
 
     Differentiable in ``x``, ``params`` and ``scale`` (first order).
     """
-    d, dtype = _checked(x, "x", params, scale, structure, depth)
+    d, dtype = _checked(x, "x", params, scale, structure, depth, order)
     scale = None if scale is None else scale.to(dtype)
     # the params go in as they are (angles or blocks): the backends form the rotations, so that autograd needs no
     # separate kernels for cos, sin and their gradients
-    return rotate_rows_op(x.reshape(-1, d), params.to(dtype), scale, True, structure, depth).reshape(x.shape)
+    rows = rotate_rows_op(_to_order(x.reshape(-1, d), order), params.to(dtype), scale, True, structure, depth)
+    return _from_order(rows, order).reshape(x.shape)
 
 
 @torch.no_grad()
@@ -155,6 +180,7 @@ def rotate_inverse(
     *,
     structure: str = "tree",
     depth: int = 1,
+    order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``y @ R^{-1}``, the exact inverse of :func:`rotate` (not differentiable).
 
@@ -162,12 +188,13 @@ def rotate_inverse(
     blocks by their closed-form 2×2 inverse.  Raises :class:`SingularBlockError` for a (near-)singular block and
     :class:`GivensError` for a zero or non-finite scale.
     """
-    d, dtype = _checked(y, "y", params, scale, structure, depth)
-    buf = y.reshape(-1, d).to(dtype)
+    d, dtype = _checked(y, "y", params, scale, structure, depth, order)
+    buf = _to_order(y.reshape(-1, d).to(dtype), order)
     if scale is not None:
         buf = buf / invertible_scale(scale, dtype)
     inverse = inverse_blocks(params, blocks_of(params).to(dtype))
-    return rotate_rows_op(buf, inverse, None, False, structure, depth).reshape(y.shape).to(y.dtype)
+    rows = rotate_rows_op(buf, inverse, None, False, structure, depth)
+    return _from_order(rows, order).reshape(y.shape).to(y.dtype)
 
 
 @torch.no_grad()
@@ -178,18 +205,19 @@ def merge_weight(
     *,
     structure: str = "tree",
     depth: int = 1,
+    order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``W @ R.T`` for a torch-layout weight W (out, d): the weight that computes ``base(x @ R)`` in one matmul.
 
     ``W @ R.T = W · diag(s) · P_1^T ⋯ P_M^T``, applied as level updates on W's columns (no d×d product).
     Returns a new tensor in W's dtype (computed in at least fp32); W itself is not modified.
     """
-    d, dtype = _checked(weight, "weight", params, scale, structure, depth)
-    buf = weight.reshape(-1, d).to(dtype)
+    d, dtype = _checked(weight, "weight", params, scale, structure, depth, order)
+    buf = _to_order(weight.reshape(-1, d).to(dtype), order)
     if scale is not None:
         buf = buf * scale.to(dtype)
     out = rotate_rows_op(buf, transpose_blocks(blocks_of(params).to(dtype)), None, False, structure, depth)
-    return out.reshape(weight.shape).to(weight.dtype)
+    return _from_order(out, order).reshape(weight.shape).to(weight.dtype)
 
 
 @torch.no_grad()
@@ -200,14 +228,16 @@ def unmerge_weight(
     *,
     structure: str = "tree",
     depth: int = 1,
+    order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The exact inverse of :func:`merge_weight`: ``W @ R^{-T} = W · P_M^{-T} ⋯ P_1^{-T} · diag(1/s)``.
 
     Raises :class:`SingularBlockError` (a ``ValueError``) before computing anything if a block or scale entry cannot
     be inverted.  Returns a new tensor; W is not modified.
     """
-    d, dtype = _checked(weight, "weight", params, scale, structure, depth)
+    d, dtype = _checked(weight, "weight", params, scale, structure, depth, order)
     inv_scale = None if scale is None else 1.0 / invertible_scale(scale, dtype)
     inverse = inverse_blocks(params, blocks_of(params).to(dtype))
-    out = rotate_rows_op(weight.reshape(-1, d).to(dtype), transpose_blocks(inverse), inv_scale, True, structure, depth)
-    return out.reshape(weight.shape).to(weight.dtype)
+    buf = _to_order(weight.reshape(-1, d).to(dtype), order)
+    out = rotate_rows_op(buf, transpose_blocks(inverse), inv_scale, True, structure, depth)
+    return _from_order(out, order).reshape(weight.shape).to(weight.dtype)

@@ -39,6 +39,13 @@ last level is applied first.
 
 qGOFT's soft orthogonality penalty per block is ``(a·b + c·e)²``, the squared inner product of its two columns.
 
+A coordinate ``order`` (a permutation of ``0 … d-1``, the *pairing* of :class:`goft.GOFTConfig` other than
+``"index"``) relabels the coordinates before the structure is laid over them: position ``k`` of the structure is
+coordinate ``order[k]``, so a block pairing positions ``(i, j)`` turns coordinates ``(order[i], order[j])`` and scale
+entry ``k`` multiplies coordinate ``order[k]``.  With ``Q[order[k], k] = 1`` the rotation is ``Q R Q^T``:
+``x @ (Q R Q^T)`` is ``(x[..., order] @ R)`` scattered back to ``order``, and ``R_order[order[a], order[b]] =
+R[a, b]``.  It is still the identity when every block is, and the same number of parameters.
+
 What the method can and cannot express: ``d - 1`` angles do not span SO(d), whose dimension is ``d(d-1)/2``.  The
 paper's theorem only guarantees that *some* such product maps one given vector onto any other vector of the same norm.
 With the tree, an odd coordinate meets one partner, once.  The butterfly (about ``(d/2)·log2 d`` blocks) and stacking
@@ -69,6 +76,10 @@ class SingularBlockError(GivensError):
 
 
 STRUCTURES = ("tree", "butterfly")
+# Which coordinates the structure's positions stand for (GOFTConfig.pairing): "index" is 0 … d-1, the paper's;
+# "random" a seeded permutation per layer (a control); "task" one chosen from calibration batches
+# (goft.calibrate_pairing).
+PAIRINGS = ("index", "random", "task")
 
 
 def _memoized(fn):
@@ -208,3 +219,70 @@ def givens_pairs(d: int, structure: str = "tree", depth: int = 1) -> list[torch.
         torch.tensor(list(zip(level.left, level.right, strict=True)), dtype=torch.long).reshape(-1, 2)
         for level in level_table(d, structure, depth)
     ]
+
+
+def check_order(order, d: int) -> None:
+    """GivensError unless ``order`` is a (d,) integer tensor holding each of ``0 … d-1`` once."""
+    import torch
+
+    if not isinstance(order, torch.Tensor) or order.dtype not in (torch.int64, torch.int32):
+        raise GivensError(f"order must be an int64 tensor (a permutation of 0..{d - 1}), got {order!r:.80}")
+    if tuple(order.shape) != (d,):
+        raise GivensError(f"order must have shape ({d},) for d = {d}, got {tuple(order.shape)}")
+    if not torch.equal(torch.sort(order.cpu()).values, torch.arange(d)):
+        raise GivensError(f"order must hold each of 0..{d - 1} exactly once (a permutation)")
+
+
+def random_order(d: int, seed: int) -> list[int]:
+    """A seeded random permutation of ``0 … d-1``: the control that reorders coordinates without looking at data."""
+    import torch
+
+    _check_dimension(d)
+    return torch.randperm(d, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def order_from_plane_scores(scores) -> list[int]:
+    """A coordinate order whose first level pairs the planes that matter most.
+
+    ``scores`` is a (d, d) tensor; entry ``(i, j)``'s magnitude says how much turning plane ``(i, j)`` matters (for
+    :func:`goft.calibrate_pairing`, the first-order effect of its angle on the loss; the larger of ``|scores[i, j]|``
+    and ``|scores[j, i]|`` is the plane's weight).  A greedy maximum-weight matching picks disjoint pairs, heaviest
+    first; the order lists them as ``[i_1, j_1, i_2, j_2, …]`` (heaviest first; an odd coordinate out last), which
+    every structure's first level pairs ``(0, 1), (2, 3), …``.  Later levels then meet pairs in rank order: the
+    tree's level 2 turns ``(i_1, i_2)``, ``(i_3, i_4)``, ….  Greedy matching is within a factor 2 of the best
+    matching's total weight.
+
+    Computed in rounds of *locally dominant* pairs (each the heaviest plane left for both of its coordinates), which
+    for distinct weights is exactly the greedy matching, in O(d²) tensor work per round and few rounds; ties go to
+    the lower coordinate, so the result is deterministic.
+    """
+    import torch
+
+    weight = scores.detach().double().abs().cpu()
+    d = weight.shape[0]
+    _check_dimension(d)
+    if tuple(weight.shape) != (d, d):
+        raise GivensError(f"scores must be a square (d, d) tensor, got {tuple(weight.shape)}")
+    weight = torch.maximum(weight, weight.T)
+    weight.fill_diagonal_(-1.0)  # below every real weight (>= 0): a coordinate never pairs with itself
+    taken = torch.zeros(d, dtype=torch.bool)
+    index = torch.arange(d)
+    found: list[tuple[float, int, int]] = []
+    while int((~taken).sum()) > 1:
+        best = weight.argmax(dim=1)
+        mutual = ~taken & (best[best] == index) & (index < best)
+        if not bool(mutual.any()):  # only ties can leave no mutual pair: take the single heaviest plane
+            flat = int(weight.argmax())
+            mutual = torch.zeros(d, dtype=torch.bool)
+            mutual[min(flat // d, flat % d)] = True
+            best[min(flat // d, flat % d)] = max(flat // d, flat % d)
+        left = index[mutual]
+        right = best[mutual]
+        found += zip(weight[left, right].tolist(), left.tolist(), right.tolist())
+        for members in (left, right):
+            taken[members] = True
+            weight[members, :] = -2.0  # below the diagonal's -1: a taken coordinate is never anyone's best
+            weight[:, members] = -2.0
+    found.sort(key=lambda pair: (-pair[0], pair[1]))
+    order = [c for _, i, j in found for c in (i, j)]
+    return order + index[~taken].tolist()

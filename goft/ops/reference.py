@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .blocks import as_blocks, blocks_of, check_scale, compute_dtype, gradient_for, transpose_blocks
-from .pairing import Level, level_table
+from .pairing import Level, check_order, level_table
 
 
 @functools.cache
@@ -137,13 +137,18 @@ def rotate_rows_backward(
 
 
 def rotation_matrix(
-    params: torch.Tensor, d: int, scale: Optional[torch.Tensor] = None, structure: str = "tree", depth: int = 1
+    params: torch.Tensor,
+    d: int,
+    scale: Optional[torch.Tensor] = None,
+    structure: str = "tree",
+    depth: int = 1,
+    order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The dense d×d ``R = P_M ⋯ P_1 (· diag(scale))``, built level by level.  For tests and checks, not training.
 
     Built by left-multiplying with each level matrix, i.e. mixing *rows* of R (``R_i, R_j <- a·R_i + b·R_j,
     c·R_i + e·R_j``), where the kernels mix columns of x: the two only agree if both follow the convention.
-    O(blocks · d), never a d×d product.
+    O(blocks · d), never a d×d product.  ``order``: the coordinate order (see :mod:`goft.ops.pairing`).
     """
     blocks = as_blocks(params, d, structure, depth)
     check_scale(scale, d)
@@ -157,4 +162,8 @@ def rotation_matrix(
         r[j] = block[:, 1, 0, None] * row_i + block[:, 1, 1, None] * row_j
     if scale is not None:
         r = r * scale.to(dtype)[None, :]
-    return r
+    if order is None:
+        return r
+    check_order(order, d)
+    inverse = torch.argsort(order.to(blocks.device))  # R_order[order[a], order[b]] = R[a, b]
+    return r[inverse][:, inverse]

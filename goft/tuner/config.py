@@ -15,7 +15,7 @@ from peft.config import PeftConfig
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from safetensors import safe_open
 
-from ..ops.pairing import STRUCTURES
+from ..ops.pairing import PAIRINGS, STRUCTURES
 
 
 class _GOFTPeftType(str, enum.Enum):
@@ -36,14 +36,16 @@ BIAS_CHOICES = ("none", "all", "goft_only")
 
 # Version of what goft writes into adapter_config.json / adapter_model.safetensors.  A newer version on disk is
 # refused rather than half-understood.
-# Format 2 added ``structure`` and ``depth``; a format-1 adapter is the tree at depth 1.
-FORMAT_VERSION = 2
+# Format 2 added ``structure`` and ``depth``; a format-1 adapter is the tree at depth 1.  Format 3 added ``pairing``
+# and ``pairing_seed`` (and, unless the pairing is "index", a ``goft_order`` tensor per layer); an older adapter's
+# pairing is "index".
+FORMAT_VERSION = 3
 
 DEFAULT_ORTH_REG_WEIGHT = 1e-2
 
 # Keys a goft adapter_config.json must have (the rest have safe defaults).
 REQUIRED_SAVED_FIELDS = ("peft_type", "goft_format_version", "quasi", "scaling", "target_modules")
-REQUIRED_SAVED_FIELDS_SINCE = {2: ("structure", "depth")}
+REQUIRED_SAVED_FIELDS_SINCE = {2: ("structure", "depth"), 3: ("pairing",)}
 
 
 class AdapterFileError(ValueError):
@@ -68,6 +70,11 @@ class GOFTConfig(PeftConfig):
         structure: which coordinates the blocks pair: ``"tree"`` (the paper's, ``d - 1`` blocks) or ``"butterfly"``
             (every coordinate meets a partner at every level; d = 768: 3,584 blocks).  The capacity dial, with depth.
         depth: how many such products, each with its own blocks, ``R = R_depth ⋯ R_1``.
+        pairing: which coordinates the structure's positions stand for, per layer: ``"index"`` (the paper's,
+            coordinate k at position k), ``"random"`` (a seeded random permutation: a control), or ``"task"`` (chosen
+            from data by :func:`goft.calibrate_pairing`, which must run before the first forward: the first level
+            then turns the planes whose angles move the loss most).  Saved with the adapter; no extra parameters.
+        pairing_seed: the seed of ``pairing="random"`` (each layer's permutation also depends on its name).
         orth_reg_weight: λ of qGOFT's soft orthogonality penalty ``λ Σ (a·b + c·e)²``; add
             :func:`goft.orthogonality_penalty` to the loss.  Ignored by strict GOFT.  The paper used 1e-3 … 5e-2.
         init_weights: ``True`` starts at the identity (the adapted model equals the base model exactly); ``False``
@@ -89,6 +96,11 @@ class GOFTConfig(PeftConfig):
     quasi: bool = field(default=False, metadata={"help": "qGOFT: free 2x2 blocks instead of rotation angles."})
     structure: str = field(default="tree", metadata={"help": "Pairing of the blocks: 'tree' (paper) or 'butterfly'."})
     depth: int = field(default=1, metadata={"help": "Number of stacked rotations, each with its own blocks."})
+    pairing: str = field(
+        default="index",
+        metadata={"help": "Coordinate order under the structure: 'index' (paper), 'random' (control) or 'task'."},
+    )
+    pairing_seed: int = field(default=0, metadata={"help": "Seed of pairing='random'."})
     scaling: bool = field(default=False, metadata={"help": "GOFT*: also learn a per-feature scale (d parameters)."})
     orth_reg_weight: float = field(
         default=DEFAULT_ORTH_REG_WEIGHT,
@@ -149,6 +161,12 @@ class GOFTConfig(PeftConfig):
             )
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"GOFTConfig.depth must be an integer >= 1, got {self.depth!r}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(
+                f"GOFTConfig.pairing must be one of {', '.join(map(repr, PAIRINGS))}, got {self.pairing!r}"
+            )
+        if isinstance(self.pairing_seed, bool) or not isinstance(self.pairing_seed, int) or self.pairing_seed < 0:
+            raise ValueError(f"GOFTConfig.pairing_seed must be an integer >= 0, got {self.pairing_seed!r}")
         weight = self.orth_reg_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise TypeError(f"GOFTConfig.orth_reg_weight must be a number >= 0, got {weight!r}")

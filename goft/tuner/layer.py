@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from typing import Any, Optional
 
 import torch
+from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from peft.utils import resolve_quantization_backend
 from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend, QuantizationBackend
@@ -30,14 +32,23 @@ except ImportError:  # pragma: no cover
 BASE_ADAPTER_NAME = "__base__"  # in a per-sample ``adapter_names`` list: use the base model for that sample
 
 # The saved parameter layout: one tensor per (layer, kind, adapter), named ``<layer>.<kind>.<adapter>`` in the state
-# dict (``<layer>.<kind>`` in adapter_model.safetensors).
+# dict (``<layer>.<kind>`` in adapter_model.safetensors).  Beside them, unless the pairing is "index", the layer's
+# coordinate order ``goft_order`` (d,) int64, a buffer: data, not a parameter.
 ADAPTER_PARAM_KINDS = ("goft_theta", "goft_blocks", "goft_scale")
+ORDER_KIND = "goft_order"
+UNCALIBRATED = -1  # fills a "task" pairing's order until goft.calibrate_pairing chooses it
+
+
+class PairingNotCalibratedError(RuntimeError):
+    """A ``pairing="task"`` adapter was used before :func:`goft.calibrate_pairing` chose its order."""
 
 
 def in_features_from_shape(kind: str, shape, structure: str = "tree", depth: int = 1) -> Optional[int]:
     """The layer's ``in_features`` d, read off the shape of one of its saved adapter tensors of ``kind`` (None when
     no d has that many blocks in this pairing)."""
-    return shape[0] if kind == "goft_scale" else givens.in_features_for_blocks(shape[0], structure, depth)
+    if kind in ("goft_scale", ORDER_KIND):
+        return shape[0]
+    return givens.in_features_for_blocks(shape[0], structure, depth)
 
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -96,11 +107,12 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     ``goft_theta[name]`` (n,) angles in radians for strict GOFT, ``goft_blocks[name]`` (n, 2, 2) for qGOFT (n blocks of
     the adapter's pairing: d − 1 for the tree at depth 1),
     ``goft_scale[name]`` (d,) with ``scaling=True``.  The pairing is derived from ``d`` and the adapter's
-    ``(structure, depth)`` (``goft_pairing[name]``), so the state dict holds only learned numbers.
+    ``(structure, depth)`` (``goft_pairing[name]``) and, unless the config's pairing is "index", a coordinate order
+    ``goft_order[name]`` (d,) int64 (a buffer, saved with the adapter; see :mod:`goft.ops.pairing`).
     """
 
     adapter_layer_names = ADAPTER_PARAM_KINDS
-    other_param_names = ("goft_orth_reg_weight", "goft_pairing")
+    other_param_names = ("goft_orth_reg_weight", "goft_pairing", ORDER_KIND)
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: GOFTConfig, **kwargs: Any) -> None:
         super().__init__()
@@ -110,6 +122,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         self.goft_scale = nn.ParameterDict({})
         self.goft_orth_reg_weight: dict[str, float] = {}
         self.goft_pairing: dict[str, dict[str, Any]] = {}  # adapter -> {"structure": ..., "depth": ...}
+        self.goft_order = BufferDict({}, persistent=True)
+        self._orders_checked: set[str] = set()  # adapters whose order was seen to be a permutation
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
@@ -133,6 +147,15 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         False) on the base layer's device."""
         d = self.in_features
         self.goft_pairing[adapter_name] = {"structure": config.structure, "depth": config.depth}
+        self._orders_checked.discard(adapter_name)
+        if config.pairing == "random":
+            # the layer's name enters the seed, so that layers of one width do not share one permutation
+            seed = zlib.crc32(f"{config.pairing_seed}:{self.layer_key}".encode())
+            self.goft_order[adapter_name] = torch.tensor(givens.random_order(d, seed), dtype=torch.long)
+        elif config.pairing == "task":
+            self.goft_order[adapter_name] = torch.full((d,), UNCALIBRATED, dtype=torch.long)
+        elif adapter_name in self.goft_order:
+            del self.goft_order[adapter_name]
         n = givens.num_blocks(d, config.structure, config.depth)
         if config.quasi:
             self.goft_blocks[adapter_name] = nn.Parameter(torch.eye(2).repeat(n, 1, 1))
@@ -171,13 +194,34 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     def rotation_scale(self, adapter_name: str) -> Optional[torch.Tensor]:
         return self.goft_scale[adapter_name] if adapter_name in self.goft_scale else None
 
+    def rotation_order(self, adapter_name: str) -> Optional[torch.Tensor]:
+        """The adapter's coordinate order (d,), or None for the "index" pairing.  Checked to be a permutation the
+        first time (not under ``torch.compile``, which must not see a data-dependent check)."""
+        if adapter_name not in self.goft_order:
+            return None
+        order = self.goft_order[adapter_name]
+        if adapter_name not in self._orders_checked and not torch.compiler.is_compiling():
+            if bool((order == UNCALIBRATED).any()):
+                raise PairingNotCalibratedError(
+                    f"adapter {adapter_name!r} has pairing='task' but no pairing yet (layer {self.layer_key!r}): run "
+                    "goft.calibrate_pairing(model, batches) on training batches before the first forward, or load "
+                    "a saved adapter"
+                )
+            givens.check_order(order, self.in_features)
+            self._orders_checked.add(adapter_name)
+        return order
+
+    def pairing_of(self, adapter_name: str) -> dict[str, Any]:
+        """The keyword arguments that say how the adapter's blocks are laid out: structure, depth and order."""
+        return {**self.goft_pairing[adapter_name], "order": self.rotation_order(adapter_name)}
+
     def rotation_matrix(self, adapter_name: str) -> torch.Tensor:
         """The dense d×d R of one adapter (for inspection and checks)."""
         return givens.rotation_matrix(
             self.rotation_params(adapter_name),
             self.in_features,
             self.rotation_scale(adapter_name),
-            **self.goft_pairing[adapter_name],
+            **self.pairing_of(adapter_name),
         )
 
     def orthogonality_penalty(self, adapter_name: str) -> torch.Tensor:
@@ -188,7 +232,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     def rotate_input(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``x @ R`` over the input features (a convolution's channels, wherever they are)."""
         params, scale = self.rotation_params(adapter_name), self.rotation_scale(adapter_name)
-        pairing = self.goft_pairing[adapter_name]
+        pairing = self.pairing_of(adapter_name)
         if not self.spatial_dims:
             return givens.rotate(x, params, scale, **pairing)
         channel_dim = x.dim() - self.spatial_dims - 1  # 1 for (N, C, *spatial), 0 for unbatched (C, *spatial)
@@ -271,7 +315,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         merged, dtype = self._weight_rows()
         for name in adapter_names:
             merged = givens.merge_weight(
-                merged, self.rotation_params(name), self.rotation_scale(name), **self.goft_pairing[name]
+                merged, self.rotation_params(name), self.rotation_scale(name), **self.pairing_of(name)
             )
         if safe_merge and not bool(torch.isfinite(merged).all()):
             raise ValueError(
@@ -294,7 +338,7 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         for name in reversed(self.merged_adapters):
             try:
                 restored = givens.unmerge_weight(
-                    restored, self.rotation_params(name), self.rotation_scale(name), **self.goft_pairing[name]
+                    restored, self.rotation_params(name), self.rotation_scale(name), **self.pairing_of(name)
                 )
             except givens.SingularBlockError as err:
                 raise givens.SingularBlockError(

@@ -12,8 +12,17 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, get_quantization_kwargs
 from torch import nn
 
+from .. import functional as givens
 from .config import AdapterFileError, GOFTConfig
-from .layer import BASE_ADAPTER_NAME, SUPPORTED_LAYERS, Conv1D, GOFTLayer, in_features_from_shape, supported_base_layer
+from .layer import (
+    BASE_ADAPTER_NAME,
+    ORDER_KIND,
+    SUPPORTED_LAYERS,
+    Conv1D,
+    GOFTLayer,
+    in_features_from_shape,
+    supported_base_layer,
+)
 
 
 def _inject_adapter_names(module, args, kwargs, adapter_names):
@@ -149,7 +158,8 @@ def _check_loaded_shapes(
         if target is None:
             raise AdapterFileError(
                 f"the checkpoint has {kind} for layer {layer!r}, which the model has no GOFT parameter for "
-                "(GOFT and qGOFT mixed up, scaling on one side only, or a different architecture?)"
+                "(GOFT and qGOFT mixed up, scaling or a pairing other than 'index' on one side only, or a different "
+                "architecture?)"
             )
         if tuple(value.shape) != tuple(expected[target]):
             raise AdapterFileError(
@@ -158,6 +168,11 @@ def _check_loaded_shapes(
                 f"vs {in_features_from_shape(kind, expected[target], *pairing)} here, {config.structure} at depth "
                 f"{config.depth})"
             )
+        if kind == ORDER_KIND:
+            try:
+                givens.check_order(value, value.shape[0])
+            except givens.GivensError as err:
+                raise AdapterFileError(f"layer {layer!r}: the checkpoint's {kind} is not a coordinate order: {err}")
     present = {k if k in expected else f"base_model.model.{k}" for k in state_dict}
     absent = sorted(k for k in expected if k.endswith(f".{adapter_name}") and k not in present)
     if absent:
