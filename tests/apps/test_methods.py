@@ -25,6 +25,9 @@ EXPECTED = {
     "goft_butterfly": (GOFTConfig, 20 + 9),
     "qgoft_butterfly": (GOFTConfig, 4 * (20 + 9)),
     "goft_tree_depth2": (GOFTConfig, 2 * (11 + 6)),
+    "goft_task": (GOFTConfig, 11 + 6),  # a pairing reorders coordinates: no parameter more
+    "goft_butterfly_task": (GOFTConfig, 20 + 9),
+    "goft_random": (GOFTConfig, 11 + 6),
     "oft": (OFTConfig, None),  # PEFT's block sizes need wider layers than the toy's; their type is what is ours
     "boft": (BOFTConfig, None),
 }

@@ -20,6 +20,7 @@ VARIANTS = {
     "goft*": {"scaling": True},
     "qgoft*": {"quasi": True, "scaling": True},
     "qgoft butterfly depth 2": {"quasi": True, "structure": "butterfly", "depth": 2},
+    "goft* random pairing": {"scaling": True, "pairing": "random"},
 }
 X = torch.randn(6, 12, generator=torch.Generator().manual_seed(3))
 

@@ -26,6 +26,8 @@ CONFIGS = {
     "goft butterfly": dict(structure="butterfly"),
     "qgoft* butterfly depth 2": dict(quasi=True, scaling=True, structure="butterfly", depth=2),
     "goft tree depth 3": dict(depth=3),
+    "goft random pairing": dict(pairing="random"),
+    "qgoft* butterfly random pairing": dict(quasi=True, scaling=True, structure="butterfly", pairing="random"),
 }
 
 
@@ -228,7 +230,7 @@ def test_disable_adapter_context_gives_base_output():
     assert (model(X) - base(X)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("other_pairing", [{}, {"structure": "butterfly", "depth": 2}])
+@pytest.mark.parametrize("other_pairing", [{}, {"structure": "butterfly", "depth": 2}, {"pairing": "random"}])
 def test_per_sample_adapters_match_separate_runs(other_pairing):
     base = make_mlp()
     model = two_adapter_model(**other_pairing)
