@@ -15,7 +15,6 @@ from typing import Optional
 import torch
 
 from .backends import backend_for
-from .pairing import GivensError
 from .blocks import (
     blocks_of,
     check_params,
@@ -26,6 +25,7 @@ from .blocks import (
     invertible_scale,
     transpose_blocks,
 )
+from .pairing import GivensError
 
 
 @torch.library.custom_op("goft::rotate_rows", mutates_args=())

@@ -278,7 +278,7 @@ def order_from_plane_scores(scores) -> list[int]:
             best[min(flat // d, flat % d)] = max(flat // d, flat % d)
         left = index[mutual]
         right = best[mutual]
-        found += zip(weight[left, right].tolist(), left.tolist(), right.tolist())
+        found += zip(weight[left, right].tolist(), left.tolist(), right.tolist(), strict=True)
         for members in (left, right):
             taken[members] = True
             weight[members, :] = -2.0  # below the diagonal's -1: a taken coordinate is never anyone's best

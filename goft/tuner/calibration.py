@@ -10,9 +10,9 @@ heaviest planes on the structure's first level (see :mod:`goft.ops.pairing` for 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn

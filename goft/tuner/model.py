@@ -172,7 +172,9 @@ def _check_loaded_shapes(
             try:
                 givens.check_order(value, value.shape[0])
             except givens.GivensError as err:
-                raise AdapterFileError(f"layer {layer!r}: the checkpoint's {kind} is not a coordinate order: {err}")
+                raise AdapterFileError(
+                    f"layer {layer!r}: the checkpoint's {kind} is not a coordinate order: {err}"
+                ) from None
     present = {k if k in expected else f"base_model.model.{k}" for k in state_dict}
     absent = sorted(k for k in expected if k.endswith(f".{adapter_name}") and k not in present)
     if absent:

@@ -62,7 +62,8 @@ def test_scores_are_the_angle_gradients_of_the_first_level():
     for name, d in (("lin0", 12), ("lin1", 7)):
         theta = layer(model, name).goft_theta["default"]
         (grad,) = torch.autograd.grad(total, theta, retain_graph=True)
-        level_one = torch.tensor([scores[layer(model, name)][2 * k, 2 * k + 1].item() for k in range(d // 2)], dtype=torch.float64)
+        score = scores[layer(model, name)]
+        level_one = torch.tensor([score[2 * k, 2 * k + 1].item() for k in range(d // 2)], dtype=torch.float64)
         assert torch.allclose(grad[: d // 2], level_one, atol=1e-12, rtol=1e-9)
         assert scores[layer(model, name)].abs().max() > 1e-3  # not vacuous
         assert torch.allclose(scores[layer(model, name)], -scores[layer(model, name)].T)
@@ -156,6 +157,7 @@ def test_random_pairings_differ_by_layer_and_repeat_by_seed():
         torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)),
         GOFTConfig(target_modules=["0", "1"], pairing="random"),
     )
-    assert small.base_model.model[0].goft_order["default"].tolist() != small.base_model.model[1].goft_order[
-        "default"
-    ].tolist()
+    assert (
+        small.base_model.model[0].goft_order["default"].tolist()
+        != small.base_model.model[1].goft_order["default"].tolist()
+    )
