@@ -39,6 +39,7 @@ LAYER_METHODS = (
     "goft_butterfly",
     "qgoft_butterfly",
     "goft_tree_depth2",
+    "goft_random",  # any pairing other than "index" costs the same: two gathers of the input and their gradients
     "lora_r8",
     "oft",
     "boft",

@@ -28,6 +28,16 @@ from .blocks import (
 from .pairing import GivensError
 
 
+def _to_order(rows: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
+    """(N, d) rows with position k holding coordinate ``order[k]`` (``x @ Q``; see :mod:`goft.ops.pairing`)."""
+    return rows if order is None else rows.index_select(-1, order)
+
+
+def _from_order(rows: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
+    """The inverse of :func:`_to_order` (``z @ Q^T``): coordinate ``order[k]`` gets position k back."""
+    return rows if order is None else rows.index_select(-1, torch.argsort(order))
+
+
 @torch.library.custom_op("goft::rotate_rows", mutates_args=())
 def rotate_rows_op(
     rows: torch.Tensor,
@@ -36,18 +46,22 @@ def rotate_rows_op(
     top_first: bool,
     structure: str,
     depth: int,
+    order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """A new (N, d) tensor in ``rows``' dtype: every row right-multiplied by all level matrices of the ``structure``
     pairing stacked ``depth`` times (P_M first when ``top_first``), then by ``diag(scale)``.  ``params`` are the
     blocks, as angles (n,) (strict: the backends turn them into rotations themselves, and may invert a level by
     transposition) or as (n, 2, 2) matrices; they and ``scale`` (d,) are in the compute dtype, in which the backend
-    computes.  Differentiable for ``top_first=True`` (the layer's direction) only."""
+    computes.  With an ``order``, the rows are gathered into it first and scattered back after (``Q R Q^T``), inside
+    the operator, so that autograd keeps the rows as given rather than a gathered copy.  Differentiable for
+    ``top_first=True`` (the layer's direction) only."""
     backend = backend_for(rows, params.dtype)
-    return backend.rotate_rows(rows, params, scale, top_first, structure, depth).to(rows.dtype)
+    rotated = backend.rotate_rows(_to_order(rows, order), params, scale, top_first, structure, depth)
+    return _from_order(rotated, order).to(rows.dtype)
 
 
 @rotate_rows_op.register_fake
-def _(rows, params, scale, top_first, structure, depth):
+def _(rows, params, scale, top_first, structure, depth, order=None):
     return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
@@ -61,23 +75,35 @@ def rotate_rows_backward_op(
     need_scale: bool,
     structure: str,
     depth: int,
+    order: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of ``rotate_rows_op(rows, params, scale, True, structure, depth)`` for the output gradient
+    """The backward of ``rotate_rows_op(rows, params, scale, True, structure, depth, order)`` for the output gradient
     ``grad``: (grad_rows in ``rows``' dtype, grad_params like ``params``, grad_scale like ``scale``); a gradient not
     asked for (or of an absent scale) is an empty (0,) tensor.  Recomputes the level inputs from ``rows``: nothing
-    but the layer input and the parameters is kept between forward and backward."""
+    but the layer input and the parameters is kept between forward and backward.  With an ``order``, the rows and
+    the gradient are gathered into it and the rows' gradient scattered back (a permutation's transpose is its
+    inverse)."""
     grad_rows, grad_params, grad_scale = backend_for(rows, params.dtype).rotate_rows_backward(
-        rows, grad, params, scale, need_params, need_scale and scale is not None, structure, depth
+        _to_order(rows, order),
+        _to_order(grad, order),
+        params,
+        scale,
+        need_params,
+        need_scale and scale is not None,
+        structure,
+        depth,
     )
     return (
-        grad_rows.to(rows.dtype),  # outputs may not alias one another: each absent gradient is its own empty
+        _from_order(grad_rows, order).to(
+            rows.dtype
+        ),  # outputs may not alias one another: each absent gradient is its own empty
         params.new_empty(0) if grad_params is None else grad_params.to(params.dtype),
         params.new_empty(0) if grad_scale is None else grad_scale.to(params.dtype),
     )
 
 
 @rotate_rows_backward_op.register_fake
-def _(rows, grad, params, scale, need_params, need_scale, structure, depth):
+def _(rows, grad, params, scale, need_params, need_scale, structure, depth, order=None):
     return (
         torch.empty_like(rows, memory_format=torch.contiguous_format),
         torch.empty_like(params) if need_params else params.new_empty(0),
@@ -86,22 +112,23 @@ def _(rows, grad, params, scale, need_params, need_scale, structure, depth):
 
 
 def _save_rotate_inputs(ctx, inputs, output):
-    rows, params, scale, top_first, ctx.structure, ctx.depth = inputs
+    rows, params, scale, top_first, ctx.structure, ctx.depth, order = inputs
     if not top_first:
         raise RuntimeError("goft::rotate_rows is differentiable only with top_first=True")
-    ctx.save_for_backward(rows, params, scale)
+    ctx.save_for_backward(rows, params, scale, order)
 
 
 def _rotate_rows_backward(ctx, grad_out):
-    rows, params, scale = ctx.saved_tensors
+    rows, params, scale, order = ctx.saved_tensors
     need_rows, need_params, need_scale = ctx.needs_input_grad[:3]
     grad_rows, grad_params, grad_scale = rotate_rows_backward_op(
-        rows, grad_out, params, scale, need_params, need_scale, ctx.structure, ctx.depth
+        rows, grad_out, params, scale, need_params, need_scale, ctx.structure, ctx.depth, order
     )
     return (
         grad_rows if need_rows else None,
         grad_params if need_params else None,
         grad_scale if need_scale else None,
+        None,
         None,
         None,
         None,
@@ -131,16 +158,6 @@ def _checked(
     return d, compute_dtype(rows, params, scale)
 
 
-def _to_order(rows: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
-    """(N, d) rows with position k holding coordinate ``order[k]`` (``x @ Q``; see :mod:`goft.ops.pairing`)."""
-    return rows if order is None else rows.index_select(-1, order)
-
-
-def _from_order(rows: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
-    """The inverse of :func:`_to_order` (``z @ Q^T``): coordinate ``order[k]`` gets position k back."""
-    return rows if order is None else rows.index_select(-1, torch.argsort(order))
-
-
 def rotate(
     x: torch.Tensor,
     params: torch.Tensor,
@@ -168,8 +185,7 @@ def rotate(
     scale = None if scale is None else scale.to(dtype)
     # the params go in as they are (angles or blocks): the backends form the rotations, so that autograd needs no
     # separate kernels for cos, sin and their gradients
-    rows = rotate_rows_op(_to_order(x.reshape(-1, d), order), params.to(dtype), scale, True, structure, depth)
-    return _from_order(rows, order).reshape(x.shape)
+    return rotate_rows_op(x.reshape(-1, d), params.to(dtype), scale, True, structure, depth, order).reshape(x.shape)
 
 
 @torch.no_grad()

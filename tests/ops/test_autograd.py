@@ -43,9 +43,12 @@ def test_gradients_match_autograd_through_dense_R(kernel):
             assert torch.allclose(s1.grad, s2.grad, atol=1e-10, rtol=1e-10), name
 
 
-def test_backward_saves_only_the_input_and_parameters(kernel):
-    """The performance model: no per-level activations are kept between forward and backward."""
+@pytest.mark.parametrize("ordered", [False, True])
+def test_backward_saves_only_the_input_and_parameters(kernel, ordered):
+    """The performance model: no per-level activations are kept between forward and backward, and a coordinate
+    order keeps no gathered copy of the input either."""
     d, n = 64, 32
+    order = torch.tensor(givens.random_order(d, 0)) if ordered else None
     x = torch.randn(n, d, requires_grad=True)
     params = random_quasi(d, torch.float32).requires_grad_()
     scale = random_scale(d, torch.float32).requires_grad_()
@@ -56,7 +59,7 @@ def test_backward_saves_only_the_input_and_parameters(kernel):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        givens.rotate(x, params, scale)
+        givens.rotate(x, params, scale, order=order)
     activation_sized = [t for t in saved if t.numel() >= n * d]
     assert len(activation_sized) == 1  # x itself, seen as (N, d) rows: a view, no new memory
     assert activation_sized[0].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
