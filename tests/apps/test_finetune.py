@@ -40,6 +40,23 @@ def test_a_butterfly_run_saves_its_pairing_and_counts_its_blocks(toy_config, tmp
     assert metrics["adapter_params"] == 4 * per(16) + per(16) + per(24) + per(16)
 
 
+def test_a_task_pairing_run_calibrates_on_training_batches_and_keeps_its_order(toy_config, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    metrics = finetune(toy_config(method="goft", pairing="task", calibration_batches=2, epochs=1, output=str(out)))
+    assert metrics["calibration"]["batches"] == 2 and metrics["calibration"]["seconds"] > 0
+    assert metrics["method_label"] == "goft (task pairing)"
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["pairing"] == "task"
+    orders = {k: v for k, v in load_file(out / "adapter" / "adapter_model.safetensors").items() if "goft_order" in k}
+    assert len(orders) == 7 and all(sorted(v.tolist()) == list(range(v.numel())) for v in orders.values())
+    # the checkpoint keeps the order too, so that --resume continues with the pairing it started with
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    kept = {k.replace(".default", "").removeprefix("base_model.model."): v for k, v in checkpoint.items()}
+    assert all(torch.equal(kept[k.removeprefix("base_model.model.")], v) for k, v in orders.items())
+    assert finetune(toy_config(method="goft", epochs=1))["calibration"] is None
+
+
 def test_head_only_trains_only_the_classifier(toy_config):
     metrics = finetune(toy_config(method="head", epochs=1))
     assert metrics["trainable_params"] == 16 * 2 + 2 and metrics["adapter_params"] == 0
@@ -59,6 +76,10 @@ def test_bad_finetune_options_are_refused():
         FinetuneConfig(depth=0)
     with pytest.raises(OptionError, match=r"^structure shapes GOFT's rotation \(--method goft or qgoft\), not lora"):
         FinetuneConfig(method="lora", structure="butterfly")
+    with pytest.raises(OptionError, match=r"^pairing shapes GOFT's rotation \(--method goft or qgoft\), not oft"):
+        FinetuneConfig(method="oft", pairing="task")
+    with pytest.raises(OptionError, match="^pairing must be one of index, random, task, got 'data'"):
+        FinetuneConfig(pairing="data")
     for bad in ("gpu", "tpu:0", "cpu:1", ""):
         with pytest.raises(OptionError, match=f"^device must be one of cpu, cuda, cuda:N, got {bad!r}"):
             FinetuneConfig(device=bad)
