@@ -112,7 +112,8 @@ def _add_finetune_parser(sub) -> None:
         "writes OUTPUT/metrics.json, the adapter and curve.png.",
         formatter_class=ShowDefaults,
     )
-    # (finetune only, with --structure and --depth: compare's rows are keyed by method name, see its registry rows)
+    # (finetune only, with --structure, --depth and --pairing: compare's rows are keyed by method name, see its
+    # registry rows; compare's task-pairing runs calibrate on --calibration-batches' default)
     add_config_options(
         p,
         FinetuneConfig,
@@ -121,6 +122,8 @@ def _add_finetune_parser(sub) -> None:
             *TRAINING_FIELDS,
             "structure",
             "depth",
+            "pairing",
+            "calibration_batches",
             "orth_reg_weight",
             "lora_r",
             "seed",
