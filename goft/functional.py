@@ -5,7 +5,7 @@ The convention (pairings, parameter order, ``R = P_M ⋯ P_1``, what the method 
 applications import this module as ``givens`` (``from goft import functional as givens``).
 """
 
-from .ops.autograd import merge_weight, rotate, rotate_inverse, unmerge_weight
+from .ops.autograd import merge_weight, rotate, rotate_inverse, rotate_mixed, unmerge_weight
 from .ops.backends import kernel_choice
 from .ops.blocks import angles_to_blocks, block_orthogonality_penalty
 from .ops.pairing import (
@@ -43,6 +43,7 @@ __all__ = [
     "random_order",
     "rotate",
     "rotate_inverse",
+    "rotate_mixed",
     "rotation_matrix",
     "unmerge_weight",
 ]

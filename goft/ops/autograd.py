@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from . import reference
 from .backends import backend_for
 from .blocks import (
     blocks_of,
@@ -257,3 +258,63 @@ def unmerge_weight(
     buf = _to_order(weight.reshape(-1, d).to(dtype), order)
     out = rotate_rows_op(buf, transpose_blocks(inverse), inv_scale, True, structure, depth)
     return _from_order(out, order).reshape(weight.shape).to(weight.dtype)
+
+
+@torch.library.custom_op("goft::rotate_rows_mixed", mutates_args=())
+def rotate_rows_mixed_op(
+    rows: torch.Tensor,
+    params: torch.Tensor,
+    scales: Optional[torch.Tensor],
+    row_adapter: torch.Tensor,
+    orders: Optional[torch.Tensor],
+    structure: str,
+    depth: int,
+) -> torch.Tensor:
+    """Forward only: a new (N, d) tensor in ``rows``' dtype, row n rotated by adapter ``row_adapter[n]`` (-1: the
+    row unchanged) of the stacked ``params`` (A, n) or (A, n, 2, 2), ``scales`` (A, d), ``orders`` (A, d)."""
+    backend = backend_for(rows, params.dtype)
+    mixed = getattr(backend, "rotate_rows_mixed", reference.rotate_rows_mixed)  # a backend without it: per adapter
+    return mixed(rows, params, scales, row_adapter, orders, structure, depth).to(rows.dtype)
+
+
+@rotate_rows_mixed_op.register_fake
+def _(rows, params, scales, row_adapter, orders, structure, depth):
+    return torch.empty_like(rows, memory_format=torch.contiguous_format)
+
+
+@torch.no_grad()
+def rotate_mixed(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    row_adapter: torch.Tensor,
+    *,
+    structure: str = "tree",
+    depth: int = 1,
+    order: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Several adapters in one pass (inference): row n of ``x`` (..., d), flattened to (N, d), is rotated by
+    adapter ``row_adapter[n]`` of stacks of A adapters that share one pairing, or left as it is where the index
+    is -1 (the base model).
+
+    Args:
+        params: (A, n) angles or (A, n, 2, 2) blocks, one adapter per leading index.
+        scale: None, or (A, d): every adapter's GOFT* scale.
+        row_adapter: (N,) int64 in ``-1 … A-1``.  Runs of consecutive rows with one adapter are processed
+            together (each run in tiles), so a batch whose sequences each keep one adapter needs no sorting.
+        order: None, or (A, d) int64: every adapter's coordinate order.
+
+    Row n of the result equals ``rotate(x_n, params[a], scale[a], order=order[a])`` for ``a = row_adapter[n]``.
+    Not differentiable (serving many adapters is inference).
+    """
+    if params.dim() not in (2, 4):
+        raise GivensError(f"params must be stacked (A, n) angles or (A, n, 2, 2) blocks, got {tuple(params.shape)}")
+    d, dtype = _checked(x, "x", params[0], None if scale is None else scale[0], structure, depth, None)
+    rows = x.reshape(-1, d)
+    if tuple(row_adapter.shape) != (rows.shape[0],):
+        raise GivensError(f"row_adapter must have one entry per row ({rows.shape[0]}), got {tuple(row_adapter.shape)}")
+    if order is not None and (tuple(order.shape) != (params.shape[0], d) or order.dtype != torch.int64):
+        raise GivensError(f"order must be ({params.shape[0]}, {d}) int64, got {tuple(order.shape)} {order.dtype}")
+    scale = None if scale is None else scale.to(dtype)
+    out = rotate_rows_mixed_op(rows, params.to(dtype), scale, row_adapter.to(torch.int64), order, structure, depth)
+    return out.reshape(x.shape)

@@ -179,6 +179,38 @@ if AVAILABLE:
                 _store_tile(g, grad_x, n0, rows)
         return part_blocks, part_scale
 
+    @njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    def _rotate_tiles_mixed(x, y, blocks, scales, has_scale, orders, has_order, left, right, bounds, tiles, tile):
+        """Mixed adapters, forward only: ``tiles`` (T, 3) lists (first row, rows, adapter) of row tiles that each
+        lie inside one adapter's rows; tile k computes ``y[rows] = x[rows] @ R_adapter`` with that adapter's
+        ``blocks[adapter]`` (n, 4), ``scales[adapter]`` (d,) and coordinate order ``orders[adapter]`` (d,) (see
+        :mod:`goft.ops.pairing`: position t holds coordinate ``order[t]``).  Rows of no tile are not written.
+        """  # pragma: no cover - compiled
+        d = x.shape[1]
+        n_levels = bounds.shape[0] - 1
+        for k in prange(tiles.shape[0]):
+            n0, rows, adapter = tiles[k, 0], tiles[k, 1], tiles[k, 2]
+            buf = np.zeros((d, tile), dtype=x.dtype)
+            order = orders[adapter]
+            for t in range(d):
+                source = order[t] if has_order else t
+                for r in range(rows):
+                    buf[t, r] = x[n0 + r, source]
+            no_save = np.empty((0, tile), dtype=x.dtype)
+            adapter_blocks = blocks[adapter]
+            for li in range(n_levels):
+                lev = n_levels - 1 - li
+                _apply_level(buf, adapter_blocks, left, right, bounds[lev], bounds[lev + 1], no_save, False)
+            if has_scale:
+                scale = scales[adapter]
+                for t in range(d):
+                    for r in range(tile):
+                        buf[t, r] *= scale[t]
+            for t in range(d):
+                target = order[t] if has_order else t
+                for r in range(rows):
+                    y[n0 + r, target] = buf[t, r]
+
 
 # Fixed number of row chunks for the backward's partial sums: results do not depend on the thread count.
 BACKWARD_CHUNKS = 16
@@ -255,3 +287,51 @@ def rotate_rows_backward(
         grad_params = gradient_for(params, torch.from_numpy(part_blocks.sum(0)).reshape(blocks.shape).to(dtype))
     grad_scale = torch.from_numpy(part_scale.sum(0)).to(dtype) if (need_scale and scale is not None) else None
     return grad_rows, grad_params, grad_scale
+
+
+def adapter_tiles(row_adapter: torch.Tensor, tile: int = TILE) -> np.ndarray:
+    """(T, 3) int64 (first row, rows, adapter) covering every row whose adapter is >= 0: each run of consecutive
+    rows with one adapter is cut into tiles of at most ``tile`` rows (rows with -1, the base, are in no tile)."""
+    ids = row_adapter.cpu().numpy().astype(np.int64)
+    if ids.size == 0:
+        return np.empty((0, 3), dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    lengths = np.diff(np.r_[starts, ids.size])
+    keep = ids[starts] >= 0
+    starts, lengths, adapters = starts[keep], lengths[keep], ids[starts][keep]
+    pieces = (lengths + tile - 1) // tile
+    run = np.repeat(np.arange(starts.size), pieces)
+    offset = (np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * tile
+    first = starts[run] + offset
+    rows = np.minimum(tile, lengths[run] - offset)
+    return np.stack([first, rows, adapters[run]], axis=1).astype(np.int64)
+
+
+def rotate_rows_mixed(
+    rows: torch.Tensor,
+    params: torch.Tensor,
+    scales: Optional[torch.Tensor],
+    row_adapter: torch.Tensor,
+    orders: Optional[torch.Tensor],
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
+    blocks = blocks_of(params.reshape(-1, *params.shape[2:])).reshape(params.shape[0], -1, 4)
+    dtype = blocks.dtype
+    rows = rows.to(dtype).contiguous()
+    out = rows.clone()  # the base's rows (-1) stay as they are
+    n_adapters = params.shape[0]
+    no_orders = torch.zeros(n_adapters, 1, dtype=torch.long)  # indexed by adapter, never read
+    _rotate_tiles_mixed(
+        _as_numpy(rows, dtype),
+        out.numpy(),
+        np.ascontiguousarray(blocks.detach().numpy()),
+        _as_numpy(scales if scales is not None else torch.ones(n_adapters, 1), dtype),
+        scales is not None,
+        (orders if orders is not None else no_orders).contiguous().numpy(),
+        orders is not None,
+        *_pairing_arrays(rows.shape[-1], structure, depth),
+        adapter_tiles(row_adapter),
+        TILE,
+    )
+    return out

@@ -136,6 +136,32 @@ def rotate_rows_backward(
     return grad, None if grad_blocks is None else gradient_for(params, grad_blocks), grad_scale
 
 
+@torch.no_grad()
+def rotate_rows_mixed(
+    rows: torch.Tensor,
+    params: torch.Tensor,
+    scales: Optional[torch.Tensor],
+    row_adapter: torch.Tensor,
+    orders: Optional[torch.Tensor],
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
+    """Forward only: row n rotated by adapter ``row_adapter[n]`` of the stacks ``params`` (A, n[, 2, 2]), ``scales``
+    (A, d) and ``orders`` (A, d); -1 leaves the row as it is.  One gather, rotation and scatter per adapter present."""
+    out = rows.to(params.dtype).clone()
+    for adapter in torch.unique(row_adapter[row_adapter >= 0]).tolist():
+        index = torch.nonzero(row_adapter == adapter).squeeze(1)
+        chosen = out.index_select(0, index)
+        if orders is not None:
+            chosen = chosen.index_select(1, orders[adapter])
+        scale = None if scales is None else scales[adapter]
+        chosen = rotate_rows(chosen, params[adapter], scale, True, structure, depth)
+        if orders is not None:
+            chosen = chosen.index_select(1, torch.argsort(orders[adapter]))
+        out.index_copy_(0, index, chosen)
+    return out
+
+
 def rotation_matrix(
     params: torch.Tensor,
     d: int,

@@ -232,16 +232,8 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
     def rotate_input(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``x @ R`` over the input features (a convolution's channels, wherever they are)."""
         params, scale = self.rotation_params(adapter_name), self.rotation_scale(adapter_name)
-        pairing = self.pairing_of(adapter_name)
-        if not self.spatial_dims:
-            return givens.rotate(x, params, scale, **pairing)
-        channel_dim = x.dim() - self.spatial_dims - 1  # 1 for (N, C, *spatial), 0 for unbatched (C, *spatial)
-        rotated = givens.rotate(x.movedim(channel_dim, -1), params, scale, **pairing).movedim(-1, channel_dim)
-        # The rotation runs on channels-last rows, so ``rotated`` is laid out channels-last.  Hand the base layer the
-        # layout it was given: a channels-first input gets its layout back (else the convolution would take another
-        # algorithm, and an adapter at init would not give the base's output bit for bit); a channels-last input
-        # keeps the rotation's output as it is, with no copy.
-        return rotated.contiguous() if x.is_contiguous() else rotated
+        rotated = givens.rotate(self._features_last(x), params, scale, **self.pairing_of(adapter_name))
+        return self._features_back(rotated, x)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Forward
@@ -264,20 +256,60 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         return self.base_layer(x, *args, **kwargs)
 
     def _rotate_per_sample(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
-        """Rotate sample ``i`` of the batch (dim 0) by adapter ``adapter_names[i]`` (``"__base__"``: unchanged)."""
+        """Rotate sample ``i`` of the batch (dim 0) by adapter ``adapter_names[i]`` (``"__base__"``: unchanged).
+
+        Adapters that share a pairing and a form (angles or blocks, with or without scale and order) run in one
+        pass: their parameters stacked, an adapter index per row (:func:`goft.functional.rotate_mixed`); adapters
+        of different forms take one pass per form.
+        """
         if self.merged:
             raise ValueError("adapter_names cannot be passed to forward while adapters are merged; unmerge first")
         if len(adapter_names) != x.shape[0]:
             raise ValueError(f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} samples")
-        out = x
-        for name in sorted(set(adapter_names)):
-            if name == BASE_ADAPTER_NAME or not self.has_adapter(name):
-                continue
-            rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name], device=x.device)
-            if out is x:
-                out = x.clone()
-            out[rows] = self.rotate_input(x[rows], name)
-        return out
+        present = [n for n in dict.fromkeys(adapter_names) if n != BASE_ADAPTER_NAME and self.has_adapter(n)]
+        forms: dict[tuple, list[str]] = {}
+        for name in present:
+            pairing = self.goft_pairing[name]
+            form = (pairing["structure"], pairing["depth"], name in self.goft_blocks, name in self.goft_scale)
+            forms.setdefault((*form, name in self.goft_order), []).append(name)
+        if not forms:
+            return x
+        channels_last = self._features_last(x)
+        rows_per_sample = channels_last[0].numel() // self.in_features if x.shape[0] else 0
+        out = channels_last
+        for names in forms.values():
+            index = {name: k for k, name in enumerate(names)}
+            sample_adapter = torch.tensor([index.get(n, -1) for n in adapter_names], device=x.device)
+            scales = [self.rotation_scale(n) for n in names]
+            orders = [self.rotation_order(n) for n in names]
+            out = givens.rotate_mixed(
+                out,
+                torch.stack([self.rotation_params(n) for n in names]),
+                None if scales[0] is None else torch.stack(scales),
+                sample_adapter.repeat_interleave(rows_per_sample),
+                structure=self.goft_pairing[names[0]]["structure"],
+                depth=self.goft_pairing[names[0]]["depth"],
+                order=None if orders[0] is None else torch.stack(orders),
+            )
+        return self._features_back(out, x)
+
+    def _features_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the rotated features on the last axis: itself for a linear layer, a convolution's channels
+        moved last (a view)."""
+        if not self.spatial_dims:
+            return x
+        return x.movedim(x.dim() - self.spatial_dims - 1, -1)  # channels: 1 of (N, C, *spatial), 0 unbatched
+
+    def _features_back(self, rotated: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`_features_last` for a result computed from ``x``."""
+        if not self.spatial_dims:
+            return rotated
+        rotated = rotated.movedim(-1, x.dim() - self.spatial_dims - 1)
+        # The rotation runs on channels-last rows, so ``rotated`` is laid out channels-last.  Hand the base layer the
+        # layout it was given: a channels-first input gets its layout back (else the convolution would take another
+        # algorithm, and an adapter at init would not give the base's output bit for bit); a channels-last input
+        # keeps the rotation's output as it is, with no copy.
+        return rotated.contiguous() if x.is_contiguous() else rotated
 
     # ---------------------------------------------------------------------------------------------------------------
     # Merge / unmerge: explicit, idempotent, all-or-nothing

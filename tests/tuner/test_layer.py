@@ -131,3 +131,25 @@ def test_an_adapter_at_init_gives_the_base_output_bit_for_bit_in_either_layout(d
     assert torch.equal(model(x), want)
     rotated = layer.rotate_input(x, "default")
     assert rotated.stride() == x.stride() and torch.equal(rotated, x)  # the input's layout, and R = I exactly
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_mixed_batch_of_convolution_adapters_equals_each_alone(dims, channels_last):
+    conv = CONVS[dims](6, 4, kernel_size=3, padding=1)
+    model = get_peft_model(OneConv(conv), GOFTConfig(target_modules=["conv"], init_weights=False))
+    model.add_adapter("other", GOFTConfig(target_modules=["conv"], init_weights=False, scaling=True))
+    model.eval()
+    x = torch.randn(3, 6, *([5] * dims))
+    if channels_last and dims == 2:
+        x = x.to(memory_format=torch.channels_last)
+    names = ["other", "__base__", "default"]
+    mixed = model(x, adapter_names=names)
+    alone = {}
+    for name in ("default", "other"):
+        model.set_adapter(name)
+        alone[name] = model(x)
+    with model.disable_adapter():
+        alone["__base__"] = model(x)
+    want = torch.stack([alone[name][i] for i, name in enumerate(names)])
+    assert torch.allclose(mixed, want, atol=1e-6, rtol=0)

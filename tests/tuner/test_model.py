@@ -383,3 +383,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
+
+
+def test_generate_with_one_adapter_per_prompt_equals_each_alone(tiny_llama):
+    model = adapted_llama(tiny_llama).eval()
+    model.add_adapter("other", goft.GOFTConfig(target_modules=["q_proj", "v_proj"], init_weights=False, quasi=True))
+    prompts = torch.cat([PROMPTS, PROMPTS])
+    names = ["default", "other", "__base__", "default"]
+    mixed = model.generate(input_ids=prompts, max_new_tokens=6, do_sample=False, adapter_names=names)
+    alone = {}
+    for name in ("default", "other"):
+        model.set_adapter(name)
+        alone[name] = model.generate(input_ids=prompts, max_new_tokens=6, do_sample=False)
+    with model.disable_adapter():
+        alone["__base__"] = model.generate(input_ids=prompts, max_new_tokens=6, do_sample=False)
+    assert torch.equal(mixed, torch.stack([alone[name][i] for i, name in enumerate(names)]))
+    assert not torch.equal(alone["default"], alone["other"])  # the adapters differ: the check is not vacuous

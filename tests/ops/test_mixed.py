@@ -1,0 +1,82 @@
+"""Mixed-adapter batches (goft.functional.rotate_mixed): every row equals its own adapter run alone, base rows are
+untouched bit for bit, under both CPU kernels, for every form of adapter and awkward run lengths."""
+
+import numpy as np
+import pytest
+import torch
+from rotations import SIZES, use_kernel
+
+from goft import functional as givens
+from goft.ops import cpu_numba
+
+RUNS = [(0, 40), (3, 7), (-1, 5), (1, 33), (0, 2), (4, 1), (-1, 3), (2, 64)]  # (adapter, rows): awkward lengths
+
+
+def stacks(d, adapters, quasi, scaled, ordered, structure="tree", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = givens.num_blocks(d, structure)
+    theta = (torch.rand(adapters, n, generator=g) * 2 - 1) * 3
+    params = givens.angles_to_blocks(theta) + 0.1 * torch.randn(adapters, n, 2, 2, generator=g) if quasi else theta
+    scale = 0.5 + torch.rand(adapters, d, generator=g) if scaled else None
+    order = torch.stack([torch.tensor(givens.random_order(d, k)) for k in range(adapters)]) if ordered else None
+    return params, scale, order
+
+
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("quasi", [False, True])
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_each_row_equals_its_adapter_alone(kernel, d, quasi, scaled, ordered):
+    params, scale, order = stacks(d, 5, quasi, scaled, ordered, seed=d)
+    row_adapter = torch.tensor([a for a, rows in RUNS for _ in range(rows)])
+    x = torch.randn(len(row_adapter), d, generator=torch.Generator().manual_seed(1))
+    with use_kernel(kernel):
+        mixed = givens.rotate_mixed(x, params, scale, row_adapter, order=order)
+        for adapter in range(5):
+            rows = row_adapter == adapter
+            alone = givens.rotate(
+                x[rows],
+                params[adapter],
+                None if scale is None else scale[adapter],
+                order=None if order is None else order[adapter],
+            )
+            assert torch.allclose(mixed[rows], alone, atol=4e-6, rtol=0), adapter
+    assert torch.equal(mixed[row_adapter == -1], x[row_adapter == -1])
+
+
+@pytest.mark.parametrize("structure", ["butterfly"])
+def test_other_structures_and_leading_shapes(kernel, structure):
+    params, scale, _ = stacks(12, 3, False, True, False, structure)
+    x = torch.randn(4, 5, 12)
+    row_adapter = torch.tensor([2] * 5 + [-1] * 5 + [0] * 5 + [2] * 5)
+    with use_kernel(kernel):
+        mixed = givens.rotate_mixed(x, params, scale, row_adapter, structure=structure)
+        want = torch.stack(
+            [x[0] @ givens.rotation_matrix(params[2], 12, scale[2], structure).float(), x[1]]
+            + [x[2] @ givens.rotation_matrix(params[0], 12, scale[0], structure).float()]
+            + [x[3] @ givens.rotation_matrix(params[2], 12, scale[2], structure).float()]
+        )
+    assert mixed.shape == x.shape and torch.allclose(mixed, want, atol=1e-5, rtol=0)
+
+
+def test_tiles_cover_every_adapted_row_once_within_one_run():
+    row_adapter = torch.tensor([a for a, rows in RUNS for _ in range(rows)])
+    tiles = cpu_numba.adapter_tiles(row_adapter, tile=32)
+    covered = np.full(len(row_adapter), -1)
+    for first, rows, adapter in tiles.tolist():
+        assert 1 <= rows <= 32 and (covered[first : first + rows] == -1).all()
+        covered[first : first + rows] = adapter
+    assert covered.tolist() == row_adapter.tolist()
+    assert cpu_numba.adapter_tiles(torch.full((7,), -1)).shape == (0, 3)
+    assert cpu_numba.adapter_tiles(torch.zeros(0, dtype=torch.long)).shape == (0, 3)
+
+
+def test_bad_stacks_are_refused():
+    with pytest.raises(givens.GivensError, match="stacked"):
+        givens.rotate_mixed(torch.randn(2, 4), torch.zeros(3), None, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(givens.GivensError, match="one entry per row"):
+        givens.rotate_mixed(torch.randn(2, 4), torch.zeros(1, 3), None, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(givens.GivensError, match=r"order must be \(1, 4\)"):
+        givens.rotate_mixed(
+            torch.randn(2, 4), torch.zeros(1, 3), None, torch.zeros(2, dtype=torch.long), order=torch.arange(4)
+        )
