@@ -190,13 +190,15 @@ if AVAILABLE:
         n_levels = bounds.shape[0] - 1
         for k in prange(tiles.shape[0]):
             n0, rows, adapter = tiles[k, 0], tiles[k, 1], tiles[k, 2]
-            buf = np.zeros((d, tile), dtype=x.dtype)
+            # as wide as the tile's rows: a decode step's tiles are often one row each, and lanes past the rows
+            # would be computed for nothing
+            buf = np.empty((d, rows), dtype=x.dtype)
             order = orders[adapter]
             for t in range(d):
                 source = order[t] if has_order else t
                 for r in range(rows):
                     buf[t, r] = x[n0 + r, source]
-            no_save = np.empty((0, tile), dtype=x.dtype)
+            no_save = np.empty((0, rows), dtype=x.dtype)
             adapter_blocks = blocks[adapter]
             for li in range(n_levels):
                 lev = n_levels - 1 - li
@@ -204,7 +206,7 @@ if AVAILABLE:
             if has_scale:
                 scale = scales[adapter]
                 for t in range(d):
-                    for r in range(tile):
+                    for r in range(rows):
                         buf[t, r] *= scale[t]
             for t in range(d):
                 target = order[t] if has_order else t
@@ -289,10 +291,23 @@ def rotate_rows_backward(
     return grad_rows, grad_params, grad_scale
 
 
+_TILES_KEPT = 16  # row layouts whose tiles are kept: every adapted layer of a model sees the same one per batch
+_tiles_cache: dict[tuple[bytes, int], np.ndarray] = {}
+
+
 def adapter_tiles(row_adapter: torch.Tensor, tile: int = TILE) -> np.ndarray:
     """(T, 3) int64 (first row, rows, adapter) covering every row whose adapter is >= 0: each run of consecutive
     rows with one adapter is cut into tiles of at most ``tile`` rows (rows with -1, the base, are in no tile)."""
     ids = row_adapter.cpu().numpy().astype(np.int64)
+    key = (ids.tobytes(), tile)
+    if key not in _tiles_cache:
+        if len(_tiles_cache) >= _TILES_KEPT:
+            _tiles_cache.pop(next(iter(_tiles_cache)))
+        _tiles_cache[key] = _tiles(ids, tile)
+    return _tiles_cache[key]
+
+
+def _tiles(ids: np.ndarray, tile: int) -> np.ndarray:
     if ids.size == 0:
         return np.empty((0, 3), dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])

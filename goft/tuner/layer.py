@@ -266,32 +266,70 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
             raise ValueError("adapter_names cannot be passed to forward while adapters are merged; unmerge first")
         if len(adapter_names) != x.shape[0]:
             raise ValueError(f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} samples")
-        present = [n for n in dict.fromkeys(adapter_names) if n != BASE_ADAPTER_NAME and self.has_adapter(n)]
-        forms: dict[tuple, list[str]] = {}
-        for name in present:
-            pairing = self.goft_pairing[name]
-            form = (pairing["structure"], pairing["depth"], name in self.goft_blocks, name in self.goft_scale)
-            forms.setdefault((*form, name in self.goft_order), []).append(name)
-        if not forms:
-            return x
         channels_last = self._features_last(x)
         rows_per_sample = channels_last[0].numel() // self.in_features if x.shape[0] else 0
         out = channels_last
-        for names in forms.values():
-            index = {name: k for k, name in enumerate(names)}
-            sample_adapter = torch.tensor([index.get(n, -1) for n in adapter_names], device=x.device)
-            scales = [self.rotation_scale(n) for n in names]
-            orders = [self.rotation_order(n) for n in names]
-            out = givens.rotate_mixed(
-                out,
-                torch.stack([self.rotation_params(n) for n in names]),
-                None if scales[0] is None else torch.stack(scales),
-                sample_adapter.repeat_interleave(rows_per_sample),
-                structure=self.goft_pairing[names[0]]["structure"],
-                depth=self.goft_pairing[names[0]]["depth"],
-                order=None if orders[0] is None else torch.stack(orders),
-            )
+        for blocks, scales, orders, row_adapter, structure, depth in self._stacked_forms(
+            adapter_names, rows_per_sample, x.device
+        ):
+            out = givens.rotate_mixed(out, blocks, scales, row_adapter, structure=structure, depth=depth, order=orders)
         return self._features_back(out, x)
+
+    def _adapter_tensors(
+        self, names
+    ) -> list[tuple[str, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]:
+        """(name, params, scale or None, order or None) of each of ``names`` this layer has, looked up in the
+        containers' own dicts: a serving loop calls this for every layer and every batch."""
+        theta = self._modules["goft_theta"]._parameters
+        blocks = self._modules["goft_blocks"]._parameters
+        scales = self._modules["goft_scale"]._parameters
+        orders = self._modules["goft_order"]._buffers
+        found = []
+        for name in names:
+            params = theta.get(name, blocks.get(name))
+            if params is not None:
+                found.append((name, params, scales.get(name), orders.get(name)))
+        return found
+
+    @torch.no_grad()
+    def _stacked_forms(self, adapter_names: list[str], rows_per_sample: int, device: torch.device) -> list[tuple]:
+        """For each form of adapter in the batch: (blocks (A, n, 2, 2), scales (A, d) or None, orders (A, d) or
+        None, the row adapter index (N,), structure, depth).
+
+        Kept from one call to the next while the batch's names and the adapters' numbers stay the same (a serving
+        loop's decode steps): the cache holds the tensors it stacked (so none can be freed and another take its
+        place unseen) and their version counters, which any in-place change (an optimizer step, a hotswap, a
+        load) moves on."""
+        present = self._adapter_tensors(dict.fromkeys(n for n in adapter_names if n != BASE_ADAPTER_NAME))
+        tensors = [t for _, params, scale, order in present for t in (params, scale, order) if t is not None]
+        key = (tuple(adapter_names), rows_per_sample, device, tuple(t._version for t in tensors))
+        cached = None if torch.compiler.is_compiling() else self.__dict__.get("_mixed_cache")
+        if cached is not None and cached[0] == key and all(a is b for a, b in zip(cached[1], tensors, strict=True)):
+            return cached[2]
+        forms: dict[tuple, list] = {}
+        for entry in present:
+            name, params, scale, order = entry
+            self.rotation_order(name)  # checks a task pairing was calibrated
+            pairing = self.goft_pairing[name]
+            form = (pairing["structure"], pairing["depth"], params.dim(), scale is not None, order is not None)
+            forms.setdefault(form, []).append(entry)
+        stacked = []
+        for (structure, depth, *_), entries in forms.items():
+            index = {entry[0]: k for k, entry in enumerate(entries)}
+            sample_adapter = torch.tensor([index.get(n, -1) for n in adapter_names], device=device)
+            stacked.append(
+                (
+                    torch.stack([givens.angles_to_blocks(p) if p.dim() == 1 else p for _, p, _, _ in entries]),
+                    None if entries[0][2] is None else torch.stack([e[2] for e in entries]),
+                    None if entries[0][3] is None else torch.stack([e[3] for e in entries]),
+                    sample_adapter.repeat_interleave(rows_per_sample),
+                    structure,
+                    depth,
+                )
+            )
+        if not torch.compiler.is_compiling():
+            self.__dict__["_mixed_cache"] = (key, tensors, stacked)  # not a buffer: never saved, moved or cast
+        return stacked
 
     def _features_last(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the rotated features on the last axis: itself for a linear layer, a convolution's channels

@@ -399,3 +399,21 @@ def test_generate_with_one_adapter_per_prompt_equals_each_alone(tiny_llama):
         alone["__base__"] = model.generate(input_ids=prompts, max_new_tokens=6, do_sample=False)
     assert torch.equal(mixed, torch.stack([alone[name][i] for i, name in enumerate(names)]))
     assert not torch.equal(alone["default"], alone["other"])  # the adapters differ: the check is not vacuous
+
+
+def test_a_mixed_batch_sees_every_change_to_the_adapters_it_stacks():
+    model = two_adapter_model()
+    model.eval()
+    names = ["default", "other", "default", "__base__", "other", "default"]
+    before = model(X, adapter_names=names)
+    assert torch.equal(model(X, adapter_names=names), before)  # the stacked adapters are reused
+    with torch.no_grad():
+        model.base_model.model.lin0.goft_theta["other"].add_(0.3)  # in place, as a hotswap or an optimizer step
+    changed = model(X, adapter_names=names)
+    model.set_adapter("other")
+    assert torch.allclose(changed[[1, 4]], model(X)[[1, 4]], atol=1e-6, rtol=0)
+    assert not torch.allclose(changed[[1, 4]], before[[1, 4]])
+    model.delete_adapter("other")
+    model.add_adapter("other", GOFTConfig(target_modules=["lin0"], init_weights=False, scaling=True))
+    model.set_adapter("other")
+    assert torch.allclose(model(X, adapter_names=names)[[1, 4]], model(X)[[1, 4]], atol=1e-6, rtol=0)
