@@ -14,6 +14,7 @@ from ._version import installed_version
 from .functional import GivensError, SingularBlockError
 from .tuner.calibration import CalibrationReport, calibrate_pairing
 from .tuner.config import GOFT_PEFT_TYPE, AdapterFileError, GOFTConfig
+from .tuner.export import ExportReport, export_lora
 from .tuner.layer import GOFTLayer, PairingNotCalibratedError
 from .tuner.model import GOFTModel, orthogonality_penalty
 from .tuner.registration import register_with_peft
@@ -24,6 +25,7 @@ __all__ = [
     "GOFT_PEFT_TYPE",
     "AdapterFileError",
     "CalibrationReport",
+    "ExportReport",
     "GOFTConfig",
     "GOFTLayer",
     "GOFTModel",
@@ -32,6 +34,7 @@ __all__ = [
     "PairingNotCalibratedError",
     "SingularBlockError",
     "calibrate_pairing",
+    "export_lora",
     "functional",
     "orthogonality_penalty",
 ]

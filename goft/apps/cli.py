@@ -127,6 +127,30 @@ def cmd_merge(args: argparse.Namespace) -> Callable[[], int]:
     return run
 
 
+def cmd_export_lora(args: argparse.Namespace) -> Callable[[], int]:
+    check_directory(args.adapter_dir, "ADAPTER_DIR", "a saved adapter's folder")
+    check_output(Path(args.output))
+    if args.rank < 1:
+        raise OptionError("rank", f"must be a positive integer, got {args.rank}")
+
+    def run() -> int:
+        from .merge import export_lora_to_directory
+
+        result = export_lora_to_directory(
+            args.adapter_dir, args.output, args.rank, base=args.base, overwrite=args.overwrite
+        )
+        layers = result.report.layers
+        errors = sorted(layer.weight_relative_error for layer in layers)
+        print(
+            f"wrote a LoRA adapter of rank {args.rank} to {result.output} (base: {result.base_dir}), {len(layers)} "
+            f"layers; relative error of the merged weights: median {errors[len(errors) // 2]:.2e}, worst "
+            f"{errors[-1]:.2e} (per layer in {result.output}/goft_export.json); loads with peft alone"
+        )
+        return 0
+
+    return run
+
+
 def cmd_instruct(args: argparse.Namespace) -> Callable[[], int]:
     methods = method_list(args.methods, INSTRUCT_METHODS)
     base = config_from(args, InstructConfig, method=methods[0])
@@ -208,6 +232,7 @@ COMMANDS = {
     "instruct": cmd_instruct,
     "inspect": cmd_inspect,
     "merge": cmd_merge,
+    "export-lora": cmd_export_lora,
     "bench": cmd_bench,
     "predict": cmd_predict,
 }

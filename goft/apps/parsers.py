@@ -246,6 +246,24 @@ def _add_inspect_and_merge_parsers(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
 
+    p = sub.add_parser(
+        "export-lora",
+        help="write a saved GOFT adapter as a PEFT LoRA adapter (truncated SVD of each layer's update)",
+        description="Per layer, the update W(R^T - I) cut to rank --rank by SVD, written as a LoRA adapter "
+        "(lora_alpha = rank) that loads with peft alone and serves wherever LoRA does; goft_export.json beside it "
+        "names the source and each layer's error. At full rank (min(in, out)) the export is exact.",
+        formatter_class=ShowDefaults,
+    )
+    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--rank", type=int, required=True, help="LoRA rank r")
+    p.add_argument("--output", required=True, help="directory for the LoRA adapter (must be new or empty)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="base model directory, or minilm / smollm2 (default: the adapter's base_model_name_or_path)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+
 
 def _add_bench_parser(sub) -> None:
     p = sub.add_parser(

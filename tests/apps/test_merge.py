@@ -58,3 +58,29 @@ def test_a_base_without_a_tokenizer_gives_a_checkpoint_without_one_and_says_so(t
     )
     assert "has no tokenizer, so the merged checkpoint has none either" in capsys.readouterr().out
     assert not any("token" in p.name or p.name.startswith("vocab") for p in (tmp_path / "merged").iterdir())
+
+
+def test_goft_export_lora_writes_a_lora_adapter_that_peft_alone_loads(tiny_llama, tmp_path):
+    model = adapted_llama(tiny_llama, scaling=True).eval()
+    want = model(input_ids=PROMPTS).logits
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save({"prompts": PROMPTS, "want": want}, tmp_path / "io.pt")
+    assert main(["export-lora", str(tmp_path / "adapter"), "--rank", "64", "--output", str(tmp_path / "lora")]) == 0
+    report = json.loads((tmp_path / "lora" / "goft_export.json").read_text())
+    assert report["source"]["peft_type"] == "GOFT" and report["worst_weight_relative_error"] < 1e-10
+    script = f"""
+import sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+base = AutoModelForCausalLM.from_pretrained({str(tiny_llama)!r})
+model = PeftModel.from_pretrained(base, {str(tmp_path / "lora")!r}).eval()
+io = torch.load({str(tmp_path / "io.pt")!r})
+got = model(input_ids=io["prompts"]).logits
+assert "goft" not in sys.modules and model.peft_config["default"].peft_type == "LORA"
+assert ((got - io["want"]).norm() / io["want"].norm()) < 1e-4
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    with pytest.raises(SystemExit, match="rank must be a positive integer, got 0"):
+        main(["export-lora", str(tmp_path / "adapter"), "--rank", "0", "--output", str(tmp_path / "x")])
