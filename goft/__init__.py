@@ -15,6 +15,7 @@ from .functional import GivensError, SingularBlockError
 from .tuner.calibration import CalibrationReport, calibrate_pairing
 from .tuner.config import GOFT_PEFT_TYPE, AdapterFileError, GOFTConfig
 from .tuner.export import ExportReport, export_lora
+from .tuner.hotswap import hotswap_adapter
 from .tuner.layer import GOFTLayer, PairingNotCalibratedError
 from .tuner.model import GOFTModel, orthogonality_penalty
 from .tuner.registration import register_with_peft
@@ -35,6 +36,7 @@ __all__ = [
     "SingularBlockError",
     "calibrate_pairing",
     "export_lora",
+    "hotswap_adapter",
     "functional",
     "orthogonality_penalty",
 ]
