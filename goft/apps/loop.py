@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..tuner.layer import ORDER_KIND
-from ..tuner.model import orthogonality_penalty
+from ..tuner.model import GOFTModel, orthogonality_penalty
 from . import files
 from .errors import Interrupted, OptionError, OutputError
 
@@ -100,6 +100,7 @@ def train(
     evaluate: Optional[Callable[[], float]] = None,
 ) -> LoopResult:
     """Train ``model``'s trainable parameters in place; see the module docstring."""
+    _penalty_outside_loss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
     total_steps = math.ceil(n_examples / options.batch_size) * options.epochs
@@ -210,8 +211,17 @@ def stop_on_ctrl_c(enabled: bool = True):
         signal.signal(signal.SIGINT, previous)
 
 
+def _penalty_outside_loss(model) -> None:
+    """This loop weighs the task loss of each process's shard and adds the penalty once, unweighted: the model must
+    leave the penalty out of its own loss (``GOFTModel.penalty_in_loss``)."""
+    for module in model.modules():
+        if isinstance(module, GOFTModel):
+            module.penalty_in_loss = False
+
+
 def _step(train_model, model, optimizer, schedule, batch: dict, weight: float) -> float:
-    """One optimizer step on ``batch`` (the task loss times ``weight``, plus qGOFT's penalty); returns the loss."""
+    """One optimizer step on ``batch`` (the task loss times ``weight``, plus qGOFT's penalty once, unweighted: this
+    loop adds it itself, see :func:`_penalty_outside_loss`); returns the loss."""
     loss = train_model(**batch).loss * weight + orthogonality_penalty(model)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -40,6 +40,43 @@ class GOFTModel(BaseTuner):
     prefix: str = "goft_"
     tuner_layer_cls = GOFTLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    # qGOFT's penalty joins ``outputs.loss`` in training mode, so that any trainer or loop that uses the model's own
+    # loss (transformers' Trainer, TRL, Accelerate, a plain loop) optimises it; set False to add it yourself
+    # (see _add_penalty_to_loss).
+    penalty_in_loss: bool = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # on the wrapped model itself: PEFT's task wrappers call it directly or through this tuner, depending on the
+        # task type, and the penalty must join the loss either way
+        self._penalty_hook = self.model.register_forward_hook(self._add_penalty_to_loss, with_kwargs=True)
+
+    def _add_penalty_to_loss(self, module: nn.Module, args: tuple, kwargs: dict, outputs: Any):
+        """In training mode, when the wrapped model returns a loss and an active adapter is qGOFT with λ > 0,
+        ``outputs.loss`` also holds :func:`orthogonality_penalty`, once per optimizer step: with
+        ``num_items_in_batch`` (transformers passes it under gradient accumulation) each micro-batch carries the
+        share of the penalty that it holds of the labelled items."""
+        self._penalty_counted = False
+        loss = None if isinstance(outputs, torch.Tensor) else getattr(outputs, "loss", None)
+        if loss is None or not module.training or not self.penalty_in_loss or not self._penalised():
+            return None
+        penalty = _penalty_sum(self)
+        labels, total = kwargs.get("labels"), kwargs.get("num_items_in_batch")
+        if labels is not None and total is not None:
+            penalty = penalty * (labels.ne(-100).sum() / total)
+        outputs.loss = loss + penalty.to(loss.device, loss.dtype)
+        self._penalty_counted = True
+        return outputs
+
+    def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any):
+        self._penalty_hook.remove()  # the plain model handed back owes goft nothing
+        return super()._unload_and_optionally_merge(*args, **kwargs)
+
+    def _penalised(self) -> bool:
+        return any(
+            getattr(self.peft_config.get(name), "quasi", False) and self.peft_config[name].orth_reg_weight > 0
+            for name in self.active_adapters
+        )
 
     def _create_and_replace(
         self,
@@ -184,12 +221,23 @@ def _check_loaded_shapes(
         )
 
 
-def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
-    """qGOFT's soft orthogonality penalty, ``Σ over adapted layers and active adapters of λ Σ_blocks (a·b + c·e)²``.
+def orthogonality_penalty(model: nn.Module, *, counted: bool = False) -> torch.Tensor:
+    """qGOFT's soft orthogonality penalty, ``Σ over adapted layers and active adapters of λ Σ_blocks (a·b + c·e)²``,
+    as far as the model's loss does not already hold it.
 
     Returns a differentiable 0-dim tensor, ready to add to the loss (``loss = loss + orthogonality_penalty(model)``);
-    exactly 0 for strict GOFT.  λ is each adapter's ``orth_reg_weight``.
+    exactly 0 for strict GOFT.  λ is each adapter's ``orth_reg_weight``.  A GOFT model adds the penalty to its own
+    ``outputs.loss`` in training mode (``GOFTModel.penalty_in_loss``); after such a forward this returns 0, so that
+    the penalty is never counted twice.  ``counted=True`` returns the full value regardless (for logging).
     """
+    tuners = [m for m in model.modules() if isinstance(m, GOFTModel)]
+    if not counted and any(getattr(t, "_penalty_counted", False) for t in tuners):
+        param = next(model.parameters(), None)
+        return torch.zeros((), device=None if param is None else param.device)
+    return _penalty_sum(model)
+
+
+def _penalty_sum(model: nn.Module) -> torch.Tensor:
     total = None
     for module in model.modules():
         if not isinstance(module, GOFTLayer) or module.disable_adapters:
