@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -142,6 +144,76 @@ class GOFTModel(BaseTuner):
                 f"target_modules {targets!r}{excluded} matched no module GOFT can adapt. GOFT can adapt these "
                 f"modules of the model: {shown or 'none'}{more}."
             ) from err
+
+    # What adapters combined by add_weighted_adapter must share: each changes which blocks exist or what they turn.
+    COMBINED_INVARIANTS = ("structure", "depth", "quasi", "scaling", "pairing", "target_modules")
+
+    @torch.no_grad()
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+        """A new adapter ``adapter_name``, the weighted combination of ``adapters`` (as PEFT's LoRA has it).
+
+        Strict GOFT combines each block's angle, ``θ = Σ_k w_k θ_k``: a weighted sum in the Lie algebra of that
+        block's rotations, exact for one block (``w = [0.5, 0.5]`` of a rotation and the identity is its half-angle
+        rotation); the product of all blocks is *not* the weighted geometric mean of the adapters' rotations, since
+        the blocks of different levels do not commute.  The result stays exactly orthogonal.  qGOFT's free blocks
+        combine linearly, ``B = Σ_k w_k B_k``, and GOFT*'s scales in log space, ``s = Π_k s_k^{w_k}`` (they must
+        be positive).  ``[a]`` with ``[1.0]`` reproduces ``a``, and so does ``a`` twice at 0.5.  The adapters must
+        share targets, structure, depth, variant and pairing (for a random or task pairing, the same order in every
+        layer); anything else is refused, naming the difference.  ``modules_to_save`` are not combined: the new
+        adapter starts with the first adapter's config, and a fresh copy of those modules.
+        """
+        if not adapters or len(adapters) != len(weights):
+            raise ValueError(
+                f"add_weighted_adapter needs one weight per adapter, got {len(adapters)} adapter(s) and "
+                f"{len(weights)} weight(s)"
+            )
+        unknown = [a for a in adapters if a not in self.peft_config]
+        if unknown:
+            raise ValueError(f"add_weighted_adapter: unknown adapter(s) {unknown}; known: {sorted(self.peft_config)}")
+        if adapter_name in self.peft_config:
+            raise ValueError(f"add_weighted_adapter: an adapter named {adapter_name!r} exists already")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+            raise ValueError(f"add_weighted_adapter: weights must be finite numbers, got {weights!r}")
+        configs = [self.peft_config[a] for a in adapters]
+        for field_name in self.COMBINED_INVARIANTS:
+            values = [getattr(c, field_name) for c in configs]
+            comparable = [sorted(v) if isinstance(v, (set, list)) else v for v in values]
+            if any(v != comparable[0] for v in comparable):
+                shown = ", ".join(f"{a}: {v!r}" for a, v in zip(adapters, comparable, strict=True))
+                raise ValueError(
+                    f"add_weighted_adapter: the adapters differ in {field_name} ({shown}); only adapters of one form "
+                    "combine"
+                )
+        layers = [m for m in self.model.modules() if isinstance(m, GOFTLayer)]
+        for layer in layers:
+            orders = [layer.goft_order[a] for a in adapters if a in layer.goft_order]
+            if any(not torch.equal(o, orders[0]) for o in orders):
+                raise ValueError(
+                    f"add_weighted_adapter: layer {layer.layer_key!r} turns other coordinates in each adapter "
+                    "(their pairings' orders differ), so their angles do not add up"
+                )
+            for a in adapters:
+                scale = layer.rotation_scale(a) if layer.has_adapter(a) else None
+                if scale is not None and not bool((scale > 0).all()):
+                    raise ValueError(
+                        f"add_weighted_adapter: adapter {a!r} has a scale <= 0 in layer {layer.layer_key!r}; "
+                        "scales combine in log space"
+                    )
+        self.peft_config[adapter_name] = replace(configs[0], init_weights=True)
+        self.inject_adapter(self.model, adapter_name)
+        for layer in layers:
+            if not layer.has_adapter(adapter_name):
+                continue
+            params = sum(w * layer.rotation_params(a).double() for a, w in zip(adapters, weights, strict=True))
+            layer.rotation_params(adapter_name).copy_(params)
+            if layer.rotation_scale(adapter_name) is not None:
+                log_scale = sum(
+                    w * layer.rotation_scale(a).double().log() for a, w in zip(adapters, weights, strict=True)
+                )
+                layer.rotation_scale(adapter_name).copy_(log_scale.exp())
+            if adapter_name in layer.goft_order:
+                layer.goft_order[adapter_name].copy_(layer.goft_order[adapters[0]])
+                layer._orders_checked.discard(adapter_name)
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
