@@ -237,14 +237,7 @@ def _add_inspect_and_merge_parsers(sub) -> None:
         help="fold a saved adapter into its base model and save a plain checkpoint",
         formatter_class=ShowDefaults,
     )
-    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
-    p.add_argument("--output", required=True, help="directory for the merged checkpoint (must be new or empty)")
-    p.add_argument(
-        "--base",
-        default=None,
-        help="base model directory, or minilm / smollm2 (default: the adapter's base_model_name_or_path)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    _add_adapter_to_output(p, "the merged checkpoint")
 
     p = sub.add_parser(
         "export-lora",
@@ -254,9 +247,14 @@ def _add_inspect_and_merge_parsers(sub) -> None:
         "names the source and each layer's error. At full rank (min(in, out)) the export is exact.",
         formatter_class=ShowDefaults,
     )
-    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    _add_adapter_to_output(p, "the LoRA adapter")
     p.add_argument("--rank", type=int, required=True, help="LoRA rank r")
-    p.add_argument("--output", required=True, help="directory for the LoRA adapter (must be new or empty)")
+
+
+def _add_adapter_to_output(p, written: str) -> None:
+    """The options of a command that reads a saved adapter and writes ``written`` into a new folder."""
+    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--output", required=True, help=f"directory for {written} (must be new or empty)")
     p.add_argument(
         "--base",
         default=None,

@@ -30,6 +30,19 @@ def quasi_bert(orth_reg_weight=0.5):
     )
 
 
+def two_steps(tmp_path) -> dict:
+    """Training arguments shared by transformers' and TRL's trainers: two steps of 4 on the CPU, nothing saved."""
+    return dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-2,
+    )
+
+
 def task_loss(model, batch):
     """The loss without the penalty: the model told to leave it out."""
     model.base_model.penalty_in_loss = False
@@ -86,15 +99,7 @@ def task_loss_of(base, model, batch):
 
 def test_transformers_trainer_and_the_penalty_trainer_count_it_once(tmp_path):
     model = quasi_bert()
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        learning_rate=1e-2,
-    )
+    args = TrainingArguments(**two_steps(tmp_path))
     data = [{"input_ids": torch.randint(0, 30, (8,)), "labels": torch.tensor(i % 2)} for i in range(8)]
     penalty = goft.orthogonality_penalty(model, counted=True).item()
     model.train()
@@ -138,15 +143,7 @@ def test_trl_sft_trainer_trains_and_saves_goft(tiny_llama, tmp_path, quasi):
     )
     trainer = SFTTrainer(
         model=LlamaForCausalLM.from_pretrained(tiny_llama),
-        args=SFTConfig(
-            output_dir=str(tmp_path),
-            max_steps=2,
-            per_device_train_batch_size=4,
-            report_to=[],
-            use_cpu=True,
-            save_strategy="no",
-            learning_rate=1e-2,
-        ),
+        args=SFTConfig(**two_steps(tmp_path)),
         train_dataset=Dataset.from_dict({"text": texts}),
         processing_class=word_tokenizer(),
         peft_config=config,
