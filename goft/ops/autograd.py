@@ -57,6 +57,8 @@ def rotate_rows_op(
     the operator, so that autograd keeps the rows as given rather than a gathered copy.  Differentiable for
     ``top_first=True`` (the layer's direction) only."""
     backend = backend_for(rows, params.dtype)
+    if order is not None and getattr(backend, "TAKES_ORDER", False):  # gathered while loading tiles
+        return backend.rotate_rows(rows, params, scale, top_first, structure, depth, order=order).to(rows.dtype)
     rotated = backend.rotate_rows(_to_order(rows, order), params, scale, top_first, structure, depth)
     return _from_order(rotated, order).to(rows.dtype)
 
@@ -84,20 +86,20 @@ def rotate_rows_backward_op(
     but the layer input and the parameters is kept between forward and backward.  With an ``order``, the rows and
     the gradient are gathered into it and the rows' gradient scattered back (a permutation's transpose is its
     inverse)."""
-    grad_rows, grad_params, grad_scale = backend_for(rows, params.dtype).rotate_rows_backward(
-        _to_order(rows, order),
-        _to_order(grad, order),
-        params,
-        scale,
-        need_params,
-        need_scale and scale is not None,
-        structure,
-        depth,
-    )
+    backend = backend_for(rows, params.dtype)
+    need_scale = need_scale and scale is not None
+    if order is not None and getattr(backend, "TAKES_ORDER", False):  # gathered while loading tiles
+        grad_rows, grad_params, grad_scale = backend.rotate_rows_backward(
+            rows, grad, params, scale, need_params, need_scale, structure, depth, order=order
+        )
+    else:
+        grad_rows, grad_params, grad_scale = backend.rotate_rows_backward(
+            _to_order(rows, order), _to_order(grad, order), params, scale, need_params, need_scale, structure, depth
+        )
+        grad_rows = _from_order(grad_rows, order)
+    # outputs may not alias one another: each absent gradient is its own empty
     return (
-        _from_order(grad_rows, order).to(
-            rows.dtype
-        ),  # outputs may not alias one another: each absent gradient is its own empty
+        grad_rows.to(rows.dtype),
         params.new_empty(0) if grad_params is None else grad_params.to(params.dtype),
         params.new_empty(0) if grad_scale is None else grad_scale.to(params.dtype),
     )

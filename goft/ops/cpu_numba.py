@@ -30,6 +30,7 @@ except ImportError:  # numba is optional: the backend choice then falls back to 
     njit = None
 
 AVAILABLE = njit is not None
+TAKES_ORDER = True  # rotate_rows and rotate_rows_backward take a coordinate order and apply it while loading tiles
 
 # Rows are processed in tiles of `tile` rows, transposed into a (d, tile) scratch so that every 2×2 block update is a
 # contiguous vector operation across the tile's rows (the pairs themselves are strided within a row).  The tile is a
@@ -49,10 +50,18 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 if AVAILABLE:
 
     @njit(inline="always", fastmath=_FASTMATH)
-    def _load_tile(src, n0, rows, dst):  # pragma: no cover - compiled
-        # r innermost (inside a row group): contiguous stores into the scratch; see ROW_GROUP for the grouping
+    def _load_tile(src, n0, rows, dst, order, has_order):  # pragma: no cover - compiled
+        # r innermost (inside a row group): contiguous stores into the scratch; see ROW_GROUP for the grouping.
+        # With an order, scratch row t holds coordinate order[t] (goft.ops.pairing): a gather within rows that are
+        # being read anyway, instead of a pass over the whole input.
         d, tile = dst.shape
-        if rows == tile:
+        if has_order:
+            for r0 in range(0, tile, ROW_GROUP):
+                for t in range(d):
+                    source = order[t]
+                    for r in range(r0, r0 + ROW_GROUP):
+                        dst[t, r] = src[n0 + r, source] if r < rows else 0.0
+        elif rows == tile:
             for r0 in range(0, tile, ROW_GROUP):
                 for t in range(d):
                     for r in range(r0, r0 + ROW_GROUP):
@@ -63,9 +72,15 @@ if AVAILABLE:
                     dst[t, r] = src[n0 + r, t] if r < rows else 0.0
 
     @njit(inline="always", fastmath=_FASTMATH)
-    def _store_tile(src, dst, n0, rows):  # pragma: no cover - compiled
+    def _store_tile(src, dst, n0, rows, order, has_order):  # pragma: no cover - compiled
         d, tile = src.shape
-        if rows == tile:
+        if has_order:
+            for r0 in range(0, rows, ROW_GROUP):
+                for t in range(d):
+                    target = order[t]
+                    for r in range(r0, min(rows, r0 + ROW_GROUP)):
+                        dst[n0 + r, target] = src[t, r]
+        elif rows == tile:
             for r0 in range(0, tile, ROW_GROUP):
                 for t in range(d):
                     for r in range(r0, r0 + ROW_GROUP):
@@ -95,7 +110,9 @@ if AVAILABLE:
                 buf[j, r] = b * xl + e * xr
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def _rotate_rows(x, y, blocks, scale, has_scale, left, right, bounds, tile, top_first):  # pragma: no cover
+    def _rotate_rows(  # pragma: no cover - compiled
+        x, y, blocks, scale, has_scale, left, right, bounds, tile, top_first, order, has_order
+    ):
         """y[n] = x[n] @ P_M ⋯ P_1 (· diag(scale)) for every row n (``top_first``), or x[n] @ P_1 ⋯ P_M (· diag)."""
         n_rows, d = x.shape
         n_levels = bounds.shape[0] - 1
@@ -104,7 +121,7 @@ if AVAILABLE:
             n0 = tile_index * tile
             rows = min(tile, n_rows - n0)
             buf = np.empty((d, tile), dtype=x.dtype)
-            _load_tile(x, n0, rows, buf)
+            _load_tile(x, n0, rows, buf, order, has_order)
             no_save = np.empty((0, tile), dtype=x.dtype)
             for li in range(n_levels):
                 lev = n_levels - 1 - li if top_first else li
@@ -113,10 +130,12 @@ if AVAILABLE:
                 for t in range(d):
                     for r in range(tile):
                         buf[t, r] *= scale[t]
-            _store_tile(buf, y, n0, rows)
+            _store_tile(buf, y, n0, rows, order, has_order)
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def _rotate_rows_backward(x, grad, grad_x, blocks, scale, has_scale, left, right, bounds, n_chunks, zero, tile):
+    def _rotate_rows_backward(
+        x, grad, grad_x, blocks, scale, has_scale, left, right, bounds, n_chunks, zero, tile, order, has_order
+    ):
         """grad_x = grad @ R^T row by row, and per-chunk partial sums of the block and scale gradients.
 
         ``zero`` is 0 in x's dtype: the per-tile sums run in that dtype (float32 sums of `tile` products, no
@@ -139,8 +158,8 @@ if AVAILABLE:
             for tile_index in range(chunk * tiles_per_chunk, min(n_tiles, (chunk + 1) * tiles_per_chunk)):
                 n0 = tile_index * tile
                 rows = min(tile, n_rows - n0)
-                _load_tile(x, n0, rows, buf)
-                _load_tile(grad, n0, rows, g)
+                _load_tile(x, n0, rows, buf, order, has_order)
+                _load_tile(grad, n0, rows, g, order, has_order)
                 # recompute the forward, keeping each level's input pairs
                 for lev in range(n_levels - 1, -1, -1):
                     _apply_level(buf, blocks, left, right, bounds[lev], bounds[lev + 1], saved, True)
@@ -176,7 +195,7 @@ if AVAILABLE:
                         acc[q, 1] += s01
                         acc[q, 2] += s10
                         acc[q, 3] += s11
-                _store_tile(g, grad_x, n0, rows)
+                _store_tile(g, grad_x, n0, rows, order, has_order)
         return part_blocks, part_scale
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
@@ -245,6 +264,7 @@ def rotate_rows(
     top_first: bool,
     structure: str = "tree",
     depth: int = 1,
+    order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     blocks = blocks_of(params)
     dtype = blocks.dtype
@@ -259,12 +279,28 @@ def rotate_rows(
         *_pairing_arrays(rows.shape[-1], structure, depth),
         TILE,
         top_first,
+        *_order_arrays(order),
     )
     return out
 
 
+def _order_arrays(order: Optional[torch.Tensor]) -> tuple[np.ndarray, bool]:
+    """(order as int64 numpy, whether there is one): the kernels gather and scatter rows through it."""
+    if order is None:
+        return np.zeros(1, dtype=np.int64), False
+    return order.detach().cpu().to(torch.int64).contiguous().numpy(), True
+
+
 def rotate_rows_backward(
-    rows, grad, params, scale, need_params: bool, need_scale: bool, structure: str = "tree", depth: int = 1
+    rows,
+    grad,
+    params,
+    scale,
+    need_params: bool,
+    need_scale: bool,
+    structure: str = "tree",
+    depth: int = 1,
+    order: Optional[torch.Tensor] = None,
 ):
     blocks = blocks_of(params)
     dtype = blocks.dtype
@@ -283,6 +319,7 @@ def rotate_rows_backward(
         n_chunks,
         zero,
         TILE,
+        *_order_arrays(order),
     )
     grad_params = None
     if need_params:
