@@ -45,8 +45,8 @@ def test_a_lower_rank_reports_what_it_leaves_out(tmp_path):
     assert low.worst_weight_error > full.worst_weight_error
     # the rank-1 export is the best rank-1 approximation: its update error is the discarded singular values
     layer = model.base_model.model.lin0
-    w = layer.base_layer.weight.double()
-    r = goft.functional.rotation_matrix(layer.rotation_params("default").double(), 12)
+    w = layer.base_layer.weight.detach().double()
+    r = goft.functional.rotation_matrix(layer.rotation_params("default").detach().double(), 12)
     update = w @ r.T - w
     s = torch.linalg.svdvals(update)
     assert low.layers[0].update_relative_error == pytest.approx(float(s[1:].norm() / s.norm()), rel=1e-9)

@@ -134,12 +134,9 @@ def test_trl_sft_trainer_trains_and_saves_goft(tiny_llama, tmp_path, quasi):
 
     g = torch.Generator().manual_seed(1)
     texts = [" ".join(f"w{int(t)}" for t in torch.randint(3, 40, (12,), generator=g)) for _ in range(8)]
+    penalty = {"orth_reg_weight": 0.5} if quasi else {}  # strict GOFT has no penalty to weigh
     config = goft.GOFTConfig(
-        target_modules=["q_proj", "v_proj"],
-        quasi=quasi,
-        orth_reg_weight=0.5,
-        init_weights=False,
-        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "v_proj"], quasi=quasi, init_weights=False, task_type="CAUSAL_LM", **penalty
     )
     trainer = SFTTrainer(
         model=LlamaForCausalLM.from_pretrained(tiny_llama),
