@@ -3,7 +3,8 @@
 A page marks each table it shows with ``<!-- table: KIND FILE... -->`` before it and ``<!-- end table -->`` after it;
 :func:`regenerate` rewrites what lies between from the named results files (the prose around them is the page's own).
 Kinds: ``tasks FILE FILE`` (test accuracy on two tasks side by side, rates chosen on validation), ``single FILE``
-(one task's reported runs), ``instruct FILE`` (goft instruct's table, today's protocol on the fp32 base).
+(one task's reported runs), ``instruct FILE`` (goft instruct's table, today's protocol on the fp32 base),
+``export FILE`` (a LoRA export's fidelity against rank, from ``bench/lora_export_fidelity.py``).
 ``python -m goft.apps.results_pages`` rewrites the pages; ``--check`` only says whether they are current.
 """
 
@@ -59,12 +60,37 @@ def single_table(results: dict) -> str:
     return markdown_table(header, cells)
 
 
+def export_table(fidelity: dict) -> str:
+    """``bench/lora_export_fidelity.py``'s rows: the GOFT adapter, then its LoRA export at each rank."""
+    header = (
+        "LoRA rank",
+        "LoRA numbers",
+        "update error, median / worst layer",
+        "merged-weight error, worst layer",
+        "test accuracy",
+    )
+    cells = [("GOFT itself", f"{fidelity['goft_parameters']:,}", "—", "—", f"{100 * fidelity['goft_accuracy']:.2f}")]
+    cells += [
+        (
+            str(row["rank"]),
+            f"{row['lora_parameters']:,}",
+            f"{row['update_error_median']:.3f} / {row['update_error_max']:.3f}",
+            f"{row['weight_error_max']:.3g}",
+            f"{100 * row['accuracy']:.2f}",
+        )
+        for row in fidelity["rows"]
+    ]
+    return markdown_table(header, cells)
+
+
 def table(spec: str, root: Path = ROOT) -> str:
     kind, *names = spec.split()
     if kind == "tasks":
         return tasks_table(load(root / names[0], "compare"), load(root / names[1], "compare"))
     if kind == "single":
         return single_table(load(root / names[0], "compare"))
+    if kind == "export":
+        return export_table(files.read_json(root / names[0], ValueError, "a LoRA export fidelity file"))
     if kind == "instruct":
         data = load(root / names[0], "instruct")
         current = [
