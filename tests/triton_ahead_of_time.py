@@ -28,6 +28,9 @@ FORWARD = {
     "stride_x": "i32",
     "stride_y": "i32",
     "chunk_step": "i32",
+    "tiles_ptr": "*i64",
+    "order_ptr": "*i64",
+    "params_stride": "i32",
 }
 BACKWARD = {
     "x_ptr": "*bf16",
@@ -76,7 +79,8 @@ def compile_one(kernel, signature: dict, constexprs: dict, warps: int, name: str
 
 def compile_all(d: int, depth: int) -> None:
     """Every launch goft makes for rows of width d at this depth (the tree and the butterfly; one pass or, past
-    MAX_TILE, two per stack): forward from angles, and backward from angles (level inputs recovered by
+    MAX_TILE, two per stack): forward from angles, a mixed-adapter forward from blocks through coordinate orders,
+    and backward from angles (level inputs recovered by
     transposition, atomic gradient sums) and from blocks (level inputs kept, per-program partial sums)."""
     width = cuda_triton.padded_width(d)
     for compact in (True, False):
@@ -89,12 +93,21 @@ def compile_all(d: int, depth: int) -> None:
             seen.add(key)
             first, last = launch.kv_first + launch.lev_shift, launch.kv_end - 1 + launch.lev_shift
             label = f"D{width}-DV{launch.tile}-levels{first}..{last}-{'tree' if compact else 'general'}"
+            plain = {"MIXED": False, "LOAD_ORDER": False, "STORE_ORDER": False}
             compile_one(
                 cuda_triton.kernels._rotate_kernel,
                 FORWARD,
-                {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": True},
+                {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": True, **plain},
                 launch.warps(),
                 f"_rotate_kernel-{label}",
+            )
+            mixed = {"MIXED": True, "LOAD_ORDER": True, "STORE_ORDER": True}
+            compile_one(
+                cuda_triton.kernels._rotate_kernel,
+                FORWARD,
+                {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": False, **mixed},
+                launch.warps(),
+                f"_rotate_kernel-{label}-mixed",
             )
             for angles in (True, False):
                 compile_one(

@@ -14,7 +14,6 @@ from typing import Optional
 
 import torch
 
-from . import reference
 from .backends import backend_for
 from .blocks import (
     blocks_of,
@@ -275,8 +274,7 @@ def rotate_rows_mixed_op(
     """Forward only: a new (N, d) tensor in ``rows``' dtype, row n rotated by adapter ``row_adapter[n]`` (-1: the
     row unchanged) of the stacked ``params`` (A, n) or (A, n, 2, 2), ``scales`` (A, d), ``orders`` (A, d)."""
     backend = backend_for(rows, params.dtype)
-    mixed = getattr(backend, "rotate_rows_mixed", reference.rotate_rows_mixed)  # a backend without it: per adapter
-    return mixed(rows, params, scales, row_adapter, orders, structure, depth).to(rows.dtype)
+    return backend.rotate_rows_mixed(rows, params, scales, row_adapter, orders, structure, depth).to(rows.dtype)
 
 
 @rotate_rows_mixed_op.register_fake

@@ -1,7 +1,7 @@
 """Which backend runs a rotation: the one place that reads ``GOFT_KERNEL`` and asks whether numba or Triton work.
 
-Backends (each a module with ``rotate_rows`` and ``rotate_rows_backward`` of one shared signature, see
-:mod:`goft.ops.reference`):
+Backends (each a module with ``rotate_rows``, ``rotate_rows_backward`` and ``rotate_rows_mixed`` of one shared
+signature, see :mod:`goft.ops.reference`):
 
 - ``numba`` (:mod:`goft.ops.cpu_numba`): CPU rows computed in fp32 or fp64;
 - ``triton`` (:mod:`goft.ops.cuda_triton`): CUDA rows in fp32, fp16 or bf16 computed in fp32, ``2 <= d <= 2^24``;

@@ -23,6 +23,7 @@ import torch
 
 from .blocks import blocks_of, gradient_for
 from .pairing import level_table
+from .row_tiles import adapter_tiles
 
 try:
     from numba import njit, prange
@@ -328,37 +329,6 @@ def rotate_rows_backward(
     return grad_rows, grad_params, grad_scale
 
 
-_TILES_KEPT = 16  # row layouts whose tiles are kept: every adapted layer of a model sees the same one per batch
-_tiles_cache: dict[tuple[bytes, int], np.ndarray] = {}
-
-
-def adapter_tiles(row_adapter: torch.Tensor, tile: int = TILE) -> np.ndarray:
-    """(T, 3) int64 (first row, rows, adapter) covering every row whose adapter is >= 0: each run of consecutive
-    rows with one adapter is cut into tiles of at most ``tile`` rows (rows with -1, the base, are in no tile)."""
-    ids = row_adapter.cpu().numpy().astype(np.int64)
-    key = (ids.tobytes(), tile)
-    if key not in _tiles_cache:
-        if len(_tiles_cache) >= _TILES_KEPT:
-            _tiles_cache.pop(next(iter(_tiles_cache)))
-        _tiles_cache[key] = _tiles(ids, tile)
-    return _tiles_cache[key]
-
-
-def _tiles(ids: np.ndarray, tile: int) -> np.ndarray:
-    if ids.size == 0:
-        return np.empty((0, 3), dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    lengths = np.diff(np.r_[starts, ids.size])
-    keep = ids[starts] >= 0
-    starts, lengths, adapters = starts[keep], lengths[keep], ids[starts][keep]
-    pieces = (lengths + tile - 1) // tile
-    run = np.repeat(np.arange(starts.size), pieces)
-    offset = (np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * tile
-    first = starts[run] + offset
-    rows = np.minimum(tile, lengths[run] - offset)
-    return np.stack([first, rows, adapters[run]], axis=1).astype(np.int64)
-
-
 def rotate_rows_mixed(
     rows: torch.Tensor,
     params: torch.Tensor,
@@ -383,7 +353,7 @@ def rotate_rows_mixed(
         (orders if orders is not None else no_orders).contiguous().numpy(),
         orders is not None,
         *_pairing_arrays(rows.shape[-1], structure, depth),
-        adapter_tiles(row_adapter),
+        adapter_tiles(row_adapter, TILE),
         TILE,
     )
     return out

@@ -370,6 +370,104 @@ def test_the_kernels_compile_for_a_gpu_without_one():
         done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         reports = [line for line in done.stdout.splitlines() if line.startswith("_rotate")]
-        assert len(reports) == 3 * launches, done.stdout
+        assert len(reports) == 4 * launches, done.stdout
         spilled = [int(re.search(r"(\d+) bytes spill stores", line).group(1)) for line in reports]
         assert max(spilled) <= 8, reports
+
+
+MIXED_RUNS = [(0, 40), (3, 7), (-1, 5), (1, 33), (0, 2), (4, 1), (-1, 3), (2, 3)]  # (adapter, rows)
+
+
+def mixed_check(d, structure, depth, quasi, with_scale, ordered, dtype=torch.float32):
+    """Every row of a mixed batch equals its adapter's rotation by the dense reference; base rows bit for bit."""
+    n_adapters = 5
+    n_blocks = givens.num_blocks(d, structure, depth)
+    g = torch.Generator().manual_seed(d + 10 * depth)
+    theta = torch.randn(n_adapters, n_blocks, generator=g, dtype=torch.float64)
+    params = (
+        givens.angles_to_blocks(theta)
+        + 0.3 * torch.randn(n_adapters, n_blocks, 2, 2, generator=g, dtype=torch.float64)
+        if quasi
+        else theta
+    )
+    scales = 0.5 + torch.rand(n_adapters, d, generator=g, dtype=torch.float64) if with_scale else None
+    orders = torch.stack([torch.tensor(givens.random_order(d, k)) for k in range(n_adapters)]) if ordered else None
+    row_adapter = torch.tensor([a for a, rows in MIXED_RUNS for _ in range(rows)])
+    x = torch.randn(len(row_adapter), d, generator=g, dtype=torch.float64)
+    dev = lambda t: None if t is None else (t if t.dtype == torch.int64 else t.float()).to(DEVICE)  # noqa: E731
+    got = T.rotate_rows_mixed(
+        dev(x).to(dtype), dev(params), dev(scales), row_adapter.to(DEVICE), dev(orders), structure, depth
+    )
+    assert got.dtype == dtype and got.shape == x.shape
+    tol = 2e-6 * math.log2(d + 1) * depth if dtype == torch.float32 else 1e-2
+    for adapter in range(n_adapters):
+        r = givens.rotation_matrix(
+            params[adapter],
+            d,
+            None if scales is None else scales[adapter],
+            structure,
+            depth,
+            order=None if orders is None else orders[adapter],
+        )
+        rows = row_adapter == adapter
+        close(got[rows.to(DEVICE)], x[rows].to(dtype).double() @ r, tol)
+    base = (row_adapter == -1).to(DEVICE)
+    assert torch.equal(got[base], dev(x).to(dtype)[base])
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize(
+    "quasi, with_scale, ordered",
+    [(False, False, False), (True, True, False), (False, True, True), (True, False, True)],
+)
+def test_mixed_batches_match_each_adapter_alone(d, quasi, with_scale, ordered):
+    mixed_check(d, "tree", 1, quasi, with_scale, ordered)
+
+
+@pytest.mark.parametrize("structure, depth", [("butterfly", 1), ("tree", 2)])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_mixed_batches_take_every_pairing(structure, depth, ordered):
+    mixed_check(12, structure, depth, True, True, ordered)
+
+
+@pytest.mark.parametrize("d, max_tile", [(9, 4), (17, 8)])
+@pytest.mark.parametrize("structure", ["tree", "butterfly"])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_mixed_batches_of_rows_wider_than_a_tile(d, max_tile, structure, ordered, monkeypatch):
+    """Two passes per stack: the rows go into each adapter's order first (a launch with no levels), every pass
+    walks the same tiles, the last writes back through the order."""
+    monkeypatch.setattr(T.planning, "MAX_TILE", max_tile)
+    mixed_check(d, structure, 2, True, True, ordered)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_batches_of_half_rows_keep_their_dtype(dtype):
+    mixed_check(12, "tree", 1, False, True, True, dtype)
+
+
+def test_a_mixed_batch_of_base_rows_only_is_returned_unchanged():
+    x = torch.randn(6, 8, device=DEVICE)
+    got = T.rotate_rows_mixed(x, torch.zeros(2, 7, device=DEVICE), None, torch.full((6,), -1, device=DEVICE), None)
+    assert torch.equal(got, x) and got.data_ptr() != x.data_ptr()
+
+
+def test_rotate_mixed_runs_the_mixed_kernel_inside_the_custom_op(monkeypatch):
+    """What a layer on a GPU calls: goft.functional.rotate_mixed dispatches to the Triton backend's mixed walk."""
+    from goft.ops import autograd
+
+    d = 10
+    params = torch.randn(3, d - 1)
+    scale = 0.5 + torch.rand(3, d)
+    order = torch.stack([torch.tensor(givens.random_order(d, k)) for k in range(3)])
+    row_adapter = torch.tensor([2, 2, -1, 0, 0, 0, 1])
+    x = torch.randn(7, d)
+    want = reference.rotate_rows_mixed(x.double(), params.double(), scale.double(), row_adapter, order)
+    called = []
+    original = T.rotate_rows_mixed
+    monkeypatch.setattr(T, "rotate_rows_mixed", lambda *a: called.append(1) or original(*a))
+    monkeypatch.setattr(autograd, "backend_for", lambda rows, dtype: T)
+    got = givens.rotate_mixed(
+        x.to(DEVICE), params.to(DEVICE), scale.to(DEVICE), row_adapter.to(DEVICE), order=order.to(DEVICE)
+    )
+    assert called and got.dtype == torch.float32
+    close(got, want, 1e-5)

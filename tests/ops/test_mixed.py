@@ -7,7 +7,7 @@ import torch
 from rotations import SIZES, use_kernel
 
 from goft import functional as givens
-from goft.ops import cpu_numba
+from goft.ops import row_tiles
 
 RUNS = [(0, 40), (3, 7), (-1, 5), (1, 33), (0, 2), (4, 1), (-1, 3), (2, 64)]  # (adapter, rows): awkward lengths
 
@@ -61,14 +61,14 @@ def test_other_structures_and_leading_shapes(kernel, structure):
 
 def test_tiles_cover_every_adapted_row_once_within_one_run():
     row_adapter = torch.tensor([a for a, rows in RUNS for _ in range(rows)])
-    tiles = cpu_numba.adapter_tiles(row_adapter, tile=32)
+    tiles = row_tiles.adapter_tiles(row_adapter, tile=32)
     covered = np.full(len(row_adapter), -1)
     for first, rows, adapter in tiles.tolist():
         assert 1 <= rows <= 32 and (covered[first : first + rows] == -1).all()
         covered[first : first + rows] = adapter
     assert covered.tolist() == row_adapter.tolist()
-    assert cpu_numba.adapter_tiles(torch.full((7,), -1)).shape == (0, 3)
-    assert cpu_numba.adapter_tiles(torch.zeros(0, dtype=torch.long)).shape == (0, 3)
+    assert row_tiles.adapter_tiles(torch.full((7,), -1), 32).shape == (0, 3)
+    assert row_tiles.adapter_tiles(torch.zeros(0, dtype=torch.long), 32).shape == (0, 3)
 
 
 def test_bad_stacks_are_refused():

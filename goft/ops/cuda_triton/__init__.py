@@ -33,6 +33,10 @@ Arrays: ``x, y, g`` (N, d) with unit stride in the last dim, any of fp32 / fp16 
 ``[[cos, -sin], [sin, cos]]`` the kernels form themselves (no separate launches for them or their gradient), or
 (n, 4) holding ``a, b, c, e`` of ``[[a, b], [c, e]]``; ``index`` as above.
 
+Mixed-adapter batches (inference): the forward kernel takes a table of row tiles, each inside one adapter's rows,
+and offsets the parameter, scale and order pointers by the tile's adapter; coordinate orders are applied while a
+tile is loaded and stored (rows wider than a tile first go into the order in a launch with no levels).
+
 The package: :mod:`.kernels` (the two Triton kernels, with a glossary of their constexprs), :mod:`.levels` (one
 level in registers: the helpers the kernels call), :mod:`.planning` (which
 launches walk a row, their constexprs, the scratch size and the pairing table: plain Python and torch, testable
@@ -40,7 +44,7 @@ without Triton) and :mod:`.host` (the wrappers that allocate, launch and sum).
 """
 
 from . import levels, planning
-from .host import rotate_rows, rotate_rows_backward
+from .host import rotate_rows, rotate_rows_backward, rotate_rows_mixed
 from .kernels import AVAILABLE
 from .planning import MAX_TILE, PROGRAMS_PER_SM, Launch, padded_width, plan_passes, tile_rows, widest_row
 
@@ -55,6 +59,7 @@ __all__ = [
     "planning",
     "rotate_rows",
     "rotate_rows_backward",
+    "rotate_rows_mixed",
     "tile_rows",
     "widest_row",
 ]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import torch
 
+from ..row_tiles import adapter_tiles
 from . import kernels, planning
 from .kernels import triton
 from .planning import Launch
@@ -40,9 +44,15 @@ def _forward_pass(launch: Launch, src, dst, flat_params, scale, index, per_stack
         src.stride(0),
         dst.stride(0),
         launch.chunk_step,
+        index,  # tiles and orders: not read
+        index,
+        0,
         HAS_SCALE=scale is not None,
         TOP_FIRST=top_first,
         ANGLES=flat_params.dim() == 1,
+        MIXED=False,
+        LOAD_ORDER=False,
+        STORE_ORDER=False,
         **launch.constexprs(per_stack, planning.padded_width(d), compact),
         num_warps=launch.warps(),
     )
@@ -71,6 +81,79 @@ def rotate_rows(
         last = k == len(passes) - 1
         dst = out if last else between
         _forward_pass(launch, src, dst, flat_params, scale if last else None, index, per_stack, d, top_first, compact)
+        src = dst
+    return out
+
+
+def rotate_rows_mixed(
+    rows: torch.Tensor,
+    params: torch.Tensor,
+    scales: Optional[torch.Tensor],
+    row_adapter: torch.Tensor,
+    orders: Optional[torch.Tensor],
+    structure: str = "tree",
+    depth: int = 1,
+) -> torch.Tensor:
+    """Forward only: a new (N, d) tensor in ``rows``' dtype, row n times the rotation of adapter ``row_adapter[n]``
+    (P_M first, then its scale, through its coordinate order) of the stacks ``params`` (A, n) angles or (A, n, 2, 2)
+    blocks, ``scales`` (A, d) and ``orders`` (A, d), all fp32 / int64 CUDA tensors; -1 leaves the row as it is (bit
+    for bit).  Each launch walks row tiles of one adapter each (:func:`goft.ops.row_tiles.adapter_tiles`)."""
+    n_rows, d = rows.shape
+    rows = _rows_view(rows)
+    out = rows.clone()  # the base's rows (-1) are in no tile
+    n_adapters = params.shape[0]
+    flat_params = params.reshape(n_adapters, -1).contiguous()
+    angles = params.dim() == 2
+    scales = None if scales is None else scales.contiguous()
+    orders = None if orders is None else orders.contiguous()
+    index, per_stack = planning.pair_index(d, structure, depth, rows.device)
+    compact = structure == "tree"
+    width = planning.padded_width(d)
+    passes = planning.plan_passes(d, depth, compact, top_first=True)
+    if len(passes) > 1 and orders is not None:
+        # two passes per stack: the rows first go into the adapters' coordinate order (a launch with no levels, on
+        # the low pass's tiles), every pass then works in that order, the last one writes back through it
+        first = passes[-1]
+        passes = [dataclasses.replace(first, kv_first=0, kv_end=0, stack0=0, stacks=0), *passes]
+    between = out if len(passes) == 1 else rows.to(torch.float32, copy=True)
+    src = rows
+    for k, launch in enumerate(passes):
+        last = k == len(passes) - 1
+        dst = out if last else between
+        if not launch.every_column and dst is not src:  # the columns the pass leaves alone are carried over
+            dst.copy_(src)
+            src = dst
+        tiles = adapter_tiles(row_adapter, planning.tile_rows(launch.tile))
+        if len(tiles) == 0:
+            break
+        load_order = orders is not None and k == 0
+        store_order = orders is not None and last
+        if (load_order or store_order or (last and scales is not None)) and not launch.every_column:
+            raise AssertionError("the first and last passes of a forward walk take every column")
+        tiles = torch.from_numpy(tiles).to(rows.device, non_blocking=True)
+        kernels._rotate_kernel[(tiles.shape[0], launch.chunks)](
+            src,
+            dst,
+            flat_params,
+            scales if last and scales is not None else flat_params,
+            index,
+            n_rows,
+            d,
+            src.stride(0),
+            dst.stride(0),
+            launch.chunk_step,
+            tiles,
+            index if orders is None else orders,
+            flat_params.shape[1],
+            HAS_SCALE=last and scales is not None,
+            TOP_FIRST=True,
+            ANGLES=angles,
+            MIXED=True,
+            LOAD_ORDER=load_order,
+            STORE_ORDER=store_order,
+            **launch.constexprs(per_stack, width, compact),
+            num_warps=launch.warps(),
+        )
         src = dst
     return out
 

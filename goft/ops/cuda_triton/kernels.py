@@ -17,6 +17,8 @@ Glossary of the constexprs (set per launch from a :class:`~.planning.Launch` by 
 ``ANGLES``    the parameters are angles (n,) (strict GOFT), else (n, 4) blocks (qGOFT)
 ``HAS_SCALE`` multiply by ``diag(scale)`` after the last level (GOFT*)
 ``TOP_FIRST`` apply the stacks' levels from the top (``P_M`` first) down
+``MIXED``     rows in tiles of one adapter each, parameters stacked per adapter (a mixed-adapter batch)
+``LOAD_ORDER``, ``STORE_ORDER``  read / write the row's coordinates through the adapter's coordinate order
 ``ATOMIC``    add gradients with atomics, else into one partial row per program (deterministic mode)
 ``CHUNKS``    programs per row tile (the grid's second dimension)
 ``G``, ``S``  a level's groups and the pairs per group: ``(G, 2, S)`` views of a ``DV``-column tile, ``G = DV / 2S``
@@ -52,6 +54,9 @@ if AVAILABLE:
         stride_x,
         stride_y,
         chunk_step,
+        tiles_ptr,
+        order_ptr,
+        params_stride,
         HAS_SCALE: tl.constexpr,
         TOP_FIRST: tl.constexpr,
         L: tl.constexpr,
@@ -67,14 +72,34 @@ if AVAILABLE:
         BM: tl.constexpr,
         COMPACT: tl.constexpr,
         ANGLES: tl.constexpr,
+        MIXED: tl.constexpr,
+        LOAD_ORDER: tl.constexpr,
+        STORE_ORDER: tl.constexpr,
     ):
         """Stacks STACK0 .. STACK0 + NS - 1, tile levels KV_FIRST .. KV_END - 1 of each, on a (BM, DV) tile.
-        ANGLES: ``blocks_ptr`` holds angles (n,), else (n, 4) blocks."""
-        rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)  # int64: N * d may pass 2^31
+        ANGLES: ``blocks_ptr`` holds angles (n,), else (n, 4) blocks.
+
+        MIXED: program k takes row tile k of ``tiles_ptr`` (T, 3) int64 (first row, rows <= BM, adapter), whose
+        adapter's parameters start ``adapter * params_stride`` values into ``blocks_ptr``, its scale and coordinate
+        order ``adapter * d`` into ``scale_ptr`` and ``order_ptr``; rows of no tile are not touched.  LOAD_ORDER:
+        tile position t reads the row's coordinate ``order[t]``; STORE_ORDER: it is written there."""
         lo0 = tl.program_id(1) * chunk_step
         cols = _real_columns(tl.arange(0, DV), lo0, C, W)
-        mask = (rows[:, None] < n_rows) & (cols[None, :] < d)
-        h = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        col_mask = cols < d
+        if MIXED:
+            tile = tiles_ptr + 3 * tl.program_id(0).to(tl.int64)
+            adapter = tl.load(tile + 2)
+            rows = tl.load(tile) + tl.arange(0, BM)
+            row_mask = tl.arange(0, BM) < tl.load(tile + 1)
+            blocks_ptr += adapter * params_stride
+            scale_ptr += adapter * d
+            order_ptr += adapter * d
+        else:
+            rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)  # int64: N * d may pass 2^31
+            row_mask = rows < n_rows
+        mask = row_mask[:, None] & col_mask[None, :]
+        source = tl.load(order_ptr + cols, mask=col_mask, other=0) if LOAD_ORDER else cols
+        h = tl.load(x_ptr + rows[:, None] * stride_x + source[None, :], mask=mask, other=0.0).to(tl.float32)
         # (no constexpr assignments inside static loops: Triton refuses to rebind them on the next iteration)
         if TOP_FIRST:
             for si in tl.static_range(NS):
@@ -119,8 +144,9 @@ if AVAILABLE:
                         ANGLES,
                     )
         if HAS_SCALE:
-            h = h * tl.load(scale_ptr + cols, mask=cols < d, other=0.0)[None, :]
-        tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
+            h = h * tl.load(scale_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        target = tl.load(order_ptr + cols, mask=col_mask, other=0) if STORE_ORDER else cols
+        tl.store(y_ptr + rows[:, None] * stride_y + target[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _rotate_backward_kernel(
