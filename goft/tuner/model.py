@@ -54,19 +54,29 @@ class GOFTModel(BaseTuner):
         self._penalty_hook = self.model.register_forward_hook(self._add_penalty_to_loss, with_kwargs=True)
 
     def _add_penalty_to_loss(self, module: nn.Module, args: tuple, kwargs: dict, outputs: Any):
-        """In training mode, when the wrapped model returns a loss and an active adapter is qGOFT with λ > 0,
-        ``outputs.loss`` also holds :func:`orthogonality_penalty`, once per optimizer step: with
-        ``num_items_in_batch`` (transformers passes it under gradient accumulation) each micro-batch carries the
-        share of the penalty that it holds of the labelled items."""
+        """In training mode, when an active adapter is qGOFT with λ > 0, :func:`orthogonality_penalty` joins what
+        the wrapped model returns for a loss to be made of, once per optimizer step:
+
+        - ``outputs.loss`` holds it; with ``num_items_in_batch`` (transformers passes it under gradient
+          accumulation) each micro-batch carries the share of the penalty that it holds of the labelled items;
+        - per-token ``outputs.log_probs`` (a fused LM head's output, from which TRL's ``SFTTrainer`` makes its
+          loss) carry its gradient: see :class:`_PenaltyThroughLogProbs`.
+        """
         self._penalty_counted = False
-        loss = None if isinstance(outputs, torch.Tensor) else getattr(outputs, "loss", None)
-        if loss is None or not module.training or not self.penalty_in_loss or not self._penalised():
+        if isinstance(outputs, torch.Tensor) or not module.training or not self.penalty_in_loss:
+            return None
+        loss, log_probs = getattr(outputs, "loss", None), getattr(outputs, "log_probs", None)
+        through_log_probs = isinstance(log_probs, torch.Tensor) and log_probs.requires_grad
+        if (loss is None and not through_log_probs) or not self._penalised():
             return None
         penalty = _penalty_sum(self)
-        labels, total = kwargs.get("labels"), kwargs.get("num_items_in_batch")
-        if labels is not None and total is not None:
-            penalty = penalty * (labels.ne(-100).sum() / total)
-        outputs.loss = loss + penalty.to(loss.device, loss.dtype)
+        if through_log_probs:
+            outputs.log_probs = _PenaltyThroughLogProbs.apply(log_probs, penalty)
+        if loss is not None:
+            labels, total = kwargs.get("labels"), kwargs.get("num_items_in_batch")
+            if labels is not None and total is not None:
+                penalty = penalty * (labels.ne(-100).sum() / total)
+            outputs.loss = loss + penalty.to(loss.device, loss.dtype)
         self._penalty_counted = True
         return outputs
 
@@ -291,6 +301,24 @@ def _check_loaded_shapes(
             f"the checkpoint lacks {len(absent)} GOFT tensor(s) this model needs, e.g. {absent[0]!r} "
             "(GOFT and qGOFT mixed up, scaling on one side only, or a truncated save?)"
         )
+
+
+class _PenaltyThroughLogProbs(torch.autograd.Function):
+    """The identity on per-token log-probabilities (B, T) whose backward also sends the penalty's gradient, weighted
+    by ``Σ |∂loss/∂log_prob|``: the weight the loss puts on these log-probs.  For the mean negative log-likelihood
+    over a step's labelled tokens (TRL's SFT loss, ``-Σ log_probs / num_items_in_batch``) that weight is exactly
+    this micro-batch's share of the labelled tokens, so the penalty counts once per optimizer step, as through
+    ``outputs.loss``; for a loss that weighs tokens differently it follows that loss's weights (never negative).
+    The log-probs' values are unchanged: a loss logged from them does not show the penalty."""
+
+    @staticmethod
+    def forward(ctx, log_probs: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+        ctx.penalty_dtype = penalty.dtype
+        return log_probs.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, grad.abs().sum().to(ctx.penalty_dtype)
 
 
 def orthogonality_penalty(model: nn.Module, *, counted: bool = False) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""qGOFT's penalty reaches the loss under any trainer that uses the model's own loss (transformers' Trainer, TRL's
-SFTTrainer, a plain loop), once per optimizer step, and never twice (OrthogonalityPenaltyTrainer, a manual
+"""qGOFT's penalty reaches the loss under any trainer that uses the model's own loss or a fused LM head's log-probs
+(transformers' Trainer, TRL's SFTTrainer, a plain loop), once per optimizer step, and never twice (OrthogonalityPenaltyTrainer, a manual
 orthogonality_penalty)."""
 
 import pytest
@@ -125,10 +125,7 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-@pytest.mark.parametrize("quasi", [False, True])
-def test_trl_sft_trainer_trains_and_saves_goft(tiny_llama, tmp_path, quasi):
-    # TRL 1.16's SFTTrainer computes its loss itself, from a fused LM head's log-probabilities, not from the model's
-    # outputs.loss: the penalty does not reach that loss (docs/guide.md says so); training and saving must work
+def sft_trainer(tiny_llama, tmp_path, quasi):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -138,13 +135,18 @@ def test_trl_sft_trainer_trains_and_saves_goft(tiny_llama, tmp_path, quasi):
     config = goft.GOFTConfig(
         target_modules=["q_proj", "v_proj"], quasi=quasi, init_weights=False, task_type="CAUSAL_LM", **penalty
     )
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=LlamaForCausalLM.from_pretrained(tiny_llama),
         args=SFTConfig(**two_steps(tmp_path)),
         train_dataset=Dataset.from_dict({"text": texts}),
         processing_class=word_tokenizer(),
         peft_config=config,
     )
+
+
+@pytest.mark.parametrize("quasi", [False, True])
+def test_trl_sft_trainer_trains_and_saves_goft(tiny_llama, tmp_path, quasi):
+    trainer = sft_trainer(tiny_llama, tmp_path, quasi)
     layer = trainer.model.base_model.model.model.layers[0].self_attn.q_proj
     params = layer.rotation_params("default")
     before = params.detach().clone()
@@ -153,6 +155,44 @@ def test_trl_sft_trainer_trains_and_saves_goft(tiny_llama, tmp_path, quasi):
     trainer.save_model(str(tmp_path / "adapter"))
     saved = goft.GOFTConfig.from_pretrained(str(tmp_path / "adapter"))
     assert saved.quasi == quasi
+
+
+def test_trl_sft_trainers_own_loss_carries_the_penalty_once_per_step(tiny_llama, tmp_path):
+    """TRL 1.16's SFTTrainer makes its loss from a fused LM head's per-token log-probs, not from outputs.loss: the
+    penalty's gradient rides on the log-probs, weighted by the micro-batch's share of the step's labelled tokens."""
+    trainer = sft_trainer(tiny_llama, tmp_path, quasi=True)
+    model = trainer.model
+    model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    params = [p for p in model.parameters() if p.requires_grad]
+    tokens = batch["labels"][:, 1:].ne(-100).sum()  # the labelled tokens the shifted log-probs score
+
+    def gradients(num_items=None, by_hand=False):
+        model.zero_grad()
+        model.base_model.penalty_in_loss = not by_hand
+        try:
+            loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+            if by_hand:
+                share = 1.0 if num_items is None else tokens / num_items
+                loss = loss + share * goft.orthogonality_penalty(model, counted=True)
+            loss.backward()
+        finally:
+            model.base_model.penalty_in_loss = True
+        return torch.cat([p.grad.flatten() for p in params])
+
+    got = gradients()
+    want = gradients(by_hand=True)
+    model.base_model.penalty_in_loss = False
+    model.zero_grad()
+    trainer.compute_loss(model, dict(batch)).backward()
+    model.base_model.penalty_in_loss = True
+    task_only = torch.cat([p.grad.flatten() for p in params])
+    assert (want - task_only).abs().max() > 1e-3  # the penalty moves the gradient
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # gradient accumulation over two such micro-batches: each carries half
+    got = gradients(num_items=2 * tokens)
+    want = gradients(num_items=2 * tokens, by_hand=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
 def test_a_merged_and_unloaded_model_keeps_no_hook(tiny_llama):
