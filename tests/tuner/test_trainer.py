@@ -1,6 +1,6 @@
-"""qGOFT's penalty reaches the loss under any trainer that uses the model's own loss or a fused LM head's log-probs
-(transformers' Trainer, TRL's SFTTrainer, a plain loop), once per optimizer step, and never twice (OrthogonalityPenaltyTrainer, a manual
-orthogonality_penalty)."""
+"""qGOFT's penalty reaches the loss under any trainer that uses the model's own loss or a fused LM head's
+log-probs (transformers' Trainer, TRL's SFTTrainer, a plain loop), once per optimizer step, and never twice
+(OrthogonalityPenaltyTrainer, a manual orthogonality_penalty)."""
 
 import pytest
 import torch
