@@ -261,8 +261,7 @@ def unmerge_weight(
     return _from_order(out, order).reshape(weight.shape).to(weight.dtype)
 
 
-@torch.library.custom_op("goft::rotate_rows_mixed", mutates_args=())
-def rotate_rows_mixed_op(
+def _rotate_rows_mixed(
     rows: torch.Tensor,
     params: torch.Tensor,
     scales: Optional[torch.Tensor],
@@ -275,6 +274,9 @@ def rotate_rows_mixed_op(
     row unchanged) of the stacked ``params`` (A, n) or (A, n, 2, 2), ``scales`` (A, d), ``orders`` (A, d)."""
     backend = backend_for(rows, params.dtype)
     return backend.rotate_rows_mixed(rows, params, scales, row_adapter, orders, structure, depth).to(rows.dtype)
+
+
+rotate_rows_mixed_op = torch.library.custom_op("goft::rotate_rows_mixed", mutates_args=())(_rotate_rows_mixed)
 
 
 @rotate_rows_mixed_op.register_fake
@@ -316,5 +318,9 @@ def rotate_mixed(
     if order is not None and (tuple(order.shape) != (params.shape[0], d) or order.dtype != torch.int64):
         raise GivensError(f"order must be ({params.shape[0]}, {d}) int64, got {tuple(order.shape)} {order.dtype}")
     scale = None if scale is None else scale.to(dtype)
-    out = rotate_rows_mixed_op(rows, params.to(dtype), scale, row_adapter.to(torch.int64), order, structure, depth)
+    # the registered operator where torch traces (compile, export, fake tensors); eager calls on plain tensors skip
+    # its dispatch, which costs as much as a decode step's rotation
+    eager = type(x) is torch.Tensor and not torch.compiler.is_compiling()
+    mixed = _rotate_rows_mixed if eager else rotate_rows_mixed_op
+    out = mixed(rows, params.to(dtype), scale, row_adapter.to(torch.int64), order, structure, depth)
     return out.reshape(x.shape)

@@ -23,7 +23,7 @@ import torch
 
 from .blocks import blocks_of, gradient_for
 from .pairing import level_table
-from .row_tiles import adapter_tiles
+from .row_tiles import tiles_and_lanes
 
 try:
     from numba import njit, prange
@@ -44,6 +44,9 @@ TILE = 32
 # associativity.
 ROW_GROUP = 8
 assert TILE % ROW_GROUP == 0, "a full tile is walked in whole row groups"
+# In a mixed-adapter batch, runs of fewer rows than this (a decode step's one row per sequence) are packed into
+# tiles whose lanes each take their own adapter (_rotate_lanes_mixed) rather than each filling a tile of its own.
+SHORT_RUN = 8
 # NaN and inf keep their IEEE meaning (no 'nnan'/'ninf'); reassociation lets the tile reductions vectorize.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -233,6 +236,42 @@ if AVAILABLE:
                 for r in range(rows):
                     y[n0 + r, target] = buf[t, r]
 
+    @njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    def _rotate_lanes_mixed(x, y, blocks, scales, has_scale, orders, has_order, left, right, bounds, lanes, tile):
+        """Mixed adapters, forward only, for rows whose runs are too short to fill a tile (a decode step: one row
+        per sequence): ``lanes`` (R, 2) lists (row, adapter); each group of ``tile`` consecutive entries is one
+        (d, tile) scratch whose lane r takes its own adapter's blocks, scale and order, so the lane loops stay as
+        wide as a tile whatever the adapters.  Same arguments and result as :func:`_rotate_tiles_mixed`.
+        """  # pragma: no cover - compiled
+        d = x.shape[1]
+        n_levels = bounds.shape[0] - 1
+        n_groups = (lanes.shape[0] + tile - 1) // tile
+        for k in prange(n_groups):
+            first = k * tile
+            width = min(tile, lanes.shape[0] - first)
+            rows = lanes[first : first + width, 0]
+            adapters = lanes[first : first + width, 1]
+            buf = np.empty((d, width), dtype=x.dtype)
+            for r in range(width):
+                row, order = rows[r], orders[adapters[r]]
+                for t in range(d):
+                    buf[t, r] = x[row, order[t] if has_order else t]
+            for li in range(n_levels):
+                lev = n_levels - 1 - li
+                for q in range(bounds[lev], bounds[lev + 1]):
+                    i = left[q]
+                    j = right[q]
+                    for r in range(width):
+                        a = adapters[r]
+                        xl = buf[i, r]
+                        xr = buf[j, r]
+                        buf[i, r] = blocks[a, q, 0] * xl + blocks[a, q, 2] * xr
+                        buf[j, r] = blocks[a, q, 1] * xl + blocks[a, q, 3] * xr
+            for r in range(width):
+                row, order, scale = rows[r], orders[adapters[r]], scales[adapters[r]]
+                for t in range(d):
+                    y[row, order[t] if has_order else t] = buf[t, r] * scale[t] if has_scale else buf[t, r]
+
 
 # Fixed number of row chunks for the backward's partial sums: results do not depend on the thread count.
 BACKWARD_CHUNKS = 16
@@ -329,6 +368,13 @@ def rotate_rows_backward(
     return grad_rows, grad_params, grad_scale
 
 
+@functools.lru_cache(maxsize=8)
+def _unused_per_adapter(n_adapters: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(A, 1) stand-ins for absent scales and orders: the kernels index them by adapter but never read them."""
+    floats = np.float32 if dtype == torch.float32 else np.float64
+    return np.ones((n_adapters, 1), dtype=floats), np.zeros((n_adapters, 1), dtype=np.int64)
+
+
 def rotate_rows_mixed(
     rows: torch.Tensor,
     params: torch.Tensor,
@@ -341,19 +387,22 @@ def rotate_rows_mixed(
     blocks = blocks_of(params.reshape(-1, *params.shape[2:])).reshape(params.shape[0], -1, 4)
     dtype = blocks.dtype
     rows = rows.to(dtype).contiguous()
-    out = rows.clone()  # the base's rows (-1) stay as they are
-    n_adapters = params.shape[0]
-    no_orders = torch.zeros(n_adapters, 1, dtype=torch.long)  # indexed by adapter, never read
-    _rotate_tiles_mixed(
+    tiles, lanes = tiles_and_lanes(row_adapter, TILE, SHORT_RUN)
+    every_row = int(tiles[:, 1].sum()) + len(lanes) == rows.shape[0]
+    out = torch.empty_like(rows) if every_row else rows.clone()  # the base's rows (-1) stay as they are
+    unused = _unused_per_adapter(params.shape[0], dtype)  # scales and orders when there are none: never read
+    arguments = (
         _as_numpy(rows, dtype),
         out.numpy(),
         np.ascontiguousarray(blocks.detach().numpy()),
-        _as_numpy(scales if scales is not None else torch.ones(n_adapters, 1), dtype),
+        unused[0] if scales is None else _as_numpy(scales, dtype),
         scales is not None,
-        (orders if orders is not None else no_orders).contiguous().numpy(),
+        unused[1] if orders is None else orders.contiguous().numpy(),
         orders is not None,
         *_pairing_arrays(rows.shape[-1], structure, depth),
-        adapter_tiles(row_adapter, TILE),
-        TILE,
     )
+    if len(tiles):
+        _rotate_tiles_mixed(*arguments, tiles, TILE)
+    if len(lanes):
+        _rotate_lanes_mixed(*arguments, lanes, TILE)
     return out

@@ -185,6 +185,7 @@ def level_table(d: int, structure: str = "tree", depth: int = 1) -> tuple[Level,
     return tuple(table)
 
 
+@_memoized
 def num_blocks(d: int, structure: str = "tree", depth: int = 1) -> int:
     """Number of 2×2 blocks (strict GOFT parameters) of a d×d rotation: ``depth · (d - 1)`` for the tree,
     ``depth · Σ_r #{i : bit r-1 of i is 0, i + 2^(r-1) < d}`` for the butterfly."""

@@ -7,7 +7,15 @@ import numpy as np
 import torch
 
 _TILES_KEPT = 16  # row layouts whose tiles are kept: every adapted layer of a model sees the same one per batch
-_tiles_cache: dict[tuple[bytes, int], np.ndarray] = {}
+_tiles_cache: dict[tuple, object] = {}
+
+
+def _cached(key: tuple, make):
+    if key not in _tiles_cache:
+        if len(_tiles_cache) >= _TILES_KEPT:
+            _tiles_cache.pop(next(iter(_tiles_cache)))
+        _tiles_cache[key] = make()
+    return _tiles_cache[key]
 
 
 def adapter_tiles(row_adapter: torch.Tensor, tile: int) -> np.ndarray:
@@ -15,12 +23,27 @@ def adapter_tiles(row_adapter: torch.Tensor, tile: int) -> np.ndarray:
     rows with one adapter is cut into tiles of at most ``tile`` rows (rows with -1, the base, are in no tile).
     A batch whose sequences each keep one adapter is a few runs, so no sorting is needed."""
     ids = row_adapter.cpu().numpy().astype(np.int64)
-    key = (ids.tobytes(), tile)
-    if key not in _tiles_cache:
-        if len(_tiles_cache) >= _TILES_KEPT:
-            _tiles_cache.pop(next(iter(_tiles_cache)))
-        _tiles_cache[key] = _tiles(ids, tile)
-    return _tiles_cache[key]
+    return _cached(("tiles", ids.tobytes(), tile), lambda: _tiles(ids, tile))
+
+
+def tiles_and_lanes(row_adapter: torch.Tensor, tile: int, short_run: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles of :func:`adapter_tiles` for runs of at least ``short_run`` rows, and (R, 2) int64 (row, adapter)
+    for every row of the shorter runs (-1 excluded), for kernels that pack those into lanes of their own adapter."""
+    ids = row_adapter.cpu().numpy().astype(np.int64)
+
+    def split():
+        tiles = _tiles(ids, tile)
+        run_length = np.zeros(ids.size, dtype=np.int64)
+        if ids.size:
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            lengths = np.diff(np.r_[starts, ids.size])
+            run_length = np.repeat(lengths, lengths)
+        short = (run_length < short_run) & (ids >= 0)
+        long_tiles = tiles[run_length[tiles[:, 0]] >= short_run] if len(tiles) else tiles
+        rows = np.flatnonzero(short)
+        return long_tiles, np.stack([rows, ids[rows]], axis=1).astype(np.int64)
+
+    return _cached(("lanes", ids.tobytes(), tile, short_run), split)
 
 
 def _tiles(ids: np.ndarray, tile: int) -> np.ndarray:

@@ -299,13 +299,17 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
         Kept from one call to the next while the batch's names and the adapters' numbers stay the same (a serving
         loop's decode steps): the cache holds the tensors it stacked (so none can be freed and another take its
         place unseen) and their version counters, which any in-place change (an optimizer step, a hotswap, a
-        load) moves on."""
-        present = self._adapter_tensors(dict.fromkeys(n for n in adapter_names if n != BASE_ADAPTER_NAME))
-        tensors = [t for _, params, scale, order in present for t in (params, scale, order) if t is not None]
-        key = (tuple(adapter_names), rows_per_sample, device, tuple(t._version for t in tensors))
-        cached = None if torch.compiler.is_compiling() else self.__dict__.get("_mixed_cache")
-        if cached is not None and cached[0] == key and all(a is b for a, b in zip(cached[1], tensors, strict=True)):
+        load) moves on, and checks that each name still finds the same tensor (or still none) in this layer."""
+        compiling = torch.compiler.is_compiling()
+        cached = None if compiling else self.__dict__.get("_mixed_cache")
+        if (
+            cached is not None
+            and cached[0] == (tuple(adapter_names), rows_per_sample, device)
+            and all(container.get(name) is t and (t is None or t._version == v) for container, name, t, v in cached[1])
+        ):
             return cached[2]
+        names = dict.fromkeys(n for n in adapter_names if n != BASE_ADAPTER_NAME)
+        present = self._adapter_tensors(names)
         forms: dict[tuple, list] = {}
         for entry in present:
             name, params, scale, order = entry
@@ -327,9 +331,29 @@ class GOFTLayer(nn.Module, BaseTunerLayer):
                     depth,
                 )
             )
-        if not torch.compiler.is_compiling():
-            self.__dict__["_mixed_cache"] = (key, tensors, stacked)  # not a buffer: never saved, moved or cast
+        if not compiling:
+            self.__dict__["_mixed_cache"] = (  # not a buffer: never saved, moved or cast
+                (tuple(adapter_names), rows_per_sample, device),
+                self._watched(names),
+                stacked,
+            )
         return stacked
+
+    def _watched(self, names) -> list[tuple[dict, str, Optional[torch.Tensor], int]]:
+        """(container, name, tensor or None, version) for every place an adapter of ``names`` keeps its numbers in
+        this layer, so that a cached stack sees any of them replaced, added, removed or changed in place."""
+        containers = (
+            self._modules["goft_theta"]._parameters,
+            self._modules["goft_blocks"]._parameters,
+            self._modules["goft_scale"]._parameters,
+            self._modules["goft_order"]._buffers,
+        )
+        watched = []
+        for name in names:
+            for container in containers:
+                t = container.get(name)
+                watched.append((container, name, t, 0 if t is None else t._version))
+        return watched
 
     def _features_last(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the rotated features on the last axis: itself for a linear layer, a convolution's channels

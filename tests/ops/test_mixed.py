@@ -44,6 +44,29 @@ def test_each_row_equals_its_adapter_alone(kernel, d, quasi, scaled, ordered):
     assert torch.equal(mixed[row_adapter == -1], x[row_adapter == -1])
 
 
+@pytest.mark.parametrize("d", [2, 7, 768])
+@pytest.mark.parametrize("quasi, scaled, ordered", [(False, False, False), (True, True, True), (False, True, True)])
+def test_a_decode_step_of_one_row_per_sequence_equals_each_adapter_alone(kernel, d, quasi, scaled, ordered):
+    """70 rows, each its own sequence with an adapter drawn at random among 9 (base included): short runs, packed
+    into tiles whose lanes each take their own adapter, several such tiles."""
+    params, scale, order = stacks(d, 9, quasi, scaled, ordered, seed=d + 1)
+    row_adapter = torch.randint(-1, 9, (70,), generator=torch.Generator().manual_seed(d))
+    x = torch.randn(70, d, generator=torch.Generator().manual_seed(2))
+    with use_kernel(kernel):
+        mixed = givens.rotate_mixed(x, params, scale, row_adapter, order=order)
+        for n, adapter in enumerate(row_adapter.tolist()):
+            if adapter < 0:
+                assert torch.equal(mixed[n], x[n])
+                continue
+            alone = givens.rotate(
+                x[n : n + 1],
+                params[adapter],
+                None if scale is None else scale[adapter],
+                order=None if order is None else order[adapter],
+            )
+            assert torch.allclose(mixed[n : n + 1], alone, atol=4e-6, rtol=0), n
+
+
 @pytest.mark.parametrize("structure", ["butterfly"])
 def test_other_structures_and_leading_shapes(kernel, structure):
     params, scale, _ = stacks(12, 3, False, True, False, structure)
@@ -69,6 +92,24 @@ def test_tiles_cover_every_adapted_row_once_within_one_run():
     assert covered.tolist() == row_adapter.tolist()
     assert row_tiles.adapter_tiles(torch.full((7,), -1), 32).shape == (0, 3)
     assert row_tiles.adapter_tiles(torch.zeros(0, dtype=torch.long), 32).shape == (0, 3)
+
+
+def test_short_runs_go_to_lanes_and_long_runs_to_tiles():
+    row_adapter = torch.tensor([a for a, rows in RUNS for _ in range(rows)])
+    tiles, lanes = row_tiles.tiles_and_lanes(row_adapter, 32, 8)
+    covered = np.full(len(row_adapter), -1)
+    for first, rows, adapter in tiles.tolist():
+        assert rows >= 1 and (covered[first : first + rows] == -1).all()
+        covered[first : first + rows] = adapter
+    for row, adapter in lanes.tolist():
+        assert covered[row] == -1
+        covered[row] = adapter
+    assert covered.tolist() == row_adapter.tolist()
+    starts = np.cumsum([0] + [rows for _, rows in RUNS])[:-1]
+    short_rows = [
+        n for (a, rows), s in zip(RUNS, starts, strict=True) if a >= 0 and rows < 8 for n in range(s, s + rows)
+    ]
+    assert lanes[:, 0].tolist() == short_rows  # the runs of 7, 2 and 1 rows
 
 
 def test_bad_stacks_are_refused():

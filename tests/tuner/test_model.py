@@ -417,3 +417,17 @@ def test_a_mixed_batch_sees_every_change_to_the_adapters_it_stacks():
     model.add_adapter("other", GOFTConfig(target_modules=["lin0"], init_weights=False, scaling=True))
     model.set_adapter("other")
     assert torch.allclose(model(X, adapter_names=names)[[1, 4]], model(X)[[1, 4]], atol=1e-6, rtol=0)
+
+
+def test_a_mixed_batch_sees_an_adapters_tensor_replaced():
+    model = two_adapter_model()
+    model.eval()
+    names = ["other", "default", "__base__"]
+    before = model(X[:3], adapter_names=names)
+    layer = model.base_model.model.lin0
+    replaced = torch.nn.Parameter(layer.goft_theta["other"].detach() + 0.3)
+    layer.goft_theta["other"] = replaced  # a new tensor object, its version counter at 0 like a fresh one
+    after = model(X[:3], adapter_names=names)
+    model.set_adapter("other")
+    assert not torch.allclose(after[0], before[0])
+    assert torch.allclose(after[0], model(X[:1])[0], atol=1e-6, rtol=0)
