@@ -8,7 +8,11 @@ the plain base model, then each method, on the same inputs: a prefill of B seque
 decode step (B × 1 token on a KV cache of T tokens, cropped back after each step).  Ratios are to the base model of
 the same repetition; the table shows the median and the range over repetitions.
 
-Run: ``.venv/bin/python bench/mixed_batch.py [--adapters 1,8,64,512] [--reps 5] [--out results/mixed-batch.json]``.
+``--model smollm2`` runs SmolLM2-135M-Instruct itself instead (the embedded weights, all 30 layers and its LM head):
+what a user serving it sees, the head's cost included.
+
+Run: ``.venv/bin/python bench/mixed_batch.py [--model smollm2] [--adapters 1,8,64,512] [--reps 5]
+[--out results/mixed-batch.json]``.
 """
 
 from __future__ import annotations
@@ -80,9 +84,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--model", choices=["random", "smollm2"], default="random", help="random: SmolLM2's width")
     parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = parser.parse_args()
-    base = decoder(args.layers)
+    if args.model == "smollm2":
+        from goft.apps.pretrained import load_causal_lm
+
+        base = load_causal_lm("smollm2")[0].eval()
+        args.layers = base.config.num_hidden_layers
+    else:
+        base = decoder(args.layers)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 1024, (args.batch, args.tokens), generator=g)
     step = torch.randint(0, 1024, (args.batch, 1), generator=g)
@@ -141,8 +152,14 @@ def main() -> None:
                 )
         del models
     result = {
-        "benchmark": "mixed-adapter batch, decoder at SmolLM2-135M's width",
+        "benchmark": "mixed-adapter batch, "
+        + (
+            "SmolLM2-135M-Instruct (embedded weights, LM head included)"
+            if args.model == "smollm2"
+            else "decoder at SmolLM2-135M's width"
+        ),
         "setup": {
+            "model": "goft:smollm2" if args.model == "smollm2" else "random weights, no LM head",
             "layers": args.layers,
             "hidden": 576,
             "batch": args.batch,
