@@ -223,6 +223,25 @@ class GOFTConfig(PeftConfig):
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
 
+# The fields that fix an adapter's form: which blocks exist, in which layers, and what they turn.  Adapters that
+# differ in one cannot take each other's numbers (hotswap_adapter) or be combined (add_weighted_adapter).
+FORM_FIELDS = ("structure", "depth", "quasi", "scaling", "pairing", "target_modules")
+
+
+def form_difference(a: GOFTConfig, b: GOFTConfig, names: tuple[str, ...] = FORM_FIELDS):
+    """The first of ``names`` in which two configs differ, as (name, a's value, b's value), or None; module lists
+    compare as sets and are shown sorted."""
+
+    def comparable(value):
+        return sorted(value) if isinstance(value, (set, list, tuple)) else value
+
+    for name in names:
+        have, other = comparable(getattr(a, name)), comparable(getattr(b, name))
+        if have != other:
+            return name, have, other
+    return None
+
+
 def read_saved_config(adapter_dir: str | Path) -> dict:
     """The JSON object in ``adapter_dir/adapter_config.json``; AdapterFileError naming the file when it is missing,
     not JSON, or not an object."""

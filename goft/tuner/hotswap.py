@@ -16,19 +16,11 @@ from peft import PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from .config import AdapterFileError, GOFTConfig
+from .config import FORM_FIELDS, AdapterFileError, GOFTConfig, form_difference
+
 
 # What must agree between the loaded adapter and the one swapped in (each changes which tensors exist or what they
 # mean); targets are compared as sets.
-SWAP_INVARIANTS = ("structure", "depth", "quasi", "scaling", "pairing", "target_modules", "modules_to_save")
-
-
-def _same(name: str, a, b) -> bool:
-    if name in ("target_modules", "modules_to_save") and not isinstance(a, str) and not isinstance(b, str):
-        return set(a or ()) == set(b or ())
-    return a == b
-
-
 @torch.no_grad()
 def hotswap_adapter(model: PeftModel, adapter_dir: str | os.PathLike, adapter_name: str = "default") -> None:
     """Replace the numbers of the loaded GOFT adapter ``adapter_name`` with those saved in ``adapter_dir``, in place.
@@ -42,14 +34,13 @@ def hotswap_adapter(model: PeftModel, adapter_dir: str | os.PathLike, adapter_na
     if not isinstance(current, GOFTConfig):
         raise ValueError(f"hotswap_adapter: the model has no GOFT adapter named {adapter_name!r}")
     incoming = GOFTConfig.from_pretrained(adapter_dir)  # checks the config and the weights file
-    for name in SWAP_INVARIANTS:
-        have, new = getattr(current, name), getattr(incoming, name)
-        if not _same(name, have, new):
-            raise ValueError(
-                f"hotswap_adapter: {adapter_dir} has {name}={_shown(new)} but adapter {adapter_name!r} has "
-                f"{name}={_shown(have)}; only an adapter of the same form can be swapped in (load it with "
-                "load_adapter instead)"
-            )
+    difference = form_difference(current, incoming, (*FORM_FIELDS, "modules_to_save"))
+    if difference is not None:
+        name, have, new = difference
+        raise ValueError(
+            f"hotswap_adapter: {adapter_dir} has {name}={new!r} but adapter {adapter_name!r} has {name}={have!r}; "
+            "only an adapter of the same form can be swapped in (load it with load_adapter instead)"
+        )
     weights = Path(adapter_dir) / SAFETENSORS_WEIGHTS_NAME
     if not weights.is_file():
         raise AdapterFileError(f"{weights} not found: is {adapter_dir} a saved adapter?")
@@ -60,7 +51,3 @@ def hotswap_adapter(model: PeftModel, adapter_dir: str | os.PathLike, adapter_na
             f"{weights} does not fit adapter {adapter_name!r}: missing {missing[:3]}, unexpected "
             f"{list(result.unexpected_keys)[:3]}"
         )
-
-
-def _shown(value) -> str:
-    return repr(sorted(value)) if isinstance(value, (set, list, tuple)) else repr(value)

@@ -15,7 +15,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, get_q
 from torch import nn
 
 from .. import functional as givens
-from .config import AdapterFileError, GOFTConfig
+from .config import AdapterFileError, GOFTConfig, form_difference
 from .layer import (
     BASE_ADAPTER_NAME,
     ORDER_KIND,
@@ -155,9 +155,6 @@ class GOFTModel(BaseTuner):
                 f"modules of the model: {shown or 'none'}{more}."
             ) from err
 
-    # What adapters combined by add_weighted_adapter must share: each changes which blocks exist or what they turn.
-    COMBINED_INVARIANTS = ("structure", "depth", "quasi", "scaling", "pairing", "target_modules")
-
     @torch.no_grad()
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
         """A new adapter ``adapter_name``, the weighted combination of ``adapters`` (as PEFT's LoRA has it).
@@ -185,14 +182,13 @@ class GOFTModel(BaseTuner):
         if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
             raise ValueError(f"add_weighted_adapter: weights must be finite numbers, got {weights!r}")
         configs = [self.peft_config[a] for a in adapters]
-        for field_name in self.COMBINED_INVARIANTS:
-            values = [getattr(c, field_name) for c in configs]
-            comparable = [sorted(v) if isinstance(v, (set, list)) else v for v in values]
-            if any(v != comparable[0] for v in comparable):
-                shown = ", ".join(f"{a}: {v!r}" for a, v in zip(adapters, comparable, strict=True))
+        for other_name, other in zip(adapters[1:], configs[1:], strict=True):
+            difference = form_difference(configs[0], other)
+            if difference is not None:
+                field_name, first, second = difference
                 raise ValueError(
-                    f"add_weighted_adapter: the adapters differ in {field_name} ({shown}); only adapters of one form "
-                    "combine"
+                    f"add_weighted_adapter: the adapters differ in {field_name} ({adapters[0]}: {first!r}, "
+                    f"{other_name}: {second!r}); only adapters of one form combine"
                 )
         layers = [m for m in self.model.modules() if isinstance(m, GOFTLayer)]
         for layer in layers:
