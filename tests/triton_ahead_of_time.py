@@ -93,22 +93,15 @@ def compile_all(d: int, depth: int) -> None:
             seen.add(key)
             first, last = launch.kv_first + launch.lev_shift, launch.kv_end - 1 + launch.lev_shift
             label = f"D{width}-DV{launch.tile}-levels{first}..{last}-{'tree' if compact else 'general'}"
-            plain = {"MIXED": False, "LOAD_ORDER": False, "STORE_ORDER": False}
-            compile_one(
-                cuda_triton.kernels._rotate_kernel,
-                FORWARD,
-                {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": True, **plain},
-                launch.warps(),
-                f"_rotate_kernel-{label}",
-            )
-            mixed = {"MIXED": True, "LOAD_ORDER": True, "STORE_ORDER": True}
-            compile_one(
-                cuda_triton.kernels._rotate_kernel,
-                FORWARD,
-                {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": False, **mixed},
-                launch.warps(),
-                f"_rotate_kernel-{label}-mixed",
-            )
+            for mixed in (False, True):  # one adapter from angles; a mixed batch from blocks, through orders
+                compile_one(
+                    cuda_triton.kernels._rotate_kernel,
+                    FORWARD,
+                    {**common, "HAS_SCALE": True, "TOP_FIRST": True, "ANGLES": not mixed}
+                    | dict.fromkeys(("MIXED", "LOAD_ORDER", "STORE_ORDER"), mixed),
+                    launch.warps(),
+                    f"_rotate_kernel-{label}{'-mixed' if mixed else ''}",
+                )
             for angles in (True, False):
                 compile_one(
                     cuda_triton.kernels._rotate_backward_kernel,
