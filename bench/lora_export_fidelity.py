@@ -6,8 +6,11 @@ on the same split.  The adapter was trained and chosen before this script runs; 
 much of it the export keeps.  Per rank: the LoRA parameter count, the median and worst per-layer relative errors of
 the update (‖ΔW − BA‖/‖ΔW‖) and of the merged weight, and the accuracy.
 
-Run: ``.venv/bin/python bench/lora_export_fidelity.py ADAPTER [--task polarity] [--ranks 1,4,16,64,128,384]
-[--out results/lora-export-fidelity.json]``.
+``--task polarity-instruct`` scores an adapter of ``goft instruct`` (SmolLM2) the way that command does: greedy
+answers to the same 200 test sentences (``--eval-size``).
+
+Run: ``.venv/bin/python bench/lora_export_fidelity.py ADAPTER [--task polarity | polarity-instruct]
+[--ranks 1,4,16,64,128,384] [--out results/lora-export-fidelity.json]``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from transformers import AutoTokenizer
 
 from goft import export_lora
 from goft.apps import adapter_files, data
-from goft.apps.finetune import evaluate
+from goft.apps.configs import InstructConfig
+from goft.apps.finetune import evaluate as evaluate_classifier
+from goft.apps.instruct_task import generation_accuracy
 from goft.apps.merge import load_adapted
 
 
@@ -35,16 +40,26 @@ def lora_parameters(model) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("adapter", help="a GOFT adapter directory (goft finetune's OUTPUT/adapter)")
-    parser.add_argument("--task", default="polarity")
+    parser.add_argument("--task", default="polarity", help="polarity, hedge, or polarity-instruct")
+    parser.add_argument("--eval-size", type=int, default=InstructConfig.eval_size, help="polarity-instruct only")
     parser.add_argument("--ranks", default="1,4,16,64,128,384")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     adapter = Path(args.adapter)
-    _, test_set = data.load_task(args.task)
+    instruct = args.task == "polarity-instruct"
+    _, test_set = data.load_task("polarity" if instruct else args.task)
+    if instruct:  # the sentences goft instruct scores
+        test_set = test_set.subset(args.eval_size, 0)
     goft_model, base_dir = load_adapted(adapter, None)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     saved = adapter_files.read_config(adapter)
-    goft_accuracy = evaluate(goft_model, tokenizer, test_set)
+
+    def evaluate(model) -> float:
+        if instruct:
+            return generation_accuracy(model, tokenizer, test_set.texts, test_set.labels)
+        return evaluate_classifier(model, tokenizer, test_set)
+
+    goft_accuracy = evaluate(goft_model)
     goft_params = sum(p.numel() for n, p in goft_model.named_parameters() if ".goft_" in n)
     print(f"GOFT adapter: {goft_params:,} numbers, test accuracy {goft_accuracy:.4f}", flush=True)
     rows = []
@@ -52,7 +67,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             report = export_lora(goft_model, tmp, rank)
             lora = PeftModel.from_pretrained(adapter_files.load_base(base_dir, adapter, saved.get("task_type")), tmp)
-            accuracy = evaluate(lora, tokenizer, test_set)
+            accuracy = evaluate(lora)
             n_params = lora_parameters(lora)
         update = [layer.update_relative_error for layer in report.layers]
         weight = [layer.weight_relative_error for layer in report.layers]
