@@ -317,6 +317,11 @@ def rotate_mixed(
         raise GivensError(f"row_adapter must have one entry per row ({rows.shape[0]}), got {tuple(row_adapter.shape)}")
     if order is not None and (tuple(order.shape) != (params.shape[0], d) or order.dtype != torch.int64):
         raise GivensError(f"order must be ({params.shape[0]}, {d}) int64, got {tuple(order.shape)} {order.dtype}")
+    if row_adapter.numel() and not -1 <= int(row_adapter.min()) <= int(row_adapter.max()) < params.shape[0]:
+        raise GivensError(
+            f"row_adapter must hold -1 (the base) or an adapter index 0..{params.shape[0] - 1}, got values from "
+            f"{int(row_adapter.min())} to {int(row_adapter.max())}"
+        )
     scale = None if scale is None else scale.to(dtype)
     # the registered operator where torch traces (compile, export, fake tensors); eager calls on plain tensors skip
     # its dispatch, which costs as much as a decode step's rotation

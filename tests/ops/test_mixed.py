@@ -117,6 +117,12 @@ def test_bad_stacks_are_refused():
         givens.rotate_mixed(torch.randn(2, 4), torch.zeros(3), None, torch.zeros(2, dtype=torch.long))
     with pytest.raises(givens.GivensError, match="one entry per row"):
         givens.rotate_mixed(torch.randn(2, 4), torch.zeros(1, 3), None, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(
+        givens.GivensError, match=r"-1 \(the base\) or an adapter index 0\.\.0, got values from 0 to 1"
+    ):
+        givens.rotate_mixed(torch.randn(2, 4), torch.zeros(1, 3), None, torch.tensor([0, 1]))
+    with pytest.raises(givens.GivensError, match="got values from -2 to 0"):
+        givens.rotate_mixed(torch.randn(2, 4), torch.zeros(1, 3), None, torch.tensor([-2, 0]))
     with pytest.raises(givens.GivensError, match=r"order must be \(1, 4\)"):
         givens.rotate_mixed(
             torch.randn(2, 4), torch.zeros(1, 3), None, torch.zeros(2, dtype=torch.long), order=torch.arange(4)
