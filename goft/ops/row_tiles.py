@@ -33,11 +33,8 @@ def tiles_and_lanes(row_adapter: torch.Tensor, tile: int, short_run: int) -> tup
 
     def split():
         tiles = _tiles(ids, tile)
-        run_length = np.zeros(ids.size, dtype=np.int64)
-        if ids.size:
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            lengths = np.diff(np.r_[starts, ids.size])
-            run_length = np.repeat(lengths, lengths)
+        _, lengths = _runs(ids)
+        run_length = np.repeat(lengths, lengths)  # per row: the length of the run it is in
         short = (run_length < short_run) & (ids >= 0)
         long_tiles = tiles[run_length[tiles[:, 0]] >= short_run] if len(tiles) else tiles
         rows = np.flatnonzero(short)
@@ -46,11 +43,18 @@ def tiles_and_lanes(row_adapter: torch.Tensor, tile: int, short_run: int) -> tup
     return _cached(("lanes", ids.tobytes(), tile, short_run), split)
 
 
+def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First row and length of each run of consecutive equal entries of ``ids`` (none for an empty array)."""
+    if ids.size == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return starts, np.diff(np.r_[starts, ids.size])
+
+
 def _tiles(ids: np.ndarray, tile: int) -> np.ndarray:
     if ids.size == 0:
         return np.empty((0, 3), dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    lengths = np.diff(np.r_[starts, ids.size])
+    starts, lengths = _runs(ids)
     keep = ids[starts] >= 0
     starts, lengths, adapters = starts[keep], lengths[keep], ids[starts][keep]
     pieces = (lengths + tile - 1) // tile
