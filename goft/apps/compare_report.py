@@ -129,16 +129,27 @@ def report_text(results: dict) -> str:
 
 
 def curve_family(method: str) -> str:
-    """Which line of the parameters-vs-accuracy plot a method's point joins: its capacity dial's."""
+    """Which line of the parameters-vs-accuracy plot a method's point joins: its capacity dial's. A pairing other
+    than the index order is a dial of its own (its tree and butterfly sit at the index dial's sizes)."""
     entry = METHODS[method]
     if entry.family == "goft" and "orth_reg_weight" not in entry.options:  # a λ variant is not a capacity step
-        return "qGOFT" if entry.options.get("quasi") else ("GOFT*" if entry.options.get("scaling") else "GOFT")
+        dial = "qGOFT" if entry.options.get("quasi") else ("GOFT*" if entry.options.get("scaling") else "GOFT")
+        pairing = entry.options.get("pairing", "index")
+        return dial if pairing == "index" else f"{dial}, {pairing} pairing"
     return "LoRA" if entry.family == "lora" else entry.label
+
+
+def dial_step(label: str, family: str) -> str:
+    """The words of a method's label that its dial's name lacks: "r=8" of "LoRA r=8", "butterfly" of "GOFT
+    butterfly, task pairing"; "" for the dial's own point."""
+    family_words = {w.strip(",") for w in family.split()}
+    return " ".join(w for w in label.split() if w.strip(",") not in family_words).strip(" ,")
 
 
 def write_report(results: dict, md_path: Path, png_path: Path) -> None:
     """The tables, and one picture of accuracy against adapter parameters: each dial's points (LoRA's ranks, GOFT's
-    pairings) joined in order of size, head-only as a horizontal line (it trains no adapter)."""
+    pairings) joined in order of size, head-only as a horizontal line (it trains no adapter). Points of one size
+    (the tree in index, task and random order) are spread a few percent apart along the axis so that each shows."""
     files.write_text(md_path, report_text(results))
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -149,10 +160,19 @@ def write_report(results: dict, md_path: Path, png_path: Path) -> None:
             ax.axhline(100 * r["mean"], color="grey", linestyle="--", linewidth=1, label=f"{r['label']} (no adapter)")
         else:
             curves.setdefault(curve_family(r["method"]), []).append(r)
+    same_size: dict[int, list[str]] = {}
+    for points in curves.values():
+        for r in points:
+            same_size.setdefault(r["adapter_params"], []).append(r["method"])
+    shown_at = {
+        m: size * 1.04 ** (i - (len(methods) - 1) / 2)
+        for size, methods in same_size.items()
+        for i, m in enumerate(methods)
+    }
     for family, points in curves.items():
         points.sort(key=lambda r: r["adapter_params"])
         line = ax.errorbar(
-            [r["adapter_params"] for r in points],
+            [shown_at[r["method"]] for r in points],
             [100 * r["mean"] for r in points],
             yerr=[100 * r["std"] for r in points],
             fmt="o-",
@@ -160,8 +180,8 @@ def write_report(results: dict, md_path: Path, png_path: Path) -> None:
             label=family,
         )
         for r in points:  # name the step of the dial: "r=8", "butterfly", "tree, depth 2"
-            step = r["label"].removeprefix(family).strip(" ,")
-            point = (r["adapter_params"], 100 * r["mean"])
+            step = dial_step(r["label"], family)
+            point = (shown_at[r["method"]], 100 * r["mean"])
             if step:
                 labels.append((*point, step, line[0].get_color()))
             else:

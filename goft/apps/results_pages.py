@@ -5,7 +5,9 @@ A page marks each table it shows with ``<!-- table: KIND FILE... -->`` before it
 Kinds: ``tasks FILE FILE`` (test accuracy on two tasks side by side, rates chosen on validation), ``single FILE``
 (one task's reported runs), ``instruct FILE`` (goft instruct's table, today's protocol on the fp32 base),
 ``export FILE`` (a LoRA export's fidelity against rank, from ``bench/lora_export_fidelity.py``).
-``python -m goft.apps.results_pages`` rewrites the pages; ``--check`` only says whether they are current.
+``python -m goft.apps.results_pages`` rewrites the pages, and the report beside each ``goft compare`` file a page names
+(``results/<task>.md`` and ``.png``, as ``goft compare`` writes them after each run); ``--check`` only says whether the
+pages and those ``.md`` reports are current (a picture is redrawn, not compared).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import files
-from .compare_report import summarize
+from .compare_report import report_text, summarize, write_report
 from .instruct_report import instruct_table
 from .results import INSTRUCT_SCHEDULE, LEGACY_STAGE, load, markdown_table
 
@@ -106,18 +108,34 @@ def regenerate(text: str, root: Path = ROOT) -> str:
     return MARKED.sub(lambda m: m.group(1) + table(m.group("spec"), root) + m.group(4), text)
 
 
+def compare_files(text: str) -> list[str]:
+    """The ``goft compare`` results files a page's tables are made from."""
+    specs = (m.group("spec").split() for m in MARKED.finditer(text))
+    return [name for kind, *names in specs if kind in ("tasks", "single") for name in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     check = "--check" in (sys.argv[1:] if argv is None else argv)
     stale = []
+    reports = []
     for name in PAGES:
         page = ROOT / name
         text = page.read_text()
+        reports += [r for r in compare_files(text) if r not in reports]
         new = regenerate(text)
         if new != text:
             stale.append(name)
             if not check:
                 files.write_text(page, new)
+    for name in reports:
+        results, report = load(ROOT / name, "compare"), (ROOT / name).with_suffix(".md")
+        if not report.exists() or report.read_text() != report_text(results):
+            stale.append(str(report.relative_to(ROOT)))
+        if not check:  # the picture is redrawn even where the tables are current: its code may have changed
+            write_report(results, report, report.with_suffix(".png"))
     print(("stale: " if check else "rewrote: ") + ", ".join(stale) if stale else "all results tables are current")
+    if not check:
+        print("redrew the pictures of " + ", ".join(reports))
     return 1 if check and stale else 0
 
 

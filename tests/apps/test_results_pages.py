@@ -20,3 +20,16 @@ def test_a_changed_number_is_caught(tmp_path):
 def test_an_unknown_kind_is_named():
     with pytest.raises(ValueError, match="unknown table kind 'chart'"):
         results_pages.regenerate("<!-- table: chart results/polarity.json -->\n| x |\n<!-- end table -->")
+
+
+def test_each_compare_report_beside_a_named_results_file_is_current():
+    from goft.apps.compare_report import report_text
+    from goft.apps.results import load
+
+    named = {
+        n for page in results_pages.PAGES for n in results_pages.compare_files((results_pages.ROOT / page).read_text())
+    }
+    assert {"results/polarity.json", "results/hedge.json"} <= named
+    for name in named:
+        report = (results_pages.ROOT / name).with_suffix(".md")
+        assert report.read_text() == report_text(load(results_pages.ROOT / name, "compare")), f"{report} is stale"
