@@ -2,7 +2,8 @@
 
 A page marks each table it shows with ``<!-- table: KIND FILE... -->`` before it and ``<!-- end table -->`` after it;
 :func:`regenerate` rewrites what lies between from the named results files (the prose around them is the page's own).
-Kinds: ``tasks FILE FILE`` (test accuracy on two tasks side by side, rates chosen on validation), ``single FILE``
+Kinds: ``tasks FILE FILE [METHOD...]`` (test accuracy on two tasks side by side, rates chosen on validation; only
+the named methods, in that order, where some are named), ``single FILE``
 (one task's reported runs), ``instruct FILE`` (goft instruct's table, today's protocol on the fp32 base),
 ``export FILE`` (a LoRA export's fidelity against rank, from ``bench/lora_export_fidelity.py``).
 ``python -m goft.apps.results_pages`` rewrites the pages, and the report beside each ``goft compare`` file a page names
@@ -30,12 +31,19 @@ def _device(devices: str) -> str:
     return " / ".join(sorted({"CPU" if d.strip() == "cpu" else "GPU" for d in devices.split(" / ")}))
 
 
-def tasks_table(first: dict, second: dict) -> str:
-    """One row per method with final runs on both tasks, in order of adapter parameters: test accuracy mean ± std
-    and the chosen rate on each, and where the runs trained."""
+def tasks_table(first: dict, second: dict, methods: tuple[str, ...] = ()) -> str:
+    """One row per method with final runs on both tasks (only ``methods``, in their order, where given; otherwise
+    every such method in order of adapter parameters): test accuracy mean ± std and the chosen rate on each, and
+    where the runs trained."""
     rows_a = {r["method"]: r for r in summarize(first)}
     rows_b = {r["method"]: r for r in summarize(second)}
-    both = sorted((m for m in rows_a if m in rows_b), key=lambda m: rows_a[m]["adapter_params"])
+    if methods:
+        missing = [m for m in methods if m not in rows_a or m not in rows_b]
+        if missing:
+            raise ValueError(f"no final runs on both tasks for {', '.join(missing)}")
+        both = list(methods)
+    else:
+        both = sorted((m for m in rows_a if m in rows_b), key=lambda m: rows_a[m]["adapter_params"])
     header = ("method", "adapter params", first["task"], "rate", second["task"], "rate", "trained on")
     cells = [
         (
@@ -88,7 +96,7 @@ def export_table(fidelity: dict) -> str:
 def table(spec: str, root: Path = ROOT) -> str:
     kind, *names = spec.split()
     if kind == "tasks":
-        return tasks_table(load(root / names[0], "compare"), load(root / names[1], "compare"))
+        return tasks_table(load(root / names[0], "compare"), load(root / names[1], "compare"), tuple(names[2:]))
     if kind == "single":
         return single_table(load(root / names[0], "compare"))
     if kind == "export":
@@ -111,7 +119,8 @@ def regenerate(text: str, root: Path = ROOT) -> str:
 def compare_files(text: str) -> list[str]:
     """The ``goft compare`` results files a page's tables are made from."""
     specs = (m.group("spec").split() for m in MARKED.finditer(text))
-    return [name for kind, *names in specs if kind in ("tasks", "single") for name in names]
+    files_of_kind = {"tasks": 2, "single": 1}  # the methods that may follow a tasks table's files are not files
+    return [name for kind, *names in specs if kind in files_of_kind for name in names[: files_of_kind[kind]]]
 
 
 def main(argv: list[str] | None = None) -> int:

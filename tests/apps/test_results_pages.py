@@ -33,3 +33,12 @@ def test_each_compare_report_beside_a_named_results_file_is_current():
     for name in named:
         report = (results_pages.ROOT / name).with_suffix(".md")
         assert report.read_text() == report_text(load(results_pages.ROOT / name, "compare")), f"{report} is stale"
+
+
+def test_a_tasks_table_can_show_named_methods_only_and_names_a_missing_one():
+    spec = "<!-- table: tasks results/polarity.json results/hedge.json lora_r8 goft -->\n<!-- end table -->"
+    rows = results_pages.regenerate(spec).splitlines()[3:-1]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == ["LoRA r=8", "GOFT"]
+    assert results_pages.compare_files(spec) == ["results/polarity.json", "results/hedge.json"]
+    with pytest.raises(ValueError, match="no final runs on both tasks for goft_nonesuch"):
+        results_pages.regenerate(spec.replace("goft -->", "goft_nonesuch -->"))
