@@ -24,6 +24,8 @@ from .results import INSTRUCT_SCHEDULE, LEGACY_STAGE, load, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("README.md", "docs/results.md")
+# how many goft compare results files a table of each kind names first (a tasks table may name methods after them)
+COMPARE_FILES = {"tasks": 2, "single": 1}
 MARKED = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<table>.*?)(<!-- end table -->)", re.S)
 
 
@@ -95,10 +97,10 @@ def export_table(fidelity: dict) -> str:
 
 def table(spec: str, root: Path = ROOT) -> str:
     kind, *names = spec.split()
-    if kind == "tasks":
-        return tasks_table(load(root / names[0], "compare"), load(root / names[1], "compare"), tuple(names[2:]))
-    if kind == "single":
-        return single_table(load(root / names[0], "compare"))
+    if kind in COMPARE_FILES:
+        count = COMPARE_FILES[kind]
+        runs = [load(root / name, "compare") for name in names[:count]]
+        return tasks_table(*runs, tuple(names[count:])) if kind == "tasks" else single_table(*runs)
     if kind == "export":
         return export_table(files.read_json(root / names[0], ValueError, "a LoRA export fidelity file"))
     if kind == "instruct":
@@ -119,8 +121,7 @@ def regenerate(text: str, root: Path = ROOT) -> str:
 def compare_files(text: str) -> list[str]:
     """The ``goft compare`` results files a page's tables are made from."""
     specs = (m.group("spec").split() for m in MARKED.finditer(text))
-    files_of_kind = {"tasks": 2, "single": 1}  # the methods that may follow a tasks table's files are not files
-    return [name for kind, *names in specs if kind in files_of_kind for name in names[: files_of_kind[kind]]]
+    return [name for kind, *names in specs if kind in COMPARE_FILES for name in names[: COMPARE_FILES[kind]]]
 
 
 def main(argv: list[str] | None = None) -> int:
