@@ -100,9 +100,12 @@ METHODS = {
             "GOFT butterfly, task pairing",
             "goft",
             lr=1e-2,
+            chosen_lr=0.00182,
             options={"structure": "butterfly", "pairing": "task"},
         ),
-        Method("goft_random", "GOFT, random pairing", "goft", lr=1e-2, options={"pairing": "random"}),
+        Method(
+            "goft_random", "GOFT, random pairing", "goft", lr=1e-2, chosen_lr=0.00556, options={"pairing": "random"}
+        ),
         Method(
             "qgoft_butterfly", "qGOFT butterfly", "goft", lr=1e-2, options={"quasi": True, "structure": "butterfly"}
         ),
