@@ -271,7 +271,17 @@ def _rotate_rows_mixed(
     depth: int,
 ) -> torch.Tensor:
     """Forward only: a new (N, d) tensor in ``rows``' dtype, row n rotated by adapter ``row_adapter[n]`` (-1: the
-    row unchanged) of the stacked ``params`` (A, n) or (A, n, 2, 2), ``scales`` (A, d), ``orders`` (A, d)."""
+    row unchanged) of the stacked ``params`` (A, n) or (A, n, 2, 2), ``scales`` (A, d), ``orders`` (A, d).
+
+    The adapter indices are checked here, where they are real tensors on every path (eager, and inside a compiled
+    graph's operator), not in :func:`rotate_mixed`, where reading them would break a traced graph."""
+    if row_adapter.numel():  # the kernels would read outside the stacks
+        low, high = torch.stack(torch.aminmax(row_adapter)).tolist()
+        if not -1 <= low <= high < params.shape[0]:
+            raise GivensError(
+                f"row_adapter must hold -1 (the base) or an adapter index 0..{params.shape[0] - 1}, got values from "
+                f"{low} to {high}"
+            )
     backend = backend_for(rows, params.dtype)
     return backend.rotate_rows_mixed(rows, params, scales, row_adapter, orders, structure, depth).to(rows.dtype)
 
@@ -317,11 +327,6 @@ def rotate_mixed(
         raise GivensError(f"row_adapter must have one entry per row ({rows.shape[0]}), got {tuple(row_adapter.shape)}")
     if order is not None and (tuple(order.shape) != (params.shape[0], d) or order.dtype != torch.int64):
         raise GivensError(f"order must be ({params.shape[0]}, {d}) int64, got {tuple(order.shape)} {order.dtype}")
-    if row_adapter.numel() and not -1 <= int(row_adapter.min()) <= int(row_adapter.max()) < params.shape[0]:
-        raise GivensError(
-            f"row_adapter must hold -1 (the base) or an adapter index 0..{params.shape[0] - 1}, got values from "
-            f"{int(row_adapter.min())} to {int(row_adapter.max())}"
-        )
     scale = None if scale is None else scale.to(dtype)
     # the registered operator where torch traces (compile, export, fake tensors); eager calls on plain tensors skip
     # its dispatch, which costs as much as a decode step's rotation

@@ -127,3 +127,15 @@ def test_bad_stacks_are_refused():
         givens.rotate_mixed(
             torch.randn(2, 4), torch.zeros(1, 3), None, torch.zeros(2, dtype=torch.long), order=torch.arange(4)
         )
+
+
+def test_a_mixed_batch_compiles_in_one_graph_and_still_refuses_a_bad_index():
+    x, params = torch.randn(6, 8), 0.3 * torch.randn(2, 7)
+    row_adapter = torch.tensor([0, 0, 1, -1, 1, 0])
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda x, p, ra: givens.rotate_mixed(x, p, None, ra), backend="aot_eager", fullgraph=True
+    )  # fullgraph: reading the indices while tracing would raise
+    assert torch.equal(compiled(x, params, row_adapter), givens.rotate_mixed(x, params, None, row_adapter))
+    with pytest.raises(givens.GivensError, match="got values from -1 to 2"):
+        compiled(x, params, torch.tensor([0, 0, 2, -1, 1, 0]))
